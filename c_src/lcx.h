@@ -1,0 +1,142 @@
+// Shared declarations for the LlamaCppEx NIF: resource types, term helpers and
+// the C++ exception barrier. Each area (model, context, sampler, tokenizer,
+// chat, log) lives in its own .c file and registers its functions here.
+#ifndef LCX_H
+#define LCX_H
+
+#include <erl_nif.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "llama.h"
+
+// ---- resources ---------------------------------------------------------------
+
+typedef struct lcx_model {
+  ErlNifRWLock *lock;   // read: use of `model`; write: free
+  struct llama_model *model;
+  const struct llama_vocab *vocab;
+  int32_t n_vocab;
+  int dependants;       // live contexts + samplers (under `lock`, write)
+  bool closed;          // free/1 called; llama_model freed when dependants hit 0
+} lcx_model;
+
+typedef struct lcx_context {
+  ErlNifMutex *lock;            // serializes every use of `ctx`
+  struct llama_context *ctx;
+  lcx_model *model;             // kept alive with enif_keep_resource
+  atomic_int abort_all;         // set by free/1: abort whatever runs now
+  _Atomic(atomic_int *) cancel; // cancel flag of the running stream, if any
+  bool has_logits;              // the last decode left logits to sample from
+} lcx_context;
+
+typedef struct lcx_sampler {
+  ErlNifMutex *lock;
+  struct llama_sampler *chain;
+  lcx_model *model;  // kept alive: grammar, DRY and penalties use its vocab
+  bool has_grammar;  // sampling with a grammar can be slow: dirty scheduler
+} lcx_sampler;
+
+// A running stream: lets a normal NIF (or the consumer's death, through a
+// monitor) cancel the generation loop between tokens and inside llama_decode.
+typedef struct lcx_stream {
+  atomic_int cancel;
+  ErlNifMonitor mon;
+  bool monitoring;
+} lcx_stream;
+
+// A model load in progress: its progress callback can be told to stop.
+typedef struct lcx_load {
+  atomic_int cancel;
+} lcx_load;
+
+extern ErlNifResourceType *LCX_MODEL_RT;
+extern ErlNifResourceType *LCX_CONTEXT_RT;
+extern ErlNifResourceType *LCX_SAMPLER_RT;
+extern ErlNifResourceType *LCX_STREAM_RT;
+extern ErlNifResourceType *LCX_LOAD_RT;
+
+// live object counts (for tests and leak checks)
+extern atomic_long lcx_live_models, lcx_live_contexts, lcx_live_samplers;
+
+// ---- atoms -------------------------------------------------------------------
+
+#define LCX_ATOMS(X)                                                           \
+  X(ok) X(error) X(true) X(false) X(nil) X(closed) X(undefined)                \
+  X(eog) X(max_tokens) X(stop) X(cancelled) X(chunk)                           \
+  X(context_overflow) X(prompt_tokens) X(n_ctx) X(max_tokens_key)              \
+  X(invalid_token) X(decode_failed) X(no_kv_slot) X(aborted)                   \
+  X(batch_too_large) X(empty_prompt) X(model_mismatch) X(invalid_grammar)      \
+  X(load_failed) X(load_cancelled) X(context_failed) X(sampler_failed)         \
+  X(exception) X(template_failed) X(unknown_template) X(no_template)           \
+  X(invalid_utf8) X(tokenize_failed) X(llama_log) X(debug) X(info) X(warn)     \
+  X(cont) X(text) X(tokens) X(finish_reason) X(generated_tokens)               \
+  X(prompt_ms) X(generation_ms) X(models) X(contexts) X(samplers)              \
+  X(load_progress) X(n_batch) X(n_ubatch) X(n_seq_max) X(n_threads)            \
+  X(n_threads_batch) X(embeddings) X(position) X(none) X(enabled) X(disabled)  \
+  X(auto_) X(available) X(needed)
+
+#define LCX_DECLARE_ATOM(name) extern ERL_NIF_TERM ATOM_##name;
+LCX_ATOMS(LCX_DECLARE_ATOM)
+#undef LCX_DECLARE_ATOM
+
+void lcx_init_atoms(ErlNifEnv *env);
+
+// ---- term helpers -------------------------------------------------------------
+
+ERL_NIF_TERM lcx_ok(ErlNifEnv *env, ERL_NIF_TERM t);
+ERL_NIF_TERM lcx_error(ErlNifEnv *env, ERL_NIF_TERM reason);
+ERL_NIF_TERM lcx_error2(ErlNifEnv *env, ERL_NIF_TERM tag, ERL_NIF_TERM detail);
+ERL_NIF_TERM lcx_error_str(ErlNifEnv *env, ERL_NIF_TERM tag, const char *msg);
+// Raises ArgumentError(message) in Elixir (see LlamaCppEx.NIF).
+ERL_NIF_TERM lcx_raise(ErlNifEnv *env, const char *fmt, ...);
+ERL_NIF_TERM lcx_binary(ErlNifEnv *env, const char *data, size_t len);
+ERL_NIF_TERM lcx_cstr(ErlNifEnv *env, const char *s);
+
+bool lcx_get_bool(ErlNifEnv *env, ERL_NIF_TERM t, bool *out);
+bool lcx_get_double(ErlNifEnv *env, ERL_NIF_TERM t, double *out); // int or float
+// Reads a list of token ids into a freshly enif_alloc'ed array (caller frees).
+// Returns false on a type error; *bad_index is set to the first id outside
+// [0, n_vocab) (or -1 if all are in range).
+bool lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab,
+                    llama_token **out, unsigned *n_out, long *bad_index);
+ERL_NIF_TERM lcx_make_tokens(ErlNifEnv *env, const llama_token *toks, size_t n);
+
+// Map option lookup (options arrive as maps built in Elixir after validation).
+bool lcx_map_get(ErlNifEnv *env, ERL_NIF_TERM map, const char *key, ERL_NIF_TERM *out);
+
+// Resource getters: return NULL when the term is not the expected resource.
+lcx_model *lcx_get_model(ErlNifEnv *env, ERL_NIF_TERM t);
+lcx_context *lcx_get_context(ErlNifEnv *env, ERL_NIF_TERM t);
+lcx_sampler *lcx_get_sampler(ErlNifEnv *env, ERL_NIF_TERM t);
+
+// Model dependants bookkeeping (contexts and samplers pin the llama_model).
+bool lcx_model_acquire(lcx_model *m); // false if the model is closed
+void lcx_model_release(lcx_model *m);
+
+// ---- UTF-8 -------------------------------------------------------------------
+
+// Number of bytes at the end of buf[0..len) that form an incomplete UTF-8
+// sequence (0 when the buffer ends on a character boundary).
+size_t lcx_utf8_incomplete_tail(const char *buf, size_t len);
+
+// ---- logging --------------------------------------------------------------------
+
+int lcx_log_load(void);
+// Until reset with (NULL, NULL): lines logged on this thread while fn(data)
+// returns true are demoted to debug (used for decodes we abort on purpose).
+void lcx_log_quiet_when(bool (*fn)(void *), void *data);
+void lcx_log_unload(void);
+// Capture the last error logged on this thread (used to explain load failures).
+void lcx_log_capture_begin(void);
+const char *lcx_log_capture_end(void);
+
+#include "barrier.h"
+
+// ---- NIF function tables of each area --------------------------------------------
+
+#define LCX_NIF(name) ERL_NIF_TERM name(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+
+#endif

@@ -1,0 +1,287 @@
+// Models: loading (dirty IO), introspection (normal), metadata, explicit free.
+//
+// A model is pinned by every context and sampler made from it (their
+// "dependants"). Model.free/1 marks it closed at once; the llama_model itself is
+// freed when the last dependant goes, so a live context never sees freed weights.
+#include <stdio.h>
+#include <string.h>
+
+#include "lcx.h"
+
+ErlNifResourceType *LCX_MODEL_RT;
+ErlNifResourceType *LCX_LOAD_RT;
+atomic_long lcx_live_models;
+
+static void free_llama_model(lcx_model *m) {
+  if (m->model) {
+    llama_model_free(m->model);
+    m->model = NULL;
+    m->vocab = NULL;
+    atomic_fetch_sub(&lcx_live_models, 1);
+  }
+}
+
+static void model_dtor(ErlNifEnv *env, void *obj) {
+  lcx_model *m = obj;
+  // No dependant can exist here: each holds a reference to this resource.
+  free_llama_model(m);
+  if (m->lock) enif_rwlock_destroy(m->lock);
+}
+
+bool lcx_model_acquire(lcx_model *m) {
+  enif_rwlock_rwlock(m->lock);
+  bool ok = !m->closed && m->model != NULL;
+  if (ok) m->dependants++;
+  enif_rwlock_rwunlock(m->lock);
+  if (ok) enif_keep_resource(m);
+  return ok;
+}
+
+void lcx_model_release(lcx_model *m) {
+  enif_rwlock_rwlock(m->lock);
+  m->dependants--;
+  if (m->closed && m->dependants == 0) free_llama_model(m);
+  enif_rwlock_rwunlock(m->lock);
+  enif_release_resource(m);
+}
+
+int lcx_model_load_types(ErlNifEnv *env) {
+  LCX_MODEL_RT = enif_open_resource_type(env, NULL, "lcx_model", model_dtor, ERL_NIF_RT_CREATE, NULL);
+  LCX_LOAD_RT = enif_open_resource_type(env, NULL, "lcx_load", NULL, ERL_NIF_RT_CREATE, NULL);
+  return LCX_MODEL_RT && LCX_LOAD_RT ? 0 : -1;
+}
+
+// ---- loading ---------------------------------------------------------------------
+
+typedef struct {
+  lcx_load *load;
+  ErlNifEnv *caller_env;
+  ErlNifPid pid;
+  bool has_pid;
+  ERL_NIF_TERM ref; // in msg_env
+  ErlNifEnv *msg_env;
+  float last_sent;
+} progress_state;
+
+static bool progress_cb(float progress, void *user_data) {
+  progress_state *st = user_data;
+  if (st->has_pid && (progress >= st->last_sent + 0.01f || (progress >= 1.0f && st->last_sent < 1.0f))) {
+    st->last_sent = progress;
+    ERL_NIF_TERM msg = enif_make_tuple3(st->msg_env, ATOM_load_progress, enif_make_copy(st->msg_env, st->ref),
+                                        enif_make_double(st->msg_env, progress));
+    enif_send(st->caller_env, &st->pid, st->msg_env, msg);
+    enif_clear_env(st->msg_env);
+  }
+  return !(st->load && atomic_load(&st->load->cancel));
+}
+
+// load_start() -> load handle, for cancelling a load from another process
+LCX_NIF(nif_load_handle) {
+  lcx_load *load = enif_alloc_resource(LCX_LOAD_RT, sizeof(lcx_load));
+  if (!load) return lcx_raise(env, "out of memory");
+  atomic_init(&load->cancel, 0);
+  ERL_NIF_TERM t = enif_make_resource(env, load);
+  enif_release_resource(load);
+  return t;
+}
+
+LCX_NIF(nif_load_cancel) {
+  void *p;
+  if (!enif_get_resource(env, argv[0], LCX_LOAD_RT, &p)) return lcx_raise(env, "expected a load handle");
+  atomic_store(&((lcx_load *)p)->cancel, 1);
+  return ATOM_ok;
+}
+
+// model_load(path, %{n_gpu_layers, use_mmap, use_mlock, vocab_only}, load_handle, progress_pid | nil, ref)
+LCX_NIF(nif_model_load) {
+  ErlNifBinary path_bin;
+  if (!enif_inspect_binary(env, argv[0], &path_bin) || path_bin.size == 0 || path_bin.size > 4096 ||
+      memchr(path_bin.data, 0, path_bin.size))
+    return lcx_raise(env, "model path must be a non-empty binary without NUL bytes");
+  struct llama_model_params params = llama_model_default_params();
+  ERL_NIF_TERM v;
+  int n_gpu_layers;
+  bool mmap_ = true, mlock_ = false, vocab_only = false;
+  if (!enif_is_map(env, argv[1])) return lcx_raise(env, "options must be a map");
+  if (lcx_map_get(env, argv[1], "n_gpu_layers", &v)) {
+    if (!enif_get_int(env, v, &n_gpu_layers)) return lcx_raise(env, "n_gpu_layers must be an integer");
+    params.n_gpu_layers = n_gpu_layers;
+  }
+  if (lcx_map_get(env, argv[1], "use_mmap", &v) && !lcx_get_bool(env, v, &mmap_))
+    return lcx_raise(env, "use_mmap must be a boolean");
+  if (lcx_map_get(env, argv[1], "use_mlock", &v) && !lcx_get_bool(env, v, &mlock_))
+    return lcx_raise(env, "use_mlock must be a boolean");
+  if (lcx_map_get(env, argv[1], "vocab_only", &v) && !lcx_get_bool(env, v, &vocab_only))
+    return lcx_raise(env, "vocab_only must be a boolean");
+  params.load_mode = mmap_ && mlock_ ? LLAMA_LOAD_MODE_MMAP_MLOCK
+                     : mmap_         ? LLAMA_LOAD_MODE_MMAP
+                     : mlock_        ? LLAMA_LOAD_MODE_MLOCK
+                                     : LLAMA_LOAD_MODE_NONE;
+  params.vocab_only = vocab_only;
+
+  progress_state st = {.caller_env = env, .last_sent = -1.0f};
+  void *p;
+  if (enif_get_resource(env, argv[2], LCX_LOAD_RT, &p)) st.load = p;
+  else if (!enif_is_identical(argv[2], ATOM_nil)) return lcx_raise(env, "expected a load handle or nil");
+  if (enif_get_local_pid(env, argv[3], &st.pid)) st.has_pid = true;
+  else if (!enif_is_identical(argv[3], ATOM_nil)) return lcx_raise(env, "progress must be a pid or nil");
+  if (st.has_pid) {
+    st.msg_env = enif_alloc_env();
+    st.ref = enif_make_copy(st.msg_env, argv[4]);
+  }
+  params.progress_callback = progress_cb;
+  params.progress_callback_user_data = &st;
+
+  char path[4097];
+  memcpy(path, path_bin.data, path_bin.size);
+  path[path_bin.size] = '\0';
+
+  lcx_log_capture_begin();
+  struct llama_model *model = lcx_model_load(path, params);
+  const char *why = lcx_log_capture_end();
+  if (st.msg_env) enif_free_env(st.msg_env);
+
+  if (!model) {
+    if (st.load && atomic_load(&st.load->cancel)) return lcx_error(env, ATOM_load_cancelled);
+    const char *msg = why[0] ? why : lcx_last_exception();
+    return lcx_error_str(env, ATOM_load_failed, msg[0] ? msg : "llama_model_load_from_file returned NULL");
+  }
+  lcx_model *m = enif_alloc_resource(LCX_MODEL_RT, sizeof(lcx_model));
+  if (!m) {
+    llama_model_free(model);
+    return lcx_raise(env, "out of memory");
+  }
+  memset(m, 0, sizeof *m);
+  m->lock = enif_rwlock_create("lcx_model");
+  m->model = model;
+  m->vocab = llama_model_get_vocab(model);
+  m->n_vocab = llama_vocab_n_tokens(m->vocab);
+  atomic_fetch_add(&lcx_live_models, 1);
+  ERL_NIF_TERM t = enif_make_resource(env, m);
+  enif_release_resource(m);
+  return lcx_ok(env, t);
+}
+
+LCX_NIF(nif_model_free) {
+  lcx_model *m = lcx_get_model(env, argv[0]);
+  if (!m) return lcx_raise(env, "expected a model reference");
+  enif_rwlock_rwlock(m->lock);
+  m->closed = true;
+  if (m->dependants == 0) free_llama_model(m);
+  enif_rwlock_rwunlock(m->lock);
+  return ATOM_ok;
+}
+
+// ---- introspection -------------------------------------------------------------------
+
+static ERL_NIF_TERM meta_string(ErlNifEnv *env, int32_t (*get)(const struct llama_model *, int32_t, char *, size_t),
+                                const struct llama_model *model, int32_t i) {
+  char small[256];
+  int32_t n = get(model, i, small, sizeof small);
+  if (n < 0) return ATOM_nil;
+  if ((size_t)n < sizeof small) return lcx_binary(env, small, (size_t)n);
+  char *big = enif_alloc((size_t)n + 1);
+  if (!big) return ATOM_nil;
+  get(model, i, big, (size_t)n + 1);
+  ERL_NIF_TERM t = lcx_binary(env, big, (size_t)n);
+  enif_free(big);
+  return t;
+}
+
+// model_info(model) -> map of everything cheap to read once after load
+LCX_NIF(nif_model_info) {
+  lcx_model *m = lcx_get_model(env, argv[0]);
+  if (!m) return lcx_raise(env, "expected a model reference");
+  enif_rwlock_rlock(m->lock);
+  if (!m->model || m->closed) {
+    enif_rwlock_runlock(m->lock);
+    return lcx_error(env, ATOM_closed);
+  }
+  const struct llama_model *model = m->model;
+  char desc[256];
+  llama_model_desc(model, desc, sizeof desc);
+  char arch[128] = "";
+  llama_model_meta_val_str(model, "general.architecture", arch, sizeof arch);
+  const char *tmpl = llama_model_chat_template(model, NULL);
+  const char *keys[] = {"desc", "size", "n_params", "n_ctx_train", "n_embd", "n_layer", "n_head", "n_head_kv",
+                        "n_vocab", "architecture", "chat_template", "has_encoder", "has_decoder"};
+  ERL_NIF_TERM vals[13] = {
+      lcx_cstr(env, desc),
+      enif_make_uint64(env, llama_model_size(model)),
+      enif_make_uint64(env, llama_model_n_params(model)),
+      enif_make_int(env, llama_model_n_ctx_train(model)),
+      enif_make_int(env, llama_model_n_embd(model)),
+      enif_make_int(env, llama_model_n_layer(model)),
+      enif_make_int(env, llama_model_n_head(model)),
+      enif_make_int(env, llama_model_n_head_kv(model)),
+      enif_make_int(env, m->n_vocab),
+      arch[0] ? lcx_cstr(env, arch) : ATOM_nil,
+      tmpl ? lcx_cstr(env, tmpl) : ATOM_nil,
+      llama_model_has_encoder(model) ? ATOM_true : ATOM_false,
+      llama_model_has_decoder(model) ? ATOM_true : ATOM_false,
+  };
+  enif_rwlock_runlock(m->lock);
+  ERL_NIF_TERM kt[13], map;
+  for (int i = 0; i < 13; i++) kt[i] = enif_make_atom(env, keys[i]);
+  enif_make_map_from_arrays(env, kt, vals, 13, &map);
+  return lcx_ok(env, map);
+}
+
+// model_metadata(model) -> %{key => value} (all GGUF key/values as strings)
+LCX_NIF(nif_model_metadata) {
+  lcx_model *m = lcx_get_model(env, argv[0]);
+  if (!m) return lcx_raise(env, "expected a model reference");
+  enif_rwlock_rlock(m->lock);
+  if (!m->model || m->closed) {
+    enif_rwlock_runlock(m->lock);
+    return lcx_error(env, ATOM_closed);
+  }
+  int32_t n = llama_model_meta_count(m->model);
+  ERL_NIF_TERM map = enif_make_new_map(env);
+  for (int32_t i = 0; i < n; i++) {
+    ERL_NIF_TERM k = meta_string(env, llama_model_meta_key_by_index, m->model, i);
+    ERL_NIF_TERM v = meta_string(env, llama_model_meta_val_str_by_index, m->model, i);
+    if (!enif_is_identical(k, ATOM_nil)) enif_make_map_put(env, map, k, v, &map);
+  }
+  enif_rwlock_runlock(m->lock);
+  return lcx_ok(env, map);
+}
+
+// model_chat_template(model, name | nil) -> binary | nil
+LCX_NIF(nif_model_chat_template) {
+  lcx_model *m = lcx_get_model(env, argv[0]);
+  if (!m) return lcx_raise(env, "expected a model reference");
+  char name[128];
+  bool named = false;
+  if (!enif_is_identical(argv[1], ATOM_nil)) {
+    ErlNifBinary b;
+    if (!enif_inspect_binary(env, argv[1], &b) || b.size >= sizeof name || memchr(b.data, 0, b.size))
+      return lcx_raise(env, "template name must be a short binary");
+    memcpy(name, b.data, b.size);
+    name[b.size] = '\0';
+    named = true;
+  }
+  enif_rwlock_rlock(m->lock);
+  if (!m->model || m->closed) {
+    enif_rwlock_runlock(m->lock);
+    return lcx_error(env, ATOM_closed);
+  }
+  const char *t = llama_model_chat_template(m->model, named ? name : NULL);
+  ERL_NIF_TERM r = t ? lcx_cstr(env, t) : ATOM_nil;
+  enif_rwlock_runlock(m->lock);
+  return lcx_ok(env, r);
+}
+
+LCX_NIF(nif_live_counts) {
+  ERL_NIF_TERM keys[3] = {ATOM_models, ATOM_contexts, ATOM_samplers};
+  ERL_NIF_TERM vals[3] = {enif_make_long(env, atomic_load(&lcx_live_models)),
+                          enif_make_long(env, atomic_load(&lcx_live_contexts)),
+                          enif_make_long(env, atomic_load(&lcx_live_samplers))};
+  ERL_NIF_TERM map;
+  enif_make_map_from_arrays(env, keys, vals, 3, &map);
+  return map;
+}
+
+LCX_NIF(nif_system_info) {
+  return lcx_cstr(env, llama_print_system_info());
+}

@@ -1,0 +1,112 @@
+// NIF entry point: loads llama.cpp's backends once, opens the resource types
+// and lists every native function with the scheduler it runs on and why.
+#include "lcx.h"
+
+int lcx_model_load_types(ErlNifEnv *env);
+int lcx_context_load_types(ErlNifEnv *env);
+int lcx_sampler_load_types(ErlNifEnv *env);
+
+LCX_NIF(nif_load_handle);
+LCX_NIF(nif_load_cancel);
+LCX_NIF(nif_model_load);
+LCX_NIF(nif_model_free);
+LCX_NIF(nif_model_info);
+LCX_NIF(nif_model_metadata);
+LCX_NIF(nif_model_chat_template);
+LCX_NIF(nif_live_counts);
+LCX_NIF(nif_system_info);
+LCX_NIF(nif_tokenize);
+LCX_NIF(nif_detokenize);
+LCX_NIF(nif_token_to_piece);
+LCX_NIF(nif_vocab_info);
+LCX_NIF(nif_token_is_eog);
+LCX_NIF(nif_sampler_create);
+LCX_NIF(nif_sampler_accept);
+LCX_NIF(nif_sampler_reset);
+LCX_NIF(nif_sampler_free);
+LCX_NIF(nif_sampler_sample);
+LCX_NIF(nif_context_create);
+LCX_NIF(nif_context_free);
+LCX_NIF(nif_context_info);
+LCX_NIF(nif_context_position);
+LCX_NIF(nif_context_clear);
+LCX_NIF(nif_context_decode);
+LCX_NIF(nif_stream_new);
+LCX_NIF(nif_stream_cancel);
+LCX_NIF(nif_generate);
+LCX_NIF(nif_chat_apply_template);
+LCX_NIF(nif_chat_builtin_templates);
+LCX_NIF(nif_set_log_handler);
+
+#define DIRTY_IO ERL_NIF_DIRTY_JOB_IO_BOUND
+#define DIRTY_CPU ERL_NIF_DIRTY_JOB_CPU_BOUND
+
+static ErlNifFunc nif_funcs[] = {
+    // Reads a (possibly multi-GB) file: dirty IO.
+    {"model_load", 5, nif_model_load, DIRTY_IO},
+    // May wait on the write lock while a long tokenize holds the read lock,
+    // and munmap/free of large weights: dirty IO.
+    {"model_free", 1, nif_model_free, DIRTY_IO},
+    // O(1) reads under a read lock: normal.
+    {"load_handle", 0, nif_load_handle, 0},
+    {"load_cancel", 1, nif_load_cancel, 0},
+    {"model_info", 1, nif_model_info, 0},
+    {"model_chat_template", 2, nif_model_chat_template, 0},
+    {"live_counts", 0, nif_live_counts, 0},
+    {"system_info", 0, nif_system_info, 0},
+    {"vocab_info", 1, nif_vocab_info, 0},
+    {"token_is_eog", 2, nif_token_is_eog, 0},
+    {"token_to_piece", 3, nif_token_to_piece, 0},
+    // Hundreds of keys on large models, some with big values (templates): dirty CPU.
+    {"model_metadata", 1, nif_model_metadata, DIRTY_CPU},
+    // Tokenizing is linear in the input: the Elixir side uses the normal variant
+    // for short inputs (well under 1 ms) and the dirty one otherwise.
+    {"tokenize", 4, nif_tokenize, 0},
+    {"tokenize_dirty", 4, nif_tokenize, DIRTY_CPU},
+    {"detokenize", 4, nif_detokenize, 0},
+    {"detokenize_dirty", 4, nif_detokenize, DIRTY_CPU},
+    // Building a chain is cheap, but grammar parsing is not: the Elixir side
+    // calls the dirty variant when a grammar is present (same for accept).
+    {"sampler_create", 2, nif_sampler_create, 0},
+    {"sampler_create_dirty", 2, nif_sampler_create, DIRTY_CPU},
+    {"sampler_accept", 2, nif_sampler_accept, 0},
+    {"sampler_accept_dirty", 2, nif_sampler_accept, DIRTY_CPU},
+    {"sampler_reset", 1, nif_sampler_reset, 0},
+    // Takes the sampler lock, which generation holds for long: dirty CPU.
+    {"sampler_free", 1, nif_sampler_free, DIRTY_CPU},
+    // Sampling touches the whole vocabulary (and the grammar), and waits for the
+    // context lock: dirty CPU.
+    {"sampler_sample", 2, nif_sampler_sample, DIRTY_CPU},
+    // Allocates the KV cache and compute buffers (GPU memory too): dirty CPU.
+    {"context_create", 2, nif_context_create, DIRTY_CPU},
+    // Everything that takes a context lock may wait for a running decode: dirty CPU.
+    {"context_free", 1, nif_context_free, DIRTY_CPU},
+    {"context_info", 1, nif_context_info, DIRTY_CPU},
+    {"context_position", 1, nif_context_position, DIRTY_CPU},
+    {"context_clear", 1, nif_context_clear, DIRTY_CPU},
+    // Forward passes: dirty CPU.
+    {"context_decode", 2, nif_context_decode, DIRTY_CPU},
+    {"generate", 7, nif_generate, DIRTY_CPU},
+    // Allocate a handle / set an atomic flag: normal.
+    {"stream_new", 1, nif_stream_new, 0},
+    {"stream_cancel", 1, nif_stream_cancel, 0},
+    // Template rendering is linear in the conversation: dirty CPU.
+    {"chat_apply_template", 3, nif_chat_apply_template, DIRTY_CPU},
+    {"chat_builtin_templates", 0, nif_chat_builtin_templates, 0},
+    {"set_log_handler", 2, nif_set_log_handler, 0},
+};
+
+static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
+  lcx_init_atoms(env);
+  if (lcx_model_load_types(env) || lcx_context_load_types(env) || lcx_sampler_load_types(env)) return -1;
+  if (lcx_log_load()) return -1;
+  llama_backend_init();
+  return 0;
+}
+
+static void unload(ErlNifEnv *env, void *priv) {
+  llama_backend_free();
+  lcx_log_unload();
+}
+
+ERL_NIF_INIT(Elixir.LlamaCppEx.NIF, nif_funcs, load, NULL, NULL, unload)

@@ -1,0 +1,281 @@
+// Samplers: a llama.cpp sampler chain built from an ordered list of stages that
+// LlamaCppEx.Sampler validated and ordered. The chain pins its model (grammar,
+// DRY, penalties, logit bias and mirostat are sized by or point into its vocab).
+#include <string.h>
+
+#include "lcx.h"
+
+ErlNifResourceType *LCX_SAMPLER_RT;
+atomic_long lcx_live_samplers;
+
+static void destroy_sampler(lcx_sampler *s) {
+  if (s->chain) {
+    llama_sampler_free(s->chain);
+    s->chain = NULL;
+    atomic_fetch_sub(&lcx_live_samplers, 1);
+  }
+  if (s->model) {
+    lcx_model_release(s->model);
+    s->model = NULL;
+  }
+}
+
+static void sampler_dtor(ErlNifEnv *env, void *obj) {
+  lcx_sampler *s = obj;
+  destroy_sampler(s);
+  if (s->lock) enif_mutex_destroy(s->lock);
+}
+
+int lcx_sampler_load_types(ErlNifEnv *env) {
+  LCX_SAMPLER_RT = enif_open_resource_type(env, NULL, "lcx_sampler", sampler_dtor, ERL_NIF_RT_CREATE, NULL);
+  return LCX_SAMPLER_RT ? 0 : -1;
+}
+
+static bool get_f(ErlNifEnv *env, ERL_NIF_TERM t, float *out) {
+  double d;
+  if (!lcx_get_double(env, t, &d)) return false;
+  *out = (float)d;
+  return true;
+}
+
+static bool get_i(ErlNifEnv *env, ERL_NIF_TERM t, int32_t *out) {
+  int v;
+  if (!enif_get_int(env, t, &v)) return false;
+  *out = v;
+  return true;
+}
+
+static bool get_u(ErlNifEnv *env, ERL_NIF_TERM t, uint32_t *out) {
+  unsigned v;
+  if (!enif_get_uint(env, t, &v)) return false;
+  *out = v;
+  return true;
+}
+
+// Copies a binary into a fresh NUL-terminated string (caller enif_frees).
+static char *dup_cstr(ErlNifEnv *env, ERL_NIF_TERM t) {
+  ErlNifBinary b;
+  if (!enif_inspect_binary(env, t, &b) || memchr(b.data, 0, b.size)) return NULL;
+  char *s = enif_alloc(b.size + 1);
+  if (!s) return NULL;
+  memcpy(s, b.data, b.size);
+  s[b.size] = '\0';
+  return s;
+}
+
+static bool is_tag(ErlNifEnv *env, ERL_NIF_TERM t, const char *name) {
+  char buf[32];
+  return enif_get_atom(env, t, buf, sizeof buf, ERL_NIF_LATIN1) && strcmp(buf, name) == 0;
+}
+
+// Builds one stage. Returns NULL and sets *err (an exception or error term).
+static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_TERM stage, bool *grammar,
+                                         ERL_NIF_TERM *err) {
+  int arity;
+  const ERL_NIF_TERM *a;
+  if (!enif_get_tuple(env, stage, &arity, &a) || arity < 1) {
+    *err = lcx_raise(env, "malformed sampler stage");
+    return NULL;
+  }
+  float f1, f2, f3;
+  int32_t i1, i2;
+  uint32_t u1, seed;
+  size_t min_keep;
+  unsigned mk;
+#define BAD(msg)                                                                                                       \
+  do {                                                                                                                 \
+    *err = lcx_raise(env, msg);                                                                                        \
+    return NULL;                                                                                                       \
+  } while (0)
+  if (is_tag(env, a[0], "greedy") && arity == 1) return llama_sampler_init_greedy();
+  if (is_tag(env, a[0], "dist") && arity == 2) {
+    if (!get_u(env, a[1], &seed)) BAD("seed must be a non-negative 32-bit integer");
+    return llama_sampler_init_dist(seed);
+  }
+  if (is_tag(env, a[0], "top_k") && arity == 2) {
+    if (!get_i(env, a[1], &i1)) BAD("top_k must be an integer");
+    return llama_sampler_init_top_k(i1);
+  }
+  if ((is_tag(env, a[0], "top_p") || is_tag(env, a[0], "min_p") || is_tag(env, a[0], "typical")) && arity == 3) {
+    if (!get_f(env, a[1], &f1) || !enif_get_uint(env, a[2], &mk)) BAD("bad probability sampler arguments");
+    min_keep = mk;
+    if (is_tag(env, a[0], "top_p")) return llama_sampler_init_top_p(f1, min_keep);
+    if (is_tag(env, a[0], "min_p")) return llama_sampler_init_min_p(f1, min_keep);
+    return llama_sampler_init_typical(f1, min_keep);
+  }
+  if (is_tag(env, a[0], "temp") && arity == 2) {
+    if (!get_f(env, a[1], &f1)) BAD("temp must be a number");
+    return llama_sampler_init_temp(f1);
+  }
+  if (is_tag(env, a[0], "temp_ext") && arity == 4) {
+    if (!get_f(env, a[1], &f1) || !get_f(env, a[2], &f2) || !get_f(env, a[3], &f3)) BAD("bad dynatemp arguments");
+    return llama_sampler_init_temp_ext(f1, f2, f3);
+  }
+  if (is_tag(env, a[0], "xtc") && arity == 5) {
+    if (!get_f(env, a[1], &f1) || !get_f(env, a[2], &f2) || !enif_get_uint(env, a[3], &mk) || !get_u(env, a[4], &seed))
+      BAD("bad xtc arguments");
+    return llama_sampler_init_xtc(f1, f2, mk, seed);
+  }
+  if (is_tag(env, a[0], "top_n_sigma") && arity == 2) {
+    if (!get_f(env, a[1], &f1)) BAD("top_n_sigma must be a number");
+    return llama_sampler_init_top_n_sigma(f1);
+  }
+  if (is_tag(env, a[0], "mirostat") && arity == 5) {
+    if (!get_u(env, a[1], &seed) || !get_f(env, a[2], &f1) || !get_f(env, a[3], &f2) || !get_i(env, a[4], &i1) || i1 <= 0)
+      BAD("bad mirostat arguments");
+    return llama_sampler_init_mirostat(m->n_vocab, seed, f1, f2, i1);
+  }
+  if (is_tag(env, a[0], "mirostat_v2") && arity == 4) {
+    if (!get_u(env, a[1], &seed) || !get_f(env, a[2], &f1) || !get_f(env, a[3], &f2)) BAD("bad mirostat_v2 arguments");
+    return llama_sampler_init_mirostat_v2(seed, f1, f2);
+  }
+  if (is_tag(env, a[0], "penalties") && arity == 5) {
+    if (!get_i(env, a[1], &i1) || i1 < 0 || !get_f(env, a[2], &f1) || !get_f(env, a[3], &f2) || !get_f(env, a[4], &f3))
+      BAD("bad penalty arguments");
+    return llama_sampler_init_penalties(m->n_vocab, i1, f1, f2, f3);
+  }
+  if (is_tag(env, a[0], "dry") && arity == 6) {
+    unsigned nb;
+    if (!get_f(env, a[1], &f1) || !get_f(env, a[2], &f2) || !get_i(env, a[3], &i1) || !get_i(env, a[4], &i2) ||
+        i2 < -1 || !enif_get_list_length(env, a[5], &nb) || nb > 64)
+      BAD("bad dry arguments");
+    const char *breakers[64];
+    ERL_NIF_TERM head, tail = a[5];
+    unsigned got = 0;
+    bool ok = true;
+    for (unsigned i = 0; i < nb && ok; i++) {
+      enif_get_list_cell(env, tail, &head, &tail);
+      char *s = dup_cstr(env, head);
+      if (!s) ok = false;
+      else breakers[got++] = s;
+    }
+    struct llama_sampler *smpl = ok ? lcx_sampler_init_dry(m->vocab, f1, f2, i1, i2, breakers, got) : NULL;
+    for (unsigned i = 0; i < got; i++) enif_free((void *)breakers[i]);
+    if (!ok) BAD("dry sequence breakers must be binaries without NUL bytes");
+    if (!smpl) {
+      *err = lcx_error_str(env, ATOM_sampler_failed, lcx_last_exception());
+      return NULL;
+    }
+    return smpl;
+  }
+  if (is_tag(env, a[0], "logit_bias") && arity == 2) {
+    unsigned n;
+    if (!enif_get_list_length(env, a[1], &n)) BAD("logit_bias must be a list");
+    llama_logit_bias *lb = enif_alloc(sizeof(llama_logit_bias) * (n ? n : 1));
+    ERL_NIF_TERM head, tail = a[1];
+    for (unsigned i = 0; i < n; i++) {
+      int ar;
+      const ERL_NIF_TERM *pair;
+      enif_get_list_cell(env, tail, &head, &tail);
+      if (!enif_get_tuple(env, head, &ar, &pair) || ar != 2 || !get_i(env, pair[0], &i1) || !get_f(env, pair[1], &f1)) {
+        enif_free(lb);
+        BAD("logit_bias entries must be {token, bias}");
+      }
+      if (i1 < 0 || i1 >= m->n_vocab) {
+        enif_free(lb);
+        *err = lcx_error2(env, ATOM_invalid_token, enif_make_tuple2(env, enif_make_int(env, i1), enif_make_int(env, m->n_vocab)));
+        return NULL;
+      }
+      lb[i].token = i1;
+      lb[i].bias = f1;
+    }
+    struct llama_sampler *smpl = llama_sampler_init_logit_bias(m->n_vocab, (int32_t)n, lb);
+    enif_free(lb);
+    return smpl;
+  }
+  if (is_tag(env, a[0], "grammar") && arity == 3) {
+    char *g = dup_cstr(env, a[1]);
+    char *root = dup_cstr(env, a[2]);
+    struct llama_sampler *smpl = NULL;
+    if (g && root) {
+      lcx_log_capture_begin();
+      smpl = lcx_sampler_init_grammar(m->vocab, g, root);
+      const char *why = lcx_log_capture_end();
+      if (!smpl) {
+        const char *msg = why[0] ? why : lcx_last_exception();
+        *err = lcx_error_str(env, ATOM_invalid_grammar, msg[0] ? msg : "failed to parse grammar");
+      }
+    } else {
+      *err = lcx_raise(env, "grammar and root must be binaries without NUL bytes");
+    }
+    if (g) enif_free(g);
+    if (root) enif_free(root);
+    *grammar = true;
+    (void)u1;
+    return smpl;
+  }
+#undef BAD
+  *err = lcx_raise(env, "unknown sampler stage");
+  return NULL;
+}
+
+// sampler_create(model, [stage]) -> {:ok, ref} | {:error, reason}
+LCX_NIF(nif_sampler_create) {
+  lcx_model *m = lcx_get_model(env, argv[0]);
+  if (!m) return lcx_raise(env, "expected a model reference");
+  unsigned n;
+  if (!enif_get_list_length(env, argv[1], &n) || n == 0) return lcx_raise(env, "sampler stages must be a non-empty list");
+  if (!lcx_model_acquire(m)) return lcx_error(env, ATOM_closed);
+  struct llama_sampler_chain_params cp = llama_sampler_chain_default_params();
+  cp.no_perf = false;
+  struct llama_sampler *chain = llama_sampler_chain_init(cp);
+  bool grammar = false;
+  ERL_NIF_TERM head, tail = argv[1], err;
+  for (unsigned i = 0; i < n; i++) {
+    enif_get_list_cell(env, tail, &head, &tail);
+    struct llama_sampler *stage = build_stage(env, m, head, &grammar, &err);
+    if (!stage) {
+      llama_sampler_free(chain);
+      lcx_model_release(m);
+      return err;
+    }
+    llama_sampler_chain_add(chain, stage);
+  }
+  lcx_sampler *s = enif_alloc_resource(LCX_SAMPLER_RT, sizeof(lcx_sampler));
+  memset(s, 0, sizeof *s);
+  s->lock = enif_mutex_create("lcx_sampler");
+  s->chain = chain;
+  s->model = m;
+  s->has_grammar = grammar;
+  atomic_fetch_add(&lcx_live_samplers, 1);
+  ERL_NIF_TERM t = enif_make_resource(env, s);
+  enif_release_resource(s);
+  return lcx_ok(env, enif_make_tuple2(env, t, grammar ? ATOM_true : ATOM_false));
+}
+
+// sampler_accept(sampler, token)
+LCX_NIF(nif_sampler_accept) {
+  lcx_sampler *s = lcx_get_sampler(env, argv[0]);
+  int token;
+  if (!s) return lcx_raise(env, "expected a sampler reference");
+  if (!enif_get_int(env, argv[1], &token)) return lcx_raise(env, "token must be an integer");
+  enif_mutex_lock(s->lock);
+  ERL_NIF_TERM r;
+  if (!s->chain) r = lcx_error(env, ATOM_closed);
+  else if (token < 0 || token >= s->model->n_vocab)
+    r = lcx_error2(env, ATOM_invalid_token, enif_make_tuple2(env, enif_make_int(env, token), enif_make_int(env, s->model->n_vocab)));
+  else if (!lcx_sampler_accept(s->chain, token)) r = lcx_error_str(env, ATOM_sampler_failed, lcx_last_exception());
+  else r = ATOM_ok;
+  enif_mutex_unlock(s->lock);
+  return r;
+}
+
+LCX_NIF(nif_sampler_reset) {
+  lcx_sampler *s = lcx_get_sampler(env, argv[0]);
+  if (!s) return lcx_raise(env, "expected a sampler reference");
+  enif_mutex_lock(s->lock);
+  ERL_NIF_TERM r = !s->chain ? lcx_error(env, ATOM_closed)
+                   : lcx_sampler_reset(s->chain) ? ATOM_ok
+                                                 : lcx_error_str(env, ATOM_sampler_failed, lcx_last_exception());
+  enif_mutex_unlock(s->lock);
+  return r;
+}
+
+LCX_NIF(nif_sampler_free) {
+  lcx_sampler *s = lcx_get_sampler(env, argv[0]);
+  if (!s) return lcx_raise(env, "expected a sampler reference");
+  enif_mutex_lock(s->lock);
+  destroy_sampler(s);
+  enif_mutex_unlock(s->lock);
+  return ATOM_ok;
+}

@@ -1,0 +1,280 @@
+defmodule LlamaCppEx do
+  @moduledoc """
+  Run llama.cpp models inside the BEAM.
+
+      {:ok, model} = LlamaCppEx.Model.load("stories260K.gguf")
+
+      {:ok, text} = LlamaCppEx.generate(model, "Once upon a time", max_tokens: 64, temp: 0.0)
+
+      model
+      |> LlamaCppEx.stream("Once upon a time", max_tokens: 200)
+      |> Enum.each(&IO.write/1)
+
+      {:ok, reply} = LlamaCppEx.chat(model, [%{role: "user", content: "Hi"}], template: "chatml")
+
+  Each call tokenizes the prompt, makes a context and a sampler for it (unless
+  you pass `context:`), runs llama.cpp's decode/sample loop natively on a dirty
+  scheduler, and frees what it made.
+
+  ## Options
+
+  All functions here take:
+
+    * `:max_tokens` - most tokens to generate (default `256`).
+    * `:stop` - strings that end generation; the text ends before them.
+    * every `LlamaCppEx.Sampler` option (`:temp`, `:top_k`, `:top_p`, `:seed`,
+      `:grammar`, ...);
+    * every `LlamaCppEx.Context` option (`:n_ctx`, `:n_threads`, ...). Without
+      `:n_ctx` the context is sized to fit the prompt plus `:max_tokens`, up to
+      the model's training length;
+    * `:context` - an existing `LlamaCppEx.Context` to use (it is cleared first
+      and not freed afterwards);
+    * `:add_special` / `:parse_special` - how the prompt is tokenized (defaults
+      `true` / `false`; chat functions ignore them).
+
+  Chat functions also take `:template` and `:add_assistant` (see `LlamaCppEx.Chat`).
+  Unknown options raise `ArgumentError`.
+
+  ## Streams
+
+  `stream/3` and `stream_chat/3` return lazy streams of text chunks. Nothing
+  runs until the stream is consumed. Each chunk is valid UTF-8 up to its end
+  (a multi-byte character is never split), and text that could be the start of
+  a stop string is held back until it is known not to be one. Halting early
+  (`Enum.take/2`, `Stream.take_while/2`) stops generation within one token and
+  leaves no messages behind; if the consuming process dies, the native loop
+  notices and stops too.
+  """
+
+  alias LlamaCppEx.{Chat, Completion, Context, Model, NIF, Sampler, Tokenizer}
+
+  @gen_keys [max_tokens: 256, stop: [], context: nil, add_special: true, parse_special: false]
+  @chat_keys [template: nil, add_assistant: true]
+
+  @doc """
+  Generates text from `prompt`. Returns only the generated text.
+
+      {:ok, text} = LlamaCppEx.generate(model, "Once upon a time", max_tokens: 32, temp: 0.0)
+  """
+  @spec generate(Model.t(), String.t(), keyword()) :: {:ok, String.t()} | {:error, term()}
+  def generate(model, prompt, opts \\ []) do
+    with {:ok, %Completion{text: text}} <- complete(model, prompt, opts), do: {:ok, text}
+  end
+
+  @doc """
+  Like `generate/3`, but returns a `LlamaCppEx.Completion` with the generated
+  tokens, the finish reason, token counts and timings.
+
+      {:ok, %LlamaCppEx.Completion{text: text, finish_reason: :max_tokens}} =
+        LlamaCppEx.complete(model, "Once upon a time", max_tokens: 16)
+  """
+  @spec complete(Model.t(), String.t(), keyword()) :: {:ok, Completion.t()} | {:error, term()}
+  def complete(%Model{} = model, prompt, opts \\ []) when is_binary(prompt) do
+    opts = validate!(opts, [])
+
+    with {:ok, tokens} <- encode_prompt(model, prompt, opts) do
+      run(model, tokens, opts)
+    end
+  end
+
+  @doc """
+  Generates a reply to a conversation, rendered with the model's chat template
+  (or `:template`). Returns the reply text.
+
+      {:ok, reply} = LlamaCppEx.chat(model, [%{role: "user", content: "Hello"}])
+  """
+  @spec chat(Model.t(), [Chat.message()], keyword()) :: {:ok, String.t()} | {:error, term()}
+  def chat(model, messages, opts \\ []) do
+    with {:ok, %Completion{text: text}} <- chat_complete(model, messages, opts), do: {:ok, text}
+  end
+
+  @doc "Like `chat/3`, returning a `LlamaCppEx.Completion`."
+  @spec chat_complete(Model.t(), [Chat.message()], keyword()) :: {:ok, Completion.t()} | {:error, term()}
+  def chat_complete(%Model{} = model, messages, opts \\ []) do
+    opts = validate!(opts, @chat_keys)
+
+    with {:ok, tokens} <- Chat.tokenize(model, messages, Keyword.take(opts, Keyword.keys(@chat_keys))) do
+      run(model, tokens, opts)
+    end
+  end
+
+  @doc """
+  A lazy stream of generated text chunks.
+
+      model
+      |> LlamaCppEx.stream("Once upon a time", max_tokens: 100)
+      |> Enum.each(&IO.write/1)
+
+  Failures (e.g. a prompt longer than the context) raise `LlamaCppEx.Error`
+  when the stream is consumed.
+  """
+  @spec stream(Model.t(), String.t(), keyword()) :: Enumerable.t()
+  def stream(%Model{} = model, prompt, opts \\ []) when is_binary(prompt) do
+    opts = validate!(opts, [])
+    token_stream(model, fn -> encode_prompt(model, prompt, opts) end, opts)
+  end
+
+  @doc "A lazy stream of the reply to a conversation (see `chat/3` and `stream/3`)."
+  @spec stream_chat(Model.t(), [Chat.message()], keyword()) :: Enumerable.t()
+  def stream_chat(%Model{} = model, messages, opts \\ []) do
+    opts = validate!(opts, @chat_keys)
+    token_stream(model, fn -> Chat.tokenize(model, messages, Keyword.take(opts, Keyword.keys(@chat_keys))) end, opts)
+  end
+
+  @doc """
+  Counts of live native objects, `%{models: n, contexts: n, samplers: n}`:
+  useful to check that nothing leaks.
+  """
+  @spec live_objects() :: %{models: non_neg_integer(), contexts: non_neg_integer(), samplers: non_neg_integer()}
+  def live_objects, do: NIF.live_counts()
+
+  @doc "llama.cpp's description of the CPU features and backends it was built with."
+  @spec system_info() :: String.t()
+  def system_info, do: NIF.system_info()
+
+  # ---- internals ---------------------------------------------------------------------
+
+  defp validate!(opts, extra) do
+    keys = @gen_keys ++ extra ++ Enum.map(Sampler.option_keys() ++ Context.option_keys(), &{&1, :__default__})
+    opts = Keyword.validate!(opts, keys)
+    Enum.reject(opts, fn {_k, v} -> v == :__default__ end)
+  end
+
+  defp encode_prompt(model, prompt, opts) do
+    Tokenizer.encode(model, prompt, add_special: opts[:add_special], parse_special: opts[:parse_special])
+  end
+
+  defp run(model, tokens, opts) do
+    gen = Context.generate_opts(opts)
+
+    with {:ok, ctx, own_ctx?} <- context_for(model, tokens, gen.max_tokens, opts) do
+      try do
+        with {:ok, sampler} <- Sampler.create(model, Keyword.take(opts, Sampler.option_keys())) do
+          try do
+            with {:ok, map} <- NIF.generate(ctx.ref, sampler.ref, tokens, gen, nil, nil, nil) do
+              {:ok, Completion.from_native(map)}
+            end
+          after
+            Sampler.free(sampler)
+          end
+        end
+      after
+        if own_ctx?, do: Context.free(ctx)
+      end
+    end
+  end
+
+  defp context_for(model, tokens, max_tokens, opts) do
+    case opts[:context] do
+      %Context{model: %Model{ref: ref}} = ctx when ref == model.ref ->
+        with :ok <- Context.clear(ctx), do: {:ok, ctx, false}
+
+      %Context{} ->
+        raise ArgumentError, ":context belongs to a different model"
+
+      nil ->
+        ctx_opts = Keyword.take(opts, Context.option_keys())
+        ctx_opts = Keyword.put_new_lazy(ctx_opts, :n_ctx, fn -> default_n_ctx(model, length(tokens) + max_tokens) end)
+
+        with {:ok, ctx} <- Context.create(model, ctx_opts), do: {:ok, ctx, true}
+
+      other ->
+        raise ArgumentError, ":context must be a LlamaCppEx.Context, got: #{inspect(other)}"
+    end
+  end
+
+  # Fit the request, in steps of 256 to keep buffer sizes few, capped by the
+  # training length (beyond it, the request is a context overflow).
+  defp default_n_ctx(model, needed) do
+    rounded = div(needed + 255, 256) * 256
+    if model.n_ctx_train > 0, do: max(min(rounded, model.n_ctx_train), min(needed, model.n_ctx_train)), else: rounded
+  end
+
+  defp token_stream(model, tokenize, opts) do
+    Stream.resource(
+      fn -> start_stream(model, tokenize, opts) end,
+      &next_chunk/1,
+      &stop_stream/1
+    )
+  end
+
+  defp start_stream(model, tokenize, opts) do
+    gen = Context.generate_opts(opts)
+    tokens = ok!(tokenize.())
+    {ctx, own_ctx?} = ok!(context_for(model, tokens, gen.max_tokens, opts))
+
+    sampler =
+      case Sampler.create(model, Keyword.take(opts, Sampler.option_keys())) do
+        {:ok, s} ->
+          s
+
+        {:error, reason} ->
+          if own_ctx?, do: Context.free(ctx)
+          raise LlamaCppEx.Error, reason: reason
+      end
+
+    consumer = self()
+    ref = make_ref()
+    handle = NIF.stream_new(consumer)
+
+    {runner, mon} =
+      spawn_monitor(fn ->
+        result =
+          try do
+            NIF.generate(ctx.ref, sampler.ref, tokens, gen, handle, consumer, ref)
+          after
+            Sampler.free(sampler)
+            if own_ctx?, do: Context.free(ctx)
+          end
+
+        send(consumer, {ref, {:done, result}})
+      end)
+
+    %{ref: ref, handle: handle, runner: runner, mon: mon, done: false}
+  end
+
+  defp ok!({:ok, a, b}), do: {a, b}
+  defp ok!({:ok, v}), do: v
+  defp ok!({:error, reason}), do: raise(LlamaCppEx.Error, reason: reason)
+
+  defp next_chunk(%{done: true} = state), do: {:halt, state}
+
+  defp next_chunk(%{ref: ref, mon: mon} = state) do
+    receive do
+      {^ref, {:chunk, text}} ->
+        {[text], state}
+
+      {^ref, {:done, {:ok, _}}} ->
+        {:halt, %{state | done: true}}
+
+      {^ref, {:done, {:error, reason}}} ->
+        Process.demonitor(mon, [:flush])
+        raise LlamaCppEx.Error, reason: reason
+
+      {:DOWN, ^mon, :process, _, reason} ->
+        raise LlamaCppEx.Error, reason: {:generation_crashed, reason}
+    end
+  end
+
+  defp stop_stream(%{ref: ref, mon: mon, done: done, handle: handle}) do
+    unless done do
+      NIF.stream_cancel(handle)
+
+      receive do
+        {^ref, {:done, _}} -> :ok
+        {:DOWN, ^mon, :process, _, _} -> :ok
+      end
+    end
+
+    Process.demonitor(mon, [:flush])
+    flush(ref)
+  end
+
+  defp flush(ref) do
+    receive do
+      {^ref, _} -> flush(ref)
+    after
+      0 -> :ok
+    end
+  end
+end

@@ -1,0 +1,46 @@
+defmodule LlamaCppEx.Completion do
+  @moduledoc """
+  The result of a generation: the text, the generated token ids, why it ended,
+  token counts and timings.
+
+    * `:finish_reason` - `:eog` (the model ended its turn), `:max_tokens`,
+      `:stop` (a stop string was produced; it is not part of `:text`) or
+      `:cancelled` (a stream consumer stopped early or the context was freed).
+    * `:prompt_ms` / `:generation_ms` - wall time of prompt processing and of
+      the token loop; `prompt_tokens_per_second/1` and
+      `tokens_per_second/1` derive rates from them.
+  """
+
+  defstruct text: "",
+            tokens: [],
+            finish_reason: :max_tokens,
+            prompt_tokens: 0,
+            generated_tokens: 0,
+            prompt_ms: 0.0,
+            generation_ms: 0.0
+
+  @type finish_reason :: :eog | :max_tokens | :stop | :cancelled
+  @type t :: %__MODULE__{
+          text: String.t(),
+          tokens: [non_neg_integer()],
+          finish_reason: finish_reason(),
+          prompt_tokens: non_neg_integer(),
+          generated_tokens: non_neg_integer(),
+          prompt_ms: float(),
+          generation_ms: float()
+        }
+
+  @doc false
+  def from_native(map), do: struct!(__MODULE__, map)
+
+  @doc "Prompt processing speed in tokens per second."
+  @spec prompt_tokens_per_second(t()) :: float()
+  def prompt_tokens_per_second(%__MODULE__{prompt_tokens: n, prompt_ms: ms}), do: rate(n, ms)
+
+  @doc "Generation speed in tokens per second."
+  @spec tokens_per_second(t()) :: float()
+  def tokens_per_second(%__MODULE__{generated_tokens: n, generation_ms: ms}), do: rate(n, ms)
+
+  defp rate(_n, ms) when ms <= 0, do: 0.0
+  defp rate(n, ms), do: n * 1000.0 / ms
+end

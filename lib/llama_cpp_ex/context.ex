@@ -1,0 +1,215 @@
+defmodule LlamaCppEx.Context do
+  @moduledoc """
+  An inference context: the KV cache and compute buffers for running a model.
+
+  A context keeps its model alive. It is not shared between concurrent users
+  by llama.cpp itself; here every call takes the context's lock, so two
+  processes using one context are serialized rather than corrupting it.
+
+      {:ok, ctx} = LlamaCppEx.Context.create(model, n_ctx: 1024)
+      {:ok, sampler} = LlamaCppEx.Sampler.create(model, temp: 0.0)
+      {:ok, tokens} = LlamaCppEx.Tokenizer.encode(model, "Once upon a time")
+      {:ok, completion} = LlamaCppEx.Context.generate(ctx, sampler, tokens, max_tokens: 32)
+      completion.text
+  """
+
+  alias LlamaCppEx.{Completion, Model, NIF, Sampler}
+
+  @enforce_keys [:ref, :model]
+  defstruct [:ref, :model, :n_ctx, :n_batch, :n_ubatch, :n_seq_max, :n_threads, :n_threads_batch, embeddings: false]
+
+  @type t :: %__MODULE__{
+          ref: reference(),
+          model: Model.t(),
+          n_ctx: pos_integer(),
+          n_batch: pos_integer(),
+          n_ubatch: pos_integer(),
+          n_seq_max: pos_integer(),
+          n_threads: pos_integer(),
+          n_threads_batch: pos_integer(),
+          embeddings: boolean()
+        }
+
+  @cache_types [:f32, :f16, :bf16, :q8_0, :q4_0, :q4_1, :q5_0, :q5_1, :iq4_nl]
+  @pooling %{unspecified: -1, none: 0, mean: 1, cls: 2, last: 3, rank: 4}
+
+  @doc false
+  def option_keys,
+    do: [
+      :n_ctx,
+      :n_batch,
+      :n_ubatch,
+      :n_threads,
+      :n_threads_batch,
+      :n_seq_max,
+      :embeddings,
+      :flash_attn,
+      :type_k,
+      :type_v,
+      :pooling
+    ]
+
+  @doc """
+  Creates a context for `model`.
+
+  ## Options
+
+    * `:n_ctx` - context size in tokens (default `2048`; `0` takes the model's
+      training length).
+    * `:n_batch` - most tokens one `llama_decode` call may take (default `2048`,
+      at most `n_ctx`).
+    * `:n_ubatch` - physical micro-batch size (default `512`).
+    * `:n_threads` / `:n_threads_batch` - CPU threads for generation and for
+      prompt processing (default: the number of online schedulers).
+    * `:n_seq_max` - independent sequences (default `1`).
+    * `:embeddings` - extract embeddings (default `false`).
+    * `:flash_attn` - `:auto`, `true` or `false` (default `:auto`).
+    * `:type_k` / `:type_v` - KV cache element types, one of
+      #{Enum.map_join(@cache_types, ", ", &"`#{inspect(&1)}`")} (default `:f16`).
+    * `:pooling` - embedding pooling: `:unspecified` (model default), `:none`,
+      `:mean`, `:cls`, `:last` or `:rank`.
+  """
+  @spec create(Model.t(), keyword()) :: {:ok, t()} | {:error, term()}
+  def create(%Model{} = model, opts \\ []) do
+    threads = System.schedulers_online()
+
+    opts =
+      Keyword.validate!(opts,
+        n_ctx: 2048,
+        n_batch: 2048,
+        n_ubatch: 512,
+        n_threads: threads,
+        n_threads_batch: nil,
+        n_seq_max: 1,
+        embeddings: false,
+        flash_attn: :auto,
+        type_k: :f16,
+        type_v: :f16,
+        pooling: :unspecified
+      )
+
+    if model.vocab_only, do: raise(ArgumentError, "cannot create a context for a vocab_only model")
+    n_ctx = non_neg!(opts, :n_ctx)
+    n_batch = pos!(opts, :n_batch)
+    n_batch = if n_ctx > 0, do: min(n_batch, n_ctx), else: n_batch
+    n_threads = pos!(opts, :n_threads)
+
+    native = %{
+      n_ctx: n_ctx,
+      n_batch: n_batch,
+      n_ubatch: min(pos!(opts, :n_ubatch), n_batch),
+      n_threads: n_threads,
+      n_threads_batch: if(opts[:n_threads_batch], do: pos!(opts, :n_threads_batch), else: n_threads),
+      n_seq_max: pos!(opts, :n_seq_max),
+      embeddings: bool!(opts, :embeddings),
+      flash_attn: flash!(opts[:flash_attn]),
+      type_k: cache_type!(opts, :type_k),
+      type_v: cache_type!(opts, :type_v),
+      pooling: Map.get(@pooling, opts[:pooling]) || raise(ArgumentError, "unknown :pooling #{inspect(opts[:pooling])}")
+    }
+
+    with {:ok, ref} <- NIF.context_create(model.ref, native),
+         {:ok, info} <- NIF.context_info(ref) do
+      {:ok, struct!(__MODULE__, Map.merge(info, %{ref: ref, model: model, embeddings: native.embeddings}))}
+    end
+  end
+
+  @doc """
+  Decodes `tokens` (appending them to the context's sequence), in batches of
+  at most `n_batch`. Afterwards the logits of the last token can be sampled.
+
+  Returns `{:error, {:context_overflow, info}}` if the tokens do not fit,
+  `{:error, {:invalid_token, {id, n_vocab}}}` for ids outside the vocabulary.
+  """
+  @spec decode(t(), [non_neg_integer()]) :: :ok | {:error, term()}
+  def decode(%__MODULE__{ref: ref}, tokens) when is_list(tokens), do: NIF.context_decode(ref, tokens)
+
+  @doc """
+  Generates up to `:max_tokens` tokens after decoding `tokens`.
+
+  The decode-sample loop runs natively on a dirty scheduler. `tokens` is
+  appended to whatever the context holds already (call `clear/1` first for a
+  fresh start). Prompt plus `:max_tokens` must fit in the context's free space,
+  or `{:error, {:context_overflow, info}}` is returned before any work.
+
+  ## Options
+
+    * `:max_tokens` - most tokens to generate (default `256`).
+    * `:stop` - list of strings; generation ends before the first occurrence of
+      any of them (the stop string itself is not part of the text).
+  """
+  @spec generate(t(), Sampler.t(), [non_neg_integer()], keyword()) :: {:ok, Completion.t()} | {:error, term()}
+  def generate(%__MODULE__{} = ctx, %Sampler{} = sampler, tokens, opts \\ []) when is_list(tokens) do
+    opts = Keyword.validate!(opts, max_tokens: 256, stop: [])
+
+    with {:ok, map} <- NIF.generate(ctx.ref, sampler.ref, tokens, generate_opts(opts), nil, nil, nil) do
+      {:ok, Completion.from_native(map)}
+    end
+  end
+
+  @doc false
+  def generate_opts(opts) do
+    max = opts[:max_tokens]
+    unless is_integer(max) and max > 0, do: raise(ArgumentError, ":max_tokens must be a positive integer, got: #{inspect(max)}")
+    stop = List.wrap(opts[:stop])
+
+    unless Enum.all?(stop, &(is_binary(&1) and &1 != "")),
+      do: raise(ArgumentError, ":stop must be a list of non-empty strings, got: #{inspect(opts[:stop])}")
+
+    %{max_tokens: max, stop: stop}
+  end
+
+  @doc "Removes everything from the context's memory (KV cache)."
+  @spec clear(t()) :: :ok | {:error, :closed}
+  def clear(%__MODULE__{ref: ref}), do: NIF.context_clear(ref)
+
+  @doc "The context size in tokens."
+  @spec n_ctx(t()) :: pos_integer()
+  def n_ctx(%__MODULE__{n_ctx: n}), do: n
+
+  @doc "The position the next decoded token will take (tokens held in sequence 0)."
+  @spec position(t()) :: {:ok, non_neg_integer()} | {:error, :closed}
+  def position(%__MODULE__{ref: ref}), do: NIF.context_position(ref)
+
+  @doc """
+  Frees the context now, aborting any decode running on it. Idempotent; later
+  calls on the context return `{:error, :closed}`.
+  """
+  @spec free(t()) :: :ok
+  def free(%__MODULE__{ref: ref}), do: NIF.context_free(ref)
+
+  defp flash!(:auto), do: -1
+  defp flash!(true), do: 1
+  defp flash!(false), do: 0
+  defp flash!(other), do: raise(ArgumentError, ":flash_attn must be :auto, true or false, got: #{inspect(other)}")
+
+  defp cache_type!(opts, key) do
+    v = opts[key]
+    if v in @cache_types, do: v, else: raise(ArgumentError, "#{inspect(key)} must be one of #{inspect(@cache_types)}, got: #{inspect(v)}")
+  end
+
+  defp pos!(opts, key) do
+    case opts[key] do
+      v when is_integer(v) and v > 0 and v < 2_147_483_648 -> v
+      v -> raise ArgumentError, "#{inspect(key)} must be a positive integer, got: #{inspect(v)}"
+    end
+  end
+
+  defp non_neg!(opts, key) do
+    case opts[key] do
+      v when is_integer(v) and v >= 0 and v < 2_147_483_648 -> v
+      v -> raise ArgumentError, "#{inspect(key)} must be a non-negative integer, got: #{inspect(v)}"
+    end
+  end
+
+  defp bool!(opts, key) do
+    case opts[key] do
+      v when is_boolean(v) -> v
+      v -> raise ArgumentError, "#{inspect(key)} must be a boolean, got: #{inspect(v)}"
+    end
+  end
+
+  defimpl Inspect do
+    def inspect(c, _opts), do: "#LlamaCppEx.Context<n_ctx: #{c.n_ctx}, n_batch: #{c.n_batch}, n_threads: #{c.n_threads}>"
+  end
+end

@@ -1,0 +1,69 @@
+defmodule LlamaCppEx.NIF do
+  @moduledoc false
+  # Stubs for the native functions in c_src/. Each is replaced when the shared
+  # library loads; the schedulers they run on are listed in c_src/nif.c.
+
+  @on_load :load_nif
+
+  def load_nif do
+    path = :filename.join(:code.priv_dir(:llama_cpp_ex), ~c"llama_cpp_ex_nif")
+
+    case :erlang.load_nif(path, 0) do
+      :ok ->
+        :ok
+
+      {:error, {reason, text}} ->
+        require Logger
+
+        Logger.error(
+          "LlamaCppEx could not load its native library #{path}.so (#{reason}): #{text}. " <>
+            "Run `mix compile` in the llama_cpp_ex project to build it."
+        )
+
+        {:error, reason}
+    end
+  end
+
+  defp nif_error, do: :erlang.nif_error(:nif_not_loaded)
+
+  def load_handle, do: nif_error()
+  def load_cancel(_handle), do: nif_error()
+  def model_load(_path, _opts, _handle, _progress_pid, _ref), do: nif_error()
+  def model_free(_model), do: nif_error()
+  def model_info(_model), do: nif_error()
+  def model_metadata(_model), do: nif_error()
+  def model_chat_template(_model, _name), do: nif_error()
+  def live_counts, do: nif_error()
+  def system_info, do: nif_error()
+
+  def tokenize(_model, _text, _add_special, _parse_special), do: nif_error()
+  def tokenize_dirty(_model, _text, _add_special, _parse_special), do: nif_error()
+  def detokenize(_model, _tokens, _remove_special, _unparse_special), do: nif_error()
+  def detokenize_dirty(_model, _tokens, _remove_special, _unparse_special), do: nif_error()
+  def token_to_piece(_model, _token, _special), do: nif_error()
+  def vocab_info(_model), do: nif_error()
+  def token_is_eog(_model, _token), do: nif_error()
+
+  def sampler_create(_model, _stages), do: nif_error()
+  def sampler_create_dirty(_model, _stages), do: nif_error()
+  def sampler_accept(_sampler, _token), do: nif_error()
+  def sampler_accept_dirty(_sampler, _token), do: nif_error()
+  def sampler_reset(_sampler), do: nif_error()
+  def sampler_free(_sampler), do: nif_error()
+  def sampler_sample(_sampler, _ctx), do: nif_error()
+
+  def context_create(_model, _opts), do: nif_error()
+  def context_free(_ctx), do: nif_error()
+  def context_info(_ctx), do: nif_error()
+  def context_position(_ctx), do: nif_error()
+  def context_clear(_ctx), do: nif_error()
+  def context_decode(_ctx, _tokens), do: nif_error()
+  def generate(_ctx, _sampler, _tokens, _opts, _stream, _pid, _ref), do: nif_error()
+  def stream_new(_consumer), do: nif_error()
+  def stream_cancel(_stream), do: nif_error()
+
+  def chat_apply_template(_template, _messages, _add_assistant), do: nif_error()
+  def chat_builtin_templates, do: nif_error()
+
+  def set_log_handler(_pid, _level), do: nif_error()
+end

@@ -1,0 +1,126 @@
+defmodule LlamaCppEx.Tokenizer do
+  @moduledoc """
+  Text to tokens and back, with the model's own vocabulary.
+
+      {:ok, tokens} = LlamaCppEx.Tokenizer.encode(model, "Once upon a time")
+      #=> {:ok, [1, 403, 407, 261, 378]}   (stories260K, BOS first)
+      {:ok, text} = LlamaCppEx.Tokenizer.decode(model, tokens)
+
+  Short inputs are handled on the calling scheduler; inputs above a few
+  kilobytes go to a dirty scheduler so they never block the VM.
+  """
+
+  alias LlamaCppEx.{Model, NIF}
+
+  # Beyond this size tokenizing can take over ~1 ms: use a dirty scheduler.
+  @dirty_bytes 4096
+  @dirty_tokens 1024
+
+  @type token :: non_neg_integer()
+
+  @doc """
+  Tokenizes `text`.
+
+  ## Options
+
+    * `:add_special` - add BOS/EOS as the model is configured to (default `true`).
+    * `:parse_special` - turn special-token text such as `<|im_start|>` into
+      the special token (default `false`: user text can never forge them).
+
+  Returns `{:error, :invalid_utf8}` when `text` is not valid UTF-8.
+  """
+  @spec encode(Model.t(), String.t(), keyword()) :: {:ok, [token()]} | {:error, term()}
+  def encode(%Model{ref: ref}, text, opts \\ []) when is_binary(text) do
+    opts = Keyword.validate!(opts, add_special: true, parse_special: false)
+    add = bool!(opts, :add_special)
+    parse = bool!(opts, :parse_special)
+
+    cond do
+      not String.valid?(text) -> {:error, :invalid_utf8}
+      byte_size(text) > @dirty_bytes -> NIF.tokenize_dirty(ref, text, add, parse)
+      true -> NIF.tokenize(ref, text, add, parse)
+    end
+  end
+
+  @doc """
+  Turns tokens back into text.
+
+  ## Options
+
+    * `:remove_special` - drop the BOS/EOS the model adds (default `false`).
+    * `:unparse_special` - render special tokens as their text (default `false`).
+
+  The result is the raw bytes of the pieces; a token list that ends inside a
+  multi-byte character gives a binary that is not valid UTF-8.
+  """
+  @spec decode(Model.t(), [token()], keyword()) :: {:ok, binary()} | {:error, term()}
+  def decode(%Model{ref: ref}, tokens, opts \\ []) when is_list(tokens) do
+    opts = Keyword.validate!(opts, remove_special: false, unparse_special: false)
+    remove = bool!(opts, :remove_special)
+    unparse = bool!(opts, :unparse_special)
+
+    if length(tokens) > @dirty_tokens,
+      do: NIF.detokenize_dirty(ref, tokens, remove, unparse),
+      else: NIF.detokenize(ref, tokens, remove, unparse)
+  end
+
+  @doc """
+  The text of one token. With `special: true`, special tokens render as their
+  text (e.g. `"</s>"`); otherwise they render as `""`.
+  """
+  @spec token_to_piece(Model.t(), token(), keyword()) :: {:ok, binary()} | {:error, term()}
+  def token_to_piece(%Model{ref: ref}, token, opts \\ []) when is_integer(token) do
+    opts = Keyword.validate!(opts, special: false)
+    NIF.token_to_piece(ref, token, bool!(opts, :special))
+  end
+
+  @doc """
+  The model's special tokens: `:bos`, `:eos`, `:eot`, `:sep`, `:nl`, `:pad`,
+  `:fim_pre`, `:fim_suf`, `:fim_mid` (each a token id or `nil`), plus
+  `:add_bos`/`:add_eos` (whether `encode/3` adds them) and `:n_vocab`.
+  """
+  @spec special_tokens(Model.t()) :: map()
+  def special_tokens(%Model{ref: ref}) do
+    case NIF.vocab_info(ref) do
+      {:ok, info} -> Map.delete(info, :type)
+      {:error, :closed} -> raise ArgumentError, "the model has been freed"
+    end
+  end
+
+  @doc "Beginning-of-sequence token, or `nil`."
+  @spec bos(Model.t()) :: token() | nil
+  def bos(model), do: special_tokens(model).bos
+
+  @doc "End-of-sequence token, or `nil`."
+  @spec eos(Model.t()) :: token() | nil
+  def eos(model), do: special_tokens(model).eos
+
+  @doc "End-of-turn token, or `nil`."
+  @spec eot(Model.t()) :: token() | nil
+  def eot(model), do: special_tokens(model).eot
+
+  @doc "Newline token, or `nil`."
+  @spec nl(Model.t()) :: token() | nil
+  def nl(model), do: special_tokens(model).nl
+
+  @doc "Whether `token` ends generation (EOS, EOT or another end-of-generation token)."
+  @spec eog?(Model.t(), token()) :: boolean()
+  def eog?(%Model{ref: ref}, token) when is_integer(token) do
+    case NIF.token_is_eog(ref, token) do
+      {:ok, bool} -> bool
+      {:error, {:invalid_token, _}} -> raise ArgumentError, "token #{token} is outside the vocabulary"
+      {:error, :closed} -> raise ArgumentError, "the model has been freed"
+    end
+  end
+
+  @doc "Number of tokens in the vocabulary."
+  @spec vocab_size(Model.t()) :: pos_integer()
+  def vocab_size(%Model{n_vocab: n}), do: n
+
+  defp bool!(opts, key) do
+    case opts[key] do
+      v when is_boolean(v) -> v
+      v -> raise ArgumentError, "#{inspect(key)} must be a boolean, got: #{inspect(v)}"
+    end
+  end
+end

@@ -1,0 +1,49 @@
+defmodule LlamaCppEx.TestHelpers do
+  @moduledoc false
+  # Paths shared by the test suites. Models are never copied into the repo.
+
+  @default_model Path.expand("../../../shared/models/stories260K.gguf", __DIR__)
+  @default_random Path.expand("../../../shared/models/llama-2-tiny-random.gguf", __DIR__)
+
+  @doc "stories260K.gguf (override with LLAMA_TEST_MODEL)."
+  def model_path, do: System.get_env("LLAMA_TEST_MODEL") || @default_model
+
+  @doc "The 32k-vocab random llama (override with LLAMA_TEST_RANDOM_MODEL)."
+  def random_model_path, do: System.get_env("LLAMA_TEST_RANDOM_MODEL") || @default_random
+
+  @doc "The llama.cpp source checkout the NIF was built from, or nil."
+  def llama_src do
+    case System.get_env("LLAMA_CPP_SRC") do
+      nil ->
+        script = Path.expand("../../scripts/llama_cpp.sh", __DIR__)
+
+        case System.cmd(script, ["src"], stderr_to_stdout: false) do
+          {out, 0} -> out |> String.trim() |> String.split("\n") |> List.last()
+          _ -> nil
+        end
+
+      src ->
+        src
+    end
+  end
+
+  @doc "Loads the test model once per test module."
+  def load_model!(path \\ model_path(), opts \\ []) do
+    {:ok, model} = LlamaCppEx.Model.load(path, opts)
+    model
+  end
+
+  @doc "Waits until fun returns true, up to timeout ms."
+  def eventually(fun, timeout \\ 2000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    do_eventually(fun, deadline)
+  end
+
+  defp do_eventually(fun, deadline) do
+    cond do
+      fun.() -> true
+      System.monotonic_time(:millisecond) > deadline -> false
+      true -> Process.sleep(5) && do_eventually(fun, deadline)
+    end
+  end
+end
