@@ -50,6 +50,7 @@ defmodule LlamaCppEx do
 
   @gen_keys [max_tokens: 256, stop: [], context: nil, add_special: true, parse_special: false]
   @chat_keys [template: nil, add_assistant: true]
+  @stream_keys [on_complete: nil]
 
   @doc """
   Generates text from `prompt`. Returns only the generated text.
@@ -107,17 +108,22 @@ defmodule LlamaCppEx do
 
   Failures (e.g. a prompt longer than the context) raise `LlamaCppEx.Error`
   when the stream is consumed.
+
+  Besides the options of `generate/3`, streams take `:on_complete`, a 1-arity
+  function called in the consuming process with the `LlamaCppEx.Completion`
+  (finish reason, token counts, timings) when generation ends, including when
+  the consumer halts early (`finish_reason: :cancelled`).
   """
   @spec stream(Model.t(), String.t(), keyword()) :: Enumerable.t()
   def stream(%Model{} = model, prompt, opts \\ []) when is_binary(prompt) do
-    opts = validate!(opts, [])
+    opts = validate!(opts, @stream_keys)
     token_stream(model, fn -> encode_prompt(model, prompt, opts) end, opts)
   end
 
   @doc "A lazy stream of the reply to a conversation (see `chat/3` and `stream/3`)."
   @spec stream_chat(Model.t(), [Chat.message()], keyword()) :: Enumerable.t()
   def stream_chat(%Model{} = model, messages, opts \\ []) do
-    opts = validate!(opts, @chat_keys)
+    opts = validate!(opts, @chat_keys ++ @stream_keys)
     token_stream(model, fn -> Chat.tokenize(model, messages, Keyword.take(opts, Keyword.keys(@chat_keys))) end, opts)
   end
 
@@ -200,6 +206,11 @@ defmodule LlamaCppEx do
 
   defp start_stream(model, tokenize, opts) do
     gen = Context.generate_opts(opts)
+    on_complete = opts[:on_complete]
+
+    unless is_nil(on_complete) or is_function(on_complete, 1),
+      do: raise(ArgumentError, ":on_complete must be a 1-arity function")
+
     tokens = ok!(tokenize.())
     {ctx, own_ctx?} = ok!(context_for(model, tokens, gen.max_tokens, opts))
 
@@ -230,7 +241,7 @@ defmodule LlamaCppEx do
         send(consumer, {ref, {:done, result}})
       end)
 
-    %{ref: ref, handle: handle, runner: runner, mon: mon, done: false}
+    %{ref: ref, handle: handle, runner: runner, mon: mon, done: false, on_complete: on_complete}
   end
 
   defp ok!({:ok, a, b}), do: {a, b}
@@ -244,7 +255,8 @@ defmodule LlamaCppEx do
       {^ref, {:chunk, text}} ->
         {[text], state}
 
-      {^ref, {:done, {:ok, _}}} ->
+      {^ref, {:done, {:ok, map}}} ->
+        completed(state, map)
         {:halt, %{state | done: true}}
 
       {^ref, {:done, {:error, reason}}} ->
@@ -256,11 +268,12 @@ defmodule LlamaCppEx do
     end
   end
 
-  defp stop_stream(%{ref: ref, mon: mon, done: done, handle: handle}) do
+  defp stop_stream(%{ref: ref, mon: mon, done: done, handle: handle} = state) do
     unless done do
       NIF.stream_cancel(handle)
 
       receive do
+        {^ref, {:done, {:ok, map}}} -> completed(state, map)
         {^ref, {:done, _}} -> :ok
         {:DOWN, ^mon, :process, _, _} -> :ok
       end
@@ -269,6 +282,9 @@ defmodule LlamaCppEx do
     Process.demonitor(mon, [:flush])
     flush(ref)
   end
+
+  defp completed(%{on_complete: nil}, _map), do: :ok
+  defp completed(%{on_complete: fun}, map), do: fun.(Completion.from_native(map))
 
   defp flush(ref) do
     receive do
