@@ -54,7 +54,14 @@ defmodule Mix.Tasks.Compile.LlamaCppEx do
       end)
 
     make = System.find_executable("gmake") || System.find_executable("make") || Mix.raise("make not found")
-    args = ["--no-print-directory", "-s", "nif", "MIX_APP_PATH=#{Mix.Project.app_path()}", "PRIV_DIR=#{Path.join(root, "priv")}" | vars]
+
+    args = [
+      "--no-print-directory",
+      "-s",
+      "nif",
+      "MIX_APP_PATH=#{Mix.Project.app_path()}",
+      "PRIV_DIR=#{Path.join(root, "priv")}" | vars
+    ]
 
     case System.cmd(make, args, cd: root, into: IO.stream(:stdio, :line), stderr_to_stdout: true) do
       {_, 0} -> {:ok, []}

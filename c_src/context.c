@@ -35,13 +35,34 @@ static void context_dtor(ErlNifEnv *env, void *obj) {
   if (c->lock) enif_mutex_destroy(c->lock);
 }
 
-static void stream_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon) {
-  atomic_store(&((lcx_stream *)obj)->cancel, 1);
+static void stream_cancel(lcx_stream *st) {
+  enif_mutex_lock(st->mu);
+  atomic_store(&st->cancel, 1);
+  enif_cond_broadcast(st->cv);
+  enif_mutex_unlock(st->mu);
+}
+
+static void stream_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon) { stream_cancel(obj); }
+
+static void stream_dtor(ErlNifEnv *env, void *obj) {
+  lcx_stream *st = obj;
+  if (st->cv) enif_cond_destroy(st->cv);
+  if (st->mu) enif_mutex_destroy(st->mu);
+}
+
+// Blocks until the consumer has asked for chunk number `n` (1-based) or the
+// stream is cancelled. Returns false when cancelled.
+static bool stream_wait_demand(lcx_stream *st, long n) {
+  enif_mutex_lock(st->mu);
+  while (st->demanded < n && !atomic_load(&st->cancel)) enif_cond_wait(st->cv, st->mu);
+  bool ok = !atomic_load(&st->cancel);
+  enif_mutex_unlock(st->mu);
+  return ok;
 }
 
 int lcx_context_load_types(ErlNifEnv *env) {
   LCX_CONTEXT_RT = enif_open_resource_type(env, NULL, "lcx_context", context_dtor, ERL_NIF_RT_CREATE, NULL);
-  ErlNifResourceTypeInit init = {.dtor = NULL, .stop = NULL, .down = stream_down};
+  ErlNifResourceTypeInit init = {.dtor = stream_dtor, .stop = NULL, .down = stream_down};
   LCX_STREAM_RT = enif_open_resource_type_x(env, "lcx_stream", &init, ERL_NIF_RT_CREATE, NULL);
   return LCX_CONTEXT_RT && LCX_STREAM_RT ? 0 : -1;
 }
@@ -98,6 +119,7 @@ LCX_NIF(nif_context_create) {
   lcx_model *m = lcx_get_model(env, argv[0]);
   if (!m) return lcx_raise(env, "expected a model reference");
   if (!enif_is_map(env, argv[1])) return lcx_raise(env, "options must be a map");
+  if (m->vocab_only) return lcx_raise(env, "cannot create a context for a vocab_only model");
   struct llama_context_params p = llama_context_default_params();
   int n_ctx, n_batch, n_ubatch, n_seq_max, n_threads, n_threads_batch, flash_attn, pooling;
   bool embeddings = false;
@@ -330,6 +352,8 @@ LCX_NIF(nif_stream_new) {
   if (!st) return lcx_raise(env, "out of memory");
   memset(st, 0, sizeof *st);
   atomic_init(&st->cancel, 0);
+  st->mu = enif_mutex_create("lcx_stream");
+  st->cv = enif_cond_create("lcx_stream");
   int rc = enif_monitor_process(env, st, &pid, &st->mon);
   if (rc != 0) atomic_store(&st->cancel, 1); // already dead (or monitors unsupported)
   ERL_NIF_TERM t = enif_make_resource(env, st);
@@ -340,7 +364,19 @@ LCX_NIF(nif_stream_new) {
 LCX_NIF(nif_stream_cancel) {
   void *p;
   if (!enif_get_resource(env, argv[0], LCX_STREAM_RT, &p)) return lcx_raise(env, "expected a stream handle");
-  atomic_store(&((lcx_stream *)p)->cancel, 1);
+  stream_cancel(p);
+  return ATOM_ok;
+}
+
+// stream_demand(handle): the consumer asks for one more chunk
+LCX_NIF(nif_stream_demand) {
+  void *p;
+  if (!enif_get_resource(env, argv[0], LCX_STREAM_RT, &p)) return lcx_raise(env, "expected a stream handle");
+  lcx_stream *st = p;
+  enif_mutex_lock(st->mu);
+  st->demanded++;
+  enif_cond_signal(st->cv);
+  enif_mutex_unlock(st->mu);
   return ATOM_ok;
 }
 
@@ -497,6 +533,7 @@ LCX_NIF(nif_generate) {
   int32_t rc = abort_cb(c) ? 2 : decode_tokens(c, prompt, n_prompt);
   ErlNifTime t1 = enif_monotonic_time(ERL_NIF_USEC);
   size_t emitted = 0;
+  long n_sent = 0;
   char piece_buf[256];
   while (rc == 0) {
     bool threw;
@@ -536,7 +573,12 @@ LCX_NIF(nif_generate) {
       size_t safe = text.len - stop_prefix_hold(&stops, &text, emitted);
       safe -= lcx_utf8_incomplete_tail(text.data, safe);
       if (safe > emitted) {
+        if (!stream_wait_demand(stream, n_sent + 1)) {
+          rc = 2;
+          break;
+        }
         send_chunk(env, &dest, msg_env, argv[6], text.data + emitted, safe - emitted);
+        n_sent++;
         emitted = safe;
       }
     }
@@ -557,7 +599,8 @@ LCX_NIF(nif_generate) {
     result = decode_error(env, rc);
     goto done;
   }
-  if (streaming && text.len > emitted) send_chunk(env, &dest, msg_env, argv[6], text.data + emitted, text.len - emitted);
+  if (streaming && text.len > emitted && finish != ATOM_cancelled && stream_wait_demand(stream, n_sent + 1))
+    send_chunk(env, &dest, msg_env, argv[6], text.data + emitted, text.len - emitted);
   {
     ERL_NIF_TERM keys[7] = {ATOM_text,        ATOM_tokens,    ATOM_finish_reason, ATOM_prompt_tokens,
                             ATOM_generated_tokens, ATOM_prompt_ms, ATOM_generation_ms};

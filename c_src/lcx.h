@@ -21,6 +21,7 @@ typedef struct lcx_model {
   int32_t n_vocab;
   int dependants;       // live contexts + samplers (under `lock`, write)
   bool closed;          // free/1 called; llama_model freed when dependants hit 0
+  bool vocab_only;      // no weights: no contexts
 } lcx_model;
 
 typedef struct lcx_context {
@@ -39,12 +40,18 @@ typedef struct lcx_sampler {
   bool has_grammar;  // sampling with a grammar can be slow: dirty scheduler
 } lcx_sampler;
 
-// A running stream: lets a normal NIF (or the consumer's death, through a
-// monitor) cancel the generation loop between tokens and inside llama_decode.
+// A running stream. Flow control: the generation loop may compute one token
+// ahead, but sends chunk k only once the consumer has asked for k chunks
+// (`demanded`), so a consumer that stops asking stops generation within one
+// token, and a slow consumer never has more than one chunk queued. `cancel`
+// is set by the consumer (halt) or by its death (monitor); the loop checks it
+// between tokens and llama_decode's abort callback checks it inside a decode.
 typedef struct lcx_stream {
   atomic_int cancel;
+  ErlNifMutex *mu;
+  ErlNifCond *cv;
+  long demanded; // under mu
   ErlNifMonitor mon;
-  bool monitoring;
 } lcx_stream;
 
 // A model load in progress: its progress callback can be told to stop.

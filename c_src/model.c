@@ -156,6 +156,7 @@ LCX_NIF(nif_model_load) {
   m->model = model;
   m->vocab = llama_model_get_vocab(model);
   m->n_vocab = llama_vocab_n_tokens(m->vocab);
+  m->vocab_only = vocab_only;
   atomic_fetch_add(&lcx_live_models, 1);
   ERL_NIF_TERM t = enif_make_resource(env, m);
   enif_release_resource(m);
@@ -212,8 +213,9 @@ LCX_NIF(nif_model_info) {
       enif_make_int(env, llama_model_n_ctx_train(model)),
       enif_make_int(env, llama_model_n_embd(model)),
       enif_make_int(env, llama_model_n_layer(model)),
-      enif_make_int(env, llama_model_n_head(model)),
-      enif_make_int(env, llama_model_n_head_kv(model)),
+      // n_head/n_head_kv abort on a model without layers (vocab_only)
+      enif_make_int(env, llama_model_n_layer(model) > 0 ? llama_model_n_head(model) : 0),
+      enif_make_int(env, llama_model_n_layer(model) > 0 ? llama_model_n_head_kv(model) : 0),
       enif_make_int(env, m->n_vocab),
       arch[0] ? lcx_cstr(env, arch) : ATOM_nil,
       tmpl ? lcx_cstr(env, tmpl) : ATOM_nil,

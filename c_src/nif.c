@@ -33,6 +33,7 @@ LCX_NIF(nif_context_clear);
 LCX_NIF(nif_context_decode);
 LCX_NIF(nif_stream_new);
 LCX_NIF(nif_stream_cancel);
+LCX_NIF(nif_stream_demand);
 LCX_NIF(nif_generate);
 LCX_NIF(nif_chat_apply_template);
 LCX_NIF(nif_chat_builtin_templates);
@@ -90,6 +91,7 @@ static ErlNifFunc nif_funcs[] = {
     // Allocate a handle / set an atomic flag: normal.
     {"stream_new", 1, nif_stream_new, 0},
     {"stream_cancel", 1, nif_stream_cancel, 0},
+    {"stream_demand", 1, nif_stream_demand, 0},
     // Template rendering is linear in the conversation: dirty CPU.
     {"chat_apply_template", 3, nif_chat_apply_template, DIRTY_CPU},
     {"chat_builtin_templates", 0, nif_chat_builtin_templates, 0},

@@ -250,7 +250,11 @@ defmodule LlamaCppEx do
 
   defp next_chunk(%{done: true} = state), do: {:halt, state}
 
-  defp next_chunk(%{ref: ref, mon: mon} = state) do
+  defp next_chunk(%{ref: ref, mon: mon, handle: handle} = state) do
+    # Ask for exactly one more chunk: the native loop never runs more than one
+    # token ahead of what the consumer has asked for.
+    NIF.stream_demand(handle)
+
     receive do
       {^ref, {:chunk, text}} ->
         {[text], state}
@@ -259,8 +263,11 @@ defmodule LlamaCppEx do
         completed(state, map)
         {:halt, %{state | done: true}}
 
+      {:DOWN, ^mon, :process, _, :normal} ->
+        # cannot happen before :done (messages from one process keep their order)
+        {:halt, %{state | done: true}}
+
       {^ref, {:done, {:error, reason}}} ->
-        Process.demonitor(mon, [:flush])
         raise LlamaCppEx.Error, reason: reason
 
       {:DOWN, ^mon, :process, _, reason} ->
@@ -268,18 +275,24 @@ defmodule LlamaCppEx do
     end
   end
 
-  defp stop_stream(%{ref: ref, mon: mon, done: done, handle: handle} = state) do
-    unless done do
-      NIF.stream_cancel(handle)
+  defp stop_stream(%{ref: ref, mon: mon, done: done, handle: handle, runner: runner} = state) do
+    unless done, do: NIF.stream_cancel(handle)
+    # Wait for the runner to exit (it frees its context and sampler first); a
+    # fresh monitor works whether or not the old one's :DOWN was consumed.
+    Process.demonitor(mon, [:flush])
+    mon = Process.monitor(runner)
 
-      receive do
-        {^ref, {:done, {:ok, map}}} -> completed(state, map)
-        {^ref, {:done, _}} -> :ok
-        {:DOWN, ^mon, :process, _, _} -> :ok
-      end
+    receive do
+      {:DOWN, ^mon, :process, _, _} -> :ok
     end
 
-    Process.demonitor(mon, [:flush])
+    # Everything the runner sent is in the mailbox now: report and flush it.
+    receive do
+      {^ref, {:done, {:ok, map}}} -> completed(state, map)
+    after
+      0 -> :ok
+    end
+
     flush(ref)
   end
 

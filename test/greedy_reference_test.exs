@@ -29,8 +29,7 @@ defmodule LlamaCppEx.GreedyReferenceTest do
   # LLAMA_TEST_MODEL cannot be compared against them.
   @model_path LlamaCppEx.TestHelpers.model_path()
   unless is_binary(@model_path) and Path.basename(@model_path) == "stories260K.gguf" do
-    @moduletag skip:
-                 "greedy reference texts were recorded with stories260K.gguf, not #{inspect(@model_path)}"
+    @moduletag skip: "greedy reference texts were recorded with stories260K.gguf, not #{inspect(@model_path)}"
   end
 
   @max_tokens 32
@@ -38,17 +37,15 @@ defmodule LlamaCppEx.GreedyReferenceTest do
   # {prompt, expected continuation, generated tokens, finish_reason}
   @references [
     {"Once upon a time",
-     ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw",
-     32, :max_tokens},
+     ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw", 32, :max_tokens},
     {"The little dog",
-     " was a little girl named Lily. She loved to play with her toys and her toys. One day, she saw a big",
-     32, :max_tokens},
+     " was a little girl named Lily. She loved to play with her toys and her toys. One day, she saw a big", 32,
+     :max_tokens},
     {"Lily and Ben went to the park",
-     ". They saw a big box with a big box. They wanted to play with it. They wanted to play with the bo",
-     32, :max_tokens},
-    {"One day",
-     ", a little girl named Lily went to the park with her mom. She saw a big box with a big box",
-     32, :max_tokens}
+     ". They saw a big box with a big box. They wanted to play with it. They wanted to play with the bo", 32,
+     :max_tokens},
+    {"One day", ", a little girl named Lily went to the park with her mom. She saw a big box with a big box", 32,
+     :max_tokens}
   ]
 
   for {prompt, expected, expected_n, expected_finish} <- @references do

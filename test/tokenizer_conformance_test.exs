@@ -98,8 +98,8 @@ defmodule LlamaCppEx.TokenizerConformanceTest do
         |> Enum.take(5)
         |> Enum.map_join("\n", fn {input, expected, got} ->
           "  input:    #{inspect(input, binaries: :as_strings)}\n" <>
-            "  expected: #{inspect(expected, limit: :infinity)}\n" <>
-            "  got:      #{inspect(got, limit: :infinity)}\n"
+            "  expected: #{inspect(expected, limit: :infinity, charlists: :as_lists)}\n" <>
+            "  got:      #{inspect(got, limit: :infinity, charlists: :as_lists)}\n"
         end)
 
       flunk(
@@ -121,9 +121,7 @@ defmodule LlamaCppEx.TokenizerConformanceTest do
       |> Enum.map(fn ids -> Enum.map(ids, &String.to_integer/1) end)
 
     if length(inputs) != length(outputs) do
-      flunk(
-        "#{inp_path} has #{length(inputs)} inputs but #{out_path} has #{length(outputs)} lines"
-      )
+      flunk("#{inp_path} has #{length(inputs)} inputs but #{out_path} has #{length(outputs)} lines")
     end
 
     # std::map semantics: a repeated input keeps the last expected output.

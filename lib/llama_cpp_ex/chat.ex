@@ -125,10 +125,17 @@ defmodule LlamaCppEx.Chat do
   @doc false
   def normalize!(messages) when is_list(messages) do
     Enum.map(messages, fn
-      %{role: role, content: content} -> pair!(role, content)
-      %{"role" => role, "content" => content} -> pair!(role, content)
-      {role, content} -> pair!(role, content)
-      other -> raise ArgumentError, "a message must be %{role: _, content: _} or {role, content}, got: #{inspect(other)}"
+      %{role: role, content: content} ->
+        pair!(role, content)
+
+      %{"role" => role, "content" => content} ->
+        pair!(role, content)
+
+      {role, content} ->
+        pair!(role, content)
+
+      other ->
+        raise ArgumentError, "a message must be %{role: _, content: _} or {role, content}, got: #{inspect(other)}"
     end)
   end
 
@@ -150,5 +157,9 @@ defmodule LlamaCppEx.Chat do
   end
 
   defp pair!(role, content),
-    do: raise(ArgumentError, "message role must be a string or atom and content a string, got: #{inspect({role, content})}")
+    do:
+      raise(
+        ArgumentError,
+        "message role must be a string or atom and content a string, got: #{inspect({role, content})}"
+      )
 end

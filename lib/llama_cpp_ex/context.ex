@@ -150,7 +150,10 @@ defmodule LlamaCppEx.Context do
   @doc false
   def generate_opts(opts) do
     max = opts[:max_tokens]
-    unless is_integer(max) and max > 0, do: raise(ArgumentError, ":max_tokens must be a positive integer, got: #{inspect(max)}")
+
+    unless is_integer(max) and max > 0,
+      do: raise(ArgumentError, ":max_tokens must be a positive integer, got: #{inspect(max)}")
+
     stop = List.wrap(opts[:stop])
 
     unless Enum.all?(stop, &(is_binary(&1) and &1 != "")),
@@ -185,7 +188,10 @@ defmodule LlamaCppEx.Context do
 
   defp cache_type!(opts, key) do
     v = opts[key]
-    if v in @cache_types, do: v, else: raise(ArgumentError, "#{inspect(key)} must be one of #{inspect(@cache_types)}, got: #{inspect(v)}")
+
+    if v in @cache_types,
+      do: v,
+      else: raise(ArgumentError, "#{inspect(key)} must be one of #{inspect(@cache_types)}, got: #{inspect(v)}")
   end
 
   defp pos!(opts, key) do
@@ -210,6 +216,7 @@ defmodule LlamaCppEx.Context do
   end
 
   defimpl Inspect do
-    def inspect(c, _opts), do: "#LlamaCppEx.Context<n_ctx: #{c.n_ctx}, n_batch: #{c.n_batch}, n_threads: #{c.n_threads}>"
+    def inspect(c, _opts),
+      do: "#LlamaCppEx.Context<n_ctx: #{c.n_ctx}, n_batch: #{c.n_batch}, n_threads: #{c.n_threads}>"
   end
 end

@@ -94,13 +94,12 @@ defmodule LlamaCppEx.Model do
     opts = Keyword.validate!(opts, @load_opts)
     path = to_string(path)
 
-    native =
-      %{
-        n_gpu_layers: int!(opts, :n_gpu_layers),
-        use_mmap: bool!(opts, :use_mmap),
-        use_mlock: bool!(opts, :use_mlock),
-        vocab_only: bool!(opts, :vocab_only)
-      }
+    native = %{
+      n_gpu_layers: int!(opts, :n_gpu_layers),
+      use_mmap: bool!(opts, :use_mmap),
+      use_mlock: bool!(opts, :use_mlock),
+      vocab_only: bool!(opts, :vocab_only)
+    }
 
     with :ok <- check_file(path) do
       do_load(path, native, opts[:progress])
@@ -183,7 +182,10 @@ defmodule LlamaCppEx.Model do
     {:ok, info} = NIF.model_info(ref)
 
     {:ok,
-     struct!(__MODULE__, Map.merge(Map.drop(info, [:has_encoder, :has_decoder]), %{ref: ref, path: path, vocab_only: native.vocab_only}))}
+     struct!(
+       __MODULE__,
+       Map.merge(Map.drop(info, [:has_encoder, :has_decoder]), %{ref: ref, path: path, vocab_only: native.vocab_only})
+     )}
   end
 
   defp finish_load({:error, _} = error, _path, _native), do: error

@@ -61,6 +61,7 @@ defmodule LlamaCppEx.NIF do
   def generate(_ctx, _sampler, _tokens, _opts, _stream, _pid, _ref), do: nif_error()
   def stream_new(_consumer), do: nif_error()
   def stream_cancel(_stream), do: nif_error()
+  def stream_demand(_stream), do: nif_error()
 
   def chat_apply_template(_template, _messages, _add_assistant), do: nif_error()
   def chat_builtin_templates, do: nif_error()

@@ -112,7 +112,9 @@ defmodule LlamaCppEx.Sampler do
   for the repetition penalties, or a token chosen elsewhere).
   """
   @spec accept(t(), non_neg_integer()) :: :ok | {:error, term()}
-  def accept(%__MODULE__{ref: ref, grammar?: true}, token) when is_integer(token), do: NIF.sampler_accept_dirty(ref, token)
+  def accept(%__MODULE__{ref: ref, grammar?: true}, token) when is_integer(token),
+    do: NIF.sampler_accept_dirty(ref, token)
+
   def accept(%__MODULE__{ref: ref}, token) when is_integer(token), do: NIF.sampler_accept(ref, token)
 
   @doc "Resets the chain's state (history, grammar position, RNG is kept)."
@@ -234,7 +236,8 @@ defmodule LlamaCppEx.Sampler do
     [{:logit_bias, pairs}]
   end
 
-  defp logit_bias_stage(_model, other), do: raise(ArgumentError, ":logit_bias must be a map or list, got: #{inspect(other)}")
+  defp logit_bias_stage(_model, other),
+    do: raise(ArgumentError, ":logit_bias must be a map or list, got: #{inspect(other)}")
 
   defp grammar_stage(nil, _root), do: []
 
@@ -250,7 +253,8 @@ defmodule LlamaCppEx.Sampler do
 
   defp order!(order) when is_list(order) do
     Enum.each(order, fn s ->
-      unless s in @default_order, do: raise(ArgumentError, "unknown sampler #{inspect(s)} in :samplers; known: #{inspect(@default_order)}")
+      unless s in @default_order,
+        do: raise(ArgumentError, "unknown sampler #{inspect(s)} in :samplers; known: #{inspect(@default_order)}")
     end)
 
     Enum.uniq(order)

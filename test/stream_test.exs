@@ -1,0 +1,155 @@
+defmodule LlamaCppEx.StreamTest do
+  use ExUnit.Case, async: false
+  @moduletag :model
+
+  import LlamaCppEx.TestHelpers
+
+  setup_all do
+    %{model: load_model!()}
+  end
+
+  @prompt "Once upon a time"
+
+  test "concatenated chunks equal generate's text", %{model: model} do
+    opts = [max_tokens: 80, temp: 0.0, n_threads: 1]
+    {:ok, text} = LlamaCppEx.generate(model, @prompt, opts)
+    chunks = model |> LlamaCppEx.stream(@prompt, opts) |> Enum.to_list()
+    assert length(chunks) > 10
+    assert Enum.join(chunks) == text
+    assert Enum.all?(chunks, &(&1 != ""))
+  end
+
+  test "seeded sampling streams the same text as generate", %{model: model} do
+    opts = [max_tokens: 60, temp: 0.9, seed: 1234, n_threads: 1]
+    {:ok, text} = LlamaCppEx.generate(model, @prompt, opts)
+    assert Enum.join(LlamaCppEx.stream(model, @prompt, opts)) == text
+  end
+
+  test "the stream is lazy: nothing runs until consumed", %{model: model} do
+    before = LlamaCppEx.live_objects()
+    stream = LlamaCppEx.stream(model, @prompt, max_tokens: 10)
+    assert LlamaCppEx.live_objects() == before
+    assert [_ | _] = Enum.to_list(stream)
+  end
+
+  test "Enum.take stops generation within one token and leaves no messages", %{model: model} do
+    me = self()
+
+    # A slow consumer: without flow control the native loop would run far ahead.
+    chunks =
+      model
+      |> LlamaCppEx.stream(@prompt,
+        max_tokens: 1000,
+        n_ctx: 1100,
+        temp: 0.0,
+        n_threads: 1,
+        on_complete: &send(me, {:done, &1})
+      )
+      |> Stream.each(fn _ -> Process.sleep(20) end)
+      |> Enum.take(3)
+
+    assert length(chunks) == 3
+    assert_received {:done, completion}
+    assert completion.finish_reason == :cancelled
+    assert completion.generated_tokens <= 4
+    refute_received _
+    assert eventually(fn -> LlamaCppEx.live_objects().contexts == 0 end)
+  end
+
+  test "on_complete reports the finish reason and counts", %{model: model} do
+    me = self()
+
+    text =
+      model |> LlamaCppEx.stream(@prompt, max_tokens: 12, temp: 0.0, on_complete: &send(me, {:done, &1})) |> Enum.join()
+
+    assert_received {:done,
+                     %LlamaCppEx.Completion{finish_reason: :max_tokens, generated_tokens: 12, prompt_tokens: 5} = c}
+
+    assert c.text == text
+  end
+
+  test "a killed consumer stops the native work and frees the context", %{model: model} do
+    # How long a full run takes, to show that the killed one stopped early.
+    {full_us, {:ok, _}} =
+      :timer.tc(fn -> LlamaCppEx.generate(model, @prompt, max_tokens: 2000, n_ctx: 2048, n_threads: 1) end)
+
+    test_pid = self()
+
+    consumer =
+      spawn(fn ->
+        model
+        |> LlamaCppEx.stream(@prompt, max_tokens: 2000, n_ctx: 2048, n_threads: 1)
+        |> Enum.each(fn chunk -> send(test_pid, {:chunk, self(), chunk}) end)
+      end)
+
+    assert_receive {:chunk, ^consumer, _}, 5000
+    assert LlamaCppEx.live_objects().contexts == 1
+    t0 = System.monotonic_time(:microsecond)
+    Process.exit(consumer, :kill)
+    assert eventually(fn -> LlamaCppEx.live_objects().contexts == 0 end, 5000)
+    freed_after = System.monotonic_time(:microsecond) - t0
+    assert freed_after < full_us, "freed after #{freed_after} µs; a full generation takes #{full_us} µs"
+  end
+
+  test "multi-byte characters arrive whole", %{model: model} do
+    # stories260K has no tokens for these characters: the grammar forces them out
+    # one byte-fallback token at a time, so characters span several tokens.
+    text = "héllo wörld ✓ 日本 😀"
+    grammar = ~s(root ::= "#{text}")
+    me = self()
+
+    chunks =
+      model
+      |> LlamaCppEx.stream(@prompt, max_tokens: 64, temp: 0.0, grammar: grammar, on_complete: &send(me, {:done, &1}))
+      |> Enum.to_list()
+
+    assert_received {:done, completion}
+    assert Enum.join(chunks) == text
+    assert Enum.all?(chunks, &String.valid?/1), "split chunk in #{inspect(chunks)}"
+    # the emoji alone is 4 byte tokens, so some chunks were held back
+    assert completion.generated_tokens > length(chunks)
+  end
+
+  test "stop strings end the stream and partial matches are held back", %{model: model} do
+    {:ok, full} = LlamaCppEx.generate(model, @prompt, max_tokens: 60, temp: 0.0)
+    # A stop string spanning several tokens, taken from the middle of the text.
+    [before | _] = String.split(full, "named Lily", parts: 2)
+    chunks = model |> LlamaCppEx.stream(@prompt, max_tokens: 60, temp: 0.0, stop: ["named Lily"]) |> Enum.to_list()
+    assert Enum.join(chunks) == before
+    refute Enum.any?(chunks, &String.contains?(&1, "named"))
+    {:ok, c} = LlamaCppEx.complete(model, @prompt, max_tokens: 60, temp: 0.0, stop: ["named Lily"])
+    assert c.text == before
+    assert c.finish_reason == :stop
+  end
+
+  test "a stop string that never completes is released at the end", %{model: model} do
+    {:ok, full} = LlamaCppEx.generate(model, @prompt, max_tokens: 30, temp: 0.0)
+    # ", there" starts the text; "., therezzz" can never match but shares a prefix.
+    text = model |> LlamaCppEx.stream(@prompt, max_tokens: 30, temp: 0.0, stop: [", therezzz"]) |> Enum.join()
+    assert text == full
+  end
+
+  test "errors surface when the stream is consumed", %{model: model} do
+    stream = LlamaCppEx.stream(model, @prompt, max_tokens: 1000, n_ctx: 256)
+    assert_raise LlamaCppEx.Error, ~r/context_overflow/, fn -> Enum.to_list(stream) end
+    refute_received _
+  end
+
+  test "stream_chat streams a reply", %{model: model} do
+    messages = [%{role: "user", content: "Tell me a story"}]
+    chunks = model |> LlamaCppEx.stream_chat(messages, template: "chatml", max_tokens: 20, temp: 0.0) |> Enum.to_list()
+    {:ok, reply} = LlamaCppEx.chat(model, messages, template: "chatml", max_tokens: 20, temp: 0.0)
+    assert Enum.join(chunks) == reply
+  end
+
+  test "many concurrent streams on one model", %{model: model} do
+    tasks =
+      for i <- 1..8 do
+        Task.async(fn -> model |> LlamaCppEx.stream(@prompt, max_tokens: 30, seed: i, n_threads: 1) |> Enum.join() end)
+      end
+
+    results = Task.await_many(tasks, 30_000)
+    assert Enum.all?(results, &(byte_size(&1) > 0))
+    assert eventually(fn -> LlamaCppEx.live_objects().contexts == 0 end)
+  end
+end
