@@ -174,8 +174,11 @@ defmodule LlamaCppEx.Sampler do
       else: [{:penalties, last_n, repeat, freq, present}]
   end
 
-  defp stage(:dry, _model, opts, _seed, _mk, _mode) do
+  defp stage(:dry, model, opts, _seed, _mk, _mode) do
     mult = num!(opts, :dry_multiplier)
+    # llama.cpp treats a negative window as "off"; -1 means the context size, as in its CLI
+    last_n = int!(opts, :dry_penalty_last_n, -1)
+    last_n = if last_n == -1, do: model.n_ctx_train, else: last_n
     breakers = opts[:dry_sequence_breakers]
 
     unless is_list(breakers) and Enum.all?(breakers, &is_binary/1),
@@ -184,8 +187,7 @@ defmodule LlamaCppEx.Sampler do
     if mult <= 0,
       do: [],
       else: [
-        {:dry, mult, num!(opts, :dry_base), int!(opts, :dry_allowed_length, 0), int!(opts, :dry_penalty_last_n, -1),
-         breakers}
+        {:dry, mult, num!(opts, :dry_base), int!(opts, :dry_allowed_length, 0), last_n, breakers}
       ]
   end
 
