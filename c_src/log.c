@@ -32,7 +32,7 @@ static atomic_int min_level = GGML_LOG_LEVEL_WARN;
 
 static _Thread_local enum ggml_log_level last_level = GGML_LOG_LEVEL_INFO;
 static _Thread_local bool capturing;
-static _Thread_local char captured[512];
+static _Thread_local char captured[1024];
 
 static ERL_NIF_TERM level_atom(enum ggml_log_level level) {
   switch (level) {
@@ -88,7 +88,13 @@ static void log_callback(enum ggml_log_level level, const char *text, void *user
   enum ggml_log_level effective = level == GGML_LOG_LEVEL_CONT ? last_level : level;
   if (level != GGML_LOG_LEVEL_CONT) last_level = level;
   if (capturing && effective == GGML_LOG_LEVEL_ERROR && text) {
-    size_t have = level == GGML_LOG_LEVEL_CONT ? strlen(captured) : 0;
+    // keep every error line of the operation, most specific (first) first
+    size_t have = strlen(captured);
+    if (level != GGML_LOG_LEVEL_CONT && have > 0 && captured[have - 1] == '\n' && have + 2 < sizeof captured) {
+      captured[have - 1] = ';';
+      captured[have++] = ' ';
+      captured[have] = '\0';
+    }
     snprintf(captured + have, sizeof captured - have, "%s", text);
   }
   if (!text || (int)effective < atomic_load(&min_level) || effective == GGML_LOG_LEVEL_NONE) return;
