@@ -16,7 +16,11 @@ extern "C" {
 // On exception they return the documented failure value and copy e.what() into
 // a thread-local buffer readable with lcx_last_exception().
 
+// Installs the ggml abort callback that turns assertions inside guarded
+// calls into exceptions (call once at load).
+void lcx_barrier_init(void);
 const char *lcx_last_exception(void);
+void lcx_clear_exception(void);
 int32_t lcx_tokenize(const struct llama_vocab *vocab, const char *text, int32_t len,
                      llama_token *tokens, int32_t n_max, bool add_special,
                      bool parse_special, bool *threw);

@@ -137,13 +137,16 @@ LCX_NIF(nif_model_load) {
   path[path_bin.size] = '\0';
 
   lcx_log_capture_begin();
+  lcx_clear_exception();
   struct llama_model *model = lcx_model_load(path, params);
   const char *why = lcx_log_capture_end();
   if (st.msg_env) enif_free_env(st.msg_env);
 
   if (!model) {
     if (st.load && atomic_load(&st.load->cancel)) return lcx_error(env, ATOM_load_cancelled);
-    const char *msg = why[0] ? why : lcx_last_exception();
+    const char *exc = lcx_last_exception();
+    // an assertion caught by the barrier explains more than the log lines
+    const char *msg = strncmp(exc, "llama.cpp assertion", 19) == 0 ? exc : why[0] ? why : exc;
     return lcx_error_str(env, ATOM_load_failed, msg[0] ? msg : "llama_model_load_from_file returned NULL");
   }
   lcx_model *m = enif_alloc_resource(LCX_MODEL_RT, sizeof(lcx_model));
