@@ -66,23 +66,21 @@ const char *lcx_last_exception(void) { return last_exception; }
 
 void lcx_clear_exception(void) { last_exception[0] = '\0'; }
 
-int32_t lcx_tokenize(const struct llama_vocab *vocab, const char *text, int32_t len, llama_token *tokens,
-                     int32_t n_max, bool add_special, bool parse_special, bool *threw) {
-  return guarded<int32_t>(0, threw, [&] {
-    return llama_tokenize(vocab, text, len, tokens, n_max, add_special, parse_special);
-  });
+int32_t lcx_tokenize(const struct llama_vocab *vocab, const char *text, int32_t len, llama_token *tokens, int32_t n_max,
+                     bool add_special, bool parse_special, bool *threw) {
+  return guarded<int32_t>(0, threw,
+                          [&] { return llama_tokenize(vocab, text, len, tokens, n_max, add_special, parse_special); });
 }
 
-int32_t lcx_token_to_piece(const struct llama_vocab *vocab, llama_token token, char *buf, int32_t len,
-                           int32_t lstrip, bool special, bool *threw) {
+int32_t lcx_token_to_piece(const struct llama_vocab *vocab, llama_token token, char *buf, int32_t len, int32_t lstrip,
+                           bool special, bool *threw) {
   return guarded<int32_t>(0, threw, [&] { return llama_token_to_piece(vocab, token, buf, len, lstrip, special); });
 }
 
-int32_t lcx_detokenize(const struct llama_vocab *vocab, const llama_token *tokens, int32_t n, char *text,
-                       int32_t len, bool remove_special, bool unparse_special, bool *threw) {
-  return guarded<int32_t>(0, threw, [&] {
-    return llama_detokenize(vocab, tokens, n, text, len, remove_special, unparse_special);
-  });
+int32_t lcx_detokenize(const struct llama_vocab *vocab, const llama_token *tokens, int32_t n, char *text, int32_t len,
+                       bool remove_special, bool unparse_special, bool *threw) {
+  return guarded<int32_t>(
+      0, threw, [&] { return llama_detokenize(vocab, tokens, n, text, len, remove_special, unparse_special); });
 }
 
 int32_t lcx_decode(struct llama_context *ctx, struct llama_batch batch, bool *threw) {
@@ -107,15 +105,13 @@ bool lcx_sampler_reset(struct llama_sampler *smpl) {
   });
 }
 
-struct llama_sampler *lcx_sampler_init_grammar(const struct llama_vocab *vocab, const char *grammar,
-                                               const char *root) {
+struct llama_sampler *lcx_sampler_init_grammar(const struct llama_vocab *vocab, const char *grammar, const char *root) {
   return guarded<struct llama_sampler *>(nullptr, nullptr,
                                          [&] { return llama_sampler_init_grammar(vocab, grammar, root); });
 }
 
-struct llama_sampler *lcx_sampler_init_dry(const struct llama_vocab *vocab, float mult, float base,
-                                           int32_t allowed_len, int32_t last_n, const char **breakers,
-                                           size_t n_breakers) {
+struct llama_sampler *lcx_sampler_init_dry(const struct llama_vocab *vocab, float mult, float base, int32_t allowed_len,
+                                           int32_t last_n, const char **breakers, size_t n_breakers) {
   return guarded<struct llama_sampler *>(nullptr, nullptr, [&] {
     return llama_sampler_init_dry(vocab, mult, base, allowed_len, last_n, breakers, n_breakers);
   });

@@ -21,31 +21,23 @@ extern "C" {
 void lcx_barrier_init(void);
 const char *lcx_last_exception(void);
 void lcx_clear_exception(void);
-int32_t lcx_tokenize(const struct llama_vocab *vocab, const char *text, int32_t len,
-                     llama_token *tokens, int32_t n_max, bool add_special,
-                     bool parse_special, bool *threw);
-int32_t lcx_token_to_piece(const struct llama_vocab *vocab, llama_token token, char *buf,
-                           int32_t len, int32_t lstrip, bool special, bool *threw);
-int32_t lcx_detokenize(const struct llama_vocab *vocab, const llama_token *tokens,
-                       int32_t n, char *text, int32_t len, bool remove_special,
-                       bool unparse_special, bool *threw);
+int32_t lcx_tokenize(const struct llama_vocab *vocab, const char *text, int32_t len, llama_token *tokens, int32_t n_max,
+                     bool add_special, bool parse_special, bool *threw);
+int32_t lcx_token_to_piece(const struct llama_vocab *vocab, llama_token token, char *buf, int32_t len, int32_t lstrip,
+                           bool special, bool *threw);
+int32_t lcx_detokenize(const struct llama_vocab *vocab, const llama_token *tokens, int32_t n, char *text, int32_t len,
+                       bool remove_special, bool unparse_special, bool *threw);
 int32_t lcx_decode(struct llama_context *ctx, struct llama_batch batch, bool *threw);
-llama_token lcx_sampler_sample(struct llama_sampler *smpl, struct llama_context *ctx,
-                               int32_t idx, bool *threw);
+llama_token lcx_sampler_sample(struct llama_sampler *smpl, struct llama_context *ctx, int32_t idx, bool *threw);
 bool lcx_sampler_accept(struct llama_sampler *smpl, llama_token token);
 bool lcx_sampler_reset(struct llama_sampler *smpl);
-struct llama_sampler *lcx_sampler_init_grammar(const struct llama_vocab *vocab,
-                                               const char *grammar, const char *root);
-struct llama_sampler *lcx_sampler_init_dry(const struct llama_vocab *vocab, float mult,
-                                           float base, int32_t allowed_len,
-                                           int32_t last_n, const char **breakers,
-                                           size_t n_breakers);
-int32_t lcx_chat_apply_template(const char *tmpl, const struct llama_chat_message *chat,
-                                size_t n, bool add_ass, char *buf, int32_t len,
-                                bool *threw);
+struct llama_sampler *lcx_sampler_init_grammar(const struct llama_vocab *vocab, const char *grammar, const char *root);
+struct llama_sampler *lcx_sampler_init_dry(const struct llama_vocab *vocab, float mult, float base, int32_t allowed_len,
+                                           int32_t last_n, const char **breakers, size_t n_breakers);
+int32_t lcx_chat_apply_template(const char *tmpl, const struct llama_chat_message *chat, size_t n, bool add_ass,
+                                char *buf, int32_t len, bool *threw);
 struct llama_model *lcx_model_load(const char *path, struct llama_model_params params);
-struct llama_context *lcx_init_from_model(struct llama_model *model,
-                                          struct llama_context_params params);
+struct llama_context *lcx_init_from_model(struct llama_model *model, struct llama_context_params params);
 bool lcx_memory_clear(struct llama_context *ctx);
 
 #ifdef __cplusplus

@@ -59,13 +59,17 @@ LCX_NIF(nif_chat_apply_template) {
       buf = enif_alloc((size_t)cap);
       len = lcx_chat_apply_template(tmpl, msgs, n, add_ass, buf, cap, &threw);
     }
-    if (threw) result = lcx_error_str(env, ATOM_template_failed, lcx_last_exception());
-    else if (len < 0) result = lcx_error(env, ATOM_unknown_template);
-    else result = lcx_ok(env, lcx_binary(env, buf, (size_t)len));
+    if (threw)
+      result = lcx_error_str(env, ATOM_template_failed, lcx_last_exception());
+    else if (len < 0)
+      result = lcx_error(env, ATOM_unknown_template);
+    else
+      result = lcx_ok(env, lcx_binary(env, buf, (size_t)len));
     enif_free(buf);
   }
 done:
-  for (unsigned i = 0; i < n_strings; i++) enif_free(strings[i]);
+  for (unsigned i = 0; i < n_strings; i++)
+    enif_free(strings[i]);
   enif_free(strings);
   enif_free(msgs);
   enif_free(tmpl);
@@ -77,6 +81,7 @@ LCX_NIF(nif_chat_builtin_templates) {
   int32_t n = llama_chat_builtin_templates(names, 128);
   if (n > 128) n = 128;
   ERL_NIF_TERM list = enif_make_list(env, 0);
-  for (int32_t i = n; i > 0; i--) list = enif_make_list_cell(env, lcx_cstr(env, names[i - 1]), list);
+  for (int32_t i = n; i > 0; i--)
+    list = enif_make_list_cell(env, lcx_cstr(env, names[i - 1]), list);
   return list;
 }

@@ -54,7 +54,8 @@ static void stream_dtor(ErlNifEnv *env, void *obj) {
 // stream is cancelled. Returns false when cancelled.
 static bool stream_wait_demand(lcx_stream *st, long n) {
   enif_mutex_lock(st->mu);
-  while (st->demanded < n && !atomic_load(&st->cancel)) enif_cond_wait(st->cv, st->mu);
+  while (st->demanded < n && !atomic_load(&st->cancel))
+    enif_cond_wait(st->cv, st->mu);
   bool ok = !atomic_load(&st->cancel);
   enif_mutex_unlock(st->mu);
   return ok;
@@ -124,10 +125,14 @@ LCX_NIF(nif_context_create) {
   int n_ctx, n_batch, n_ubatch, n_seq_max, n_threads, n_threads_batch, flash_attn, pooling;
   bool embeddings = false;
   ERL_NIF_TERM v;
-  if (!map_int(env, argv[1], "n_ctx", &n_ctx) || n_ctx < 0) return lcx_raise(env, "n_ctx must be a non-negative integer");
-  if (!map_int(env, argv[1], "n_batch", &n_batch) || n_batch < 1) return lcx_raise(env, "n_batch must be a positive integer");
-  if (!map_int(env, argv[1], "n_ubatch", &n_ubatch) || n_ubatch < 1) return lcx_raise(env, "n_ubatch must be a positive integer");
-  if (!map_int(env, argv[1], "n_seq_max", &n_seq_max) || n_seq_max < 1 || (size_t)n_seq_max > llama_max_parallel_sequences())
+  if (!map_int(env, argv[1], "n_ctx", &n_ctx) || n_ctx < 0)
+    return lcx_raise(env, "n_ctx must be a non-negative integer");
+  if (!map_int(env, argv[1], "n_batch", &n_batch) || n_batch < 1)
+    return lcx_raise(env, "n_batch must be a positive integer");
+  if (!map_int(env, argv[1], "n_ubatch", &n_ubatch) || n_ubatch < 1)
+    return lcx_raise(env, "n_ubatch must be a positive integer");
+  if (!map_int(env, argv[1], "n_seq_max", &n_seq_max) || n_seq_max < 1 ||
+      (size_t)n_seq_max > llama_max_parallel_sequences())
     return lcx_raise(env, "n_seq_max must be in 1..%zu", llama_max_parallel_sequences());
   if (!map_int(env, argv[1], "n_threads", &n_threads) || n_threads < 1 || n_threads > 1024)
     return lcx_raise(env, "n_threads must be in 1..1024");
@@ -198,10 +203,12 @@ LCX_NIF(nif_context_info) {
   ERL_NIF_TERM err;
   lcx_context *c = lock_context(env, argv[0], &err);
   if (!c) return err;
-  ERL_NIF_TERM keys[6] = {ATOM_n_ctx, ATOM_n_batch, ATOM_n_ubatch, ATOM_n_seq_max, ATOM_n_threads, ATOM_n_threads_batch};
-  ERL_NIF_TERM vals[6] = {enif_make_uint(env, llama_n_ctx(c->ctx)),   enif_make_uint(env, llama_n_batch(c->ctx)),
-                          enif_make_uint(env, llama_n_ubatch(c->ctx)), enif_make_uint(env, llama_n_seq_max(c->ctx)),
-                          enif_make_int(env, llama_n_threads(c->ctx)), enif_make_int(env, llama_n_threads_batch(c->ctx))};
+  ERL_NIF_TERM keys[6] = {ATOM_n_ctx,     ATOM_n_batch,   ATOM_n_ubatch,
+                          ATOM_n_seq_max, ATOM_n_threads, ATOM_n_threads_batch};
+  ERL_NIF_TERM vals[6] = {
+      enif_make_uint(env, llama_n_ctx(c->ctx)),    enif_make_uint(env, llama_n_batch(c->ctx)),
+      enif_make_uint(env, llama_n_ubatch(c->ctx)), enif_make_uint(env, llama_n_seq_max(c->ctx)),
+      enif_make_int(env, llama_n_threads(c->ctx)), enif_make_int(env, llama_n_threads_batch(c->ctx))};
   enif_mutex_unlock(c->lock);
   ERL_NIF_TERM map;
   enif_make_map_from_arrays(env, keys, vals, 6, &map);
@@ -293,8 +300,10 @@ LCX_NIF(nif_context_decode) {
   ERL_NIF_TERM r;
   int32_t pos = next_position(c);
   uint32_t n_ctx = llama_n_ctx(c->ctx);
-  if (n == 0) r = lcx_error(env, ATOM_empty_prompt);
-  else if ((uint64_t)pos + n > n_ctx) r = overflow_error(env, pos, n, 0, n_ctx);
+  if (n == 0)
+    r = lcx_error(env, ATOM_empty_prompt);
+  else if ((uint64_t)pos + n > n_ctx)
+    r = overflow_error(env, pos, n, 0, n_ctx);
   else {
     int32_t rc = decode_tokens(c, toks, n);
     r = rc == 0 ? ATOM_ok : decode_error(env, rc);
@@ -312,9 +321,12 @@ static lcx_sampler *lock_sampler(ErlNifEnv *env, lcx_context *c, ERL_NIF_TERM t,
     return NULL;
   }
   enif_mutex_lock(s->lock);
-  if (!s->chain) *err = lcx_error(env, ATOM_closed);
-  else if (s->model != c->model) *err = lcx_error(env, ATOM_model_mismatch);
-  else return s;
+  if (!s->chain)
+    *err = lcx_error(env, ATOM_closed);
+  else if (s->model != c->model)
+    *err = lcx_error(env, ATOM_model_mismatch);
+  else
+    return s;
   enif_mutex_unlock(s->lock);
   return NULL;
 }
@@ -331,7 +343,8 @@ LCX_NIF(nif_sampler_sample) {
   }
   ERL_NIF_TERM r;
   // llama_sampler_sample asserts that logits exist: check first.
-  if (!c->has_logits || llama_get_logits_ith(c->ctx, -1) == NULL) r = lcx_error(env, enif_make_atom(env, "no_logits"));
+  if (!c->has_logits || llama_get_logits_ith(c->ctx, -1) == NULL)
+    r = lcx_error(env, enif_make_atom(env, "no_logits"));
   else {
     bool threw;
     llama_token t = lcx_sampler_sample(s->chain, c->ctx, -1, &threw);
@@ -390,7 +403,8 @@ typedef struct {
 static bool buf_append(buf_t *b, const char *s, size_t n) {
   if (b->len + n > b->cap) {
     size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + n) cap *= 2;
+    while (cap < b->len + n)
+      cap *= 2;
     char *d = enif_realloc(b->data, cap);
     if (!d) return false;
     b->data = d;
@@ -462,7 +476,8 @@ LCX_NIF(nif_generate) {
   stops_t stops = {0};
   if (lcx_map_get(env, argv[3], "stop", &v)) {
     unsigned n;
-    if (!enif_get_list_length(env, v, &n) || n > 64) return lcx_raise(env, "stop must be a list of at most 64 binaries");
+    if (!enif_get_list_length(env, v, &n) || n > 64)
+      return lcx_raise(env, "stop must be a list of at most 64 binaries");
     if (n > 0) {
       stops.stops = enif_alloc(sizeof(ErlNifBinary) * n);
       ERL_NIF_TERM head, tail = v;
@@ -553,7 +568,8 @@ LCX_NIF(nif_generate) {
       break;
     }
     size_t before = text.len;
-    if (n > 0) buf_append(&text, piece_buf, (size_t)n);
+    if (n > 0)
+      buf_append(&text, piece_buf, (size_t)n);
     else if (n < 0) {
       char *big = enif_alloc((size_t)-n);
       int32_t n2 = lcx_token_to_piece(vocab, tok, big, -n, 0, false, &threw);
@@ -602,8 +618,9 @@ LCX_NIF(nif_generate) {
   if (streaming && text.len > emitted && finish != ATOM_cancelled && stream_wait_demand(stream, n_sent + 1))
     send_chunk(env, &dest, msg_env, argv[6], text.data + emitted, text.len - emitted);
   {
-    ERL_NIF_TERM keys[7] = {ATOM_text,        ATOM_tokens,    ATOM_finish_reason, ATOM_prompt_tokens,
-                            ATOM_generated_tokens, ATOM_prompt_ms, ATOM_generation_ms};
+    ERL_NIF_TERM keys[7] = {ATOM_text,          ATOM_tokens,           ATOM_finish_reason,
+                            ATOM_prompt_tokens, ATOM_generated_tokens, ATOM_prompt_ms,
+                            ATOM_generation_ms};
     ERL_NIF_TERM vals[7] = {lcx_binary(env, text.data, text.len),
                             lcx_make_tokens(env, out, n_out),
                             finish,

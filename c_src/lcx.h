@@ -15,17 +15,17 @@
 // ---- resources ---------------------------------------------------------------
 
 typedef struct lcx_model {
-  ErlNifRWLock *lock;   // read: use of `model`; write: free
+  ErlNifRWLock *lock; // read: use of `model`; write: free
   struct llama_model *model;
   const struct llama_vocab *vocab;
   int32_t n_vocab;
-  int dependants;       // live contexts + samplers (under `lock`, write)
-  bool closed;          // free/1 called; llama_model freed when dependants hit 0
-  bool vocab_only;      // no weights: no contexts
+  int dependants;  // live contexts + samplers (under `lock`, write)
+  bool closed;     // free/1 called; llama_model freed when dependants hit 0
+  bool vocab_only; // no weights: no contexts
 } lcx_model;
 
 typedef struct lcx_context {
-  ErlNifMutex *lock;            // serializes every use of `ctx`
+  ErlNifMutex *lock; // serializes every use of `ctx`
   struct llama_context *ctx;
   lcx_model *model;             // kept alive with enif_keep_resource
   atomic_int abort_all;         // set by free/1: abort whatever runs now
@@ -36,8 +36,8 @@ typedef struct lcx_context {
 typedef struct lcx_sampler {
   ErlNifMutex *lock;
   struct llama_sampler *chain;
-  lcx_model *model;  // kept alive: grammar, DRY and penalties use its vocab
-  bool has_grammar;  // sampling with a grammar can be slow: dirty scheduler
+  lcx_model *model; // kept alive: grammar, DRY and penalties use its vocab
+  bool has_grammar; // sampling with a grammar can be slow: dirty scheduler
 } lcx_sampler;
 
 // A running stream. Flow control: the generation loop may compute one token
@@ -70,20 +70,17 @@ extern atomic_long lcx_live_models, lcx_live_contexts, lcx_live_samplers;
 
 // ---- atoms -------------------------------------------------------------------
 
-#define LCX_ATOMS(X)                                                           \
-  X(ok) X(error) X(true) X(false) X(nil) X(closed) X(undefined)                \
-  X(eog) X(max_tokens) X(stop) X(cancelled) X(chunk)                           \
-  X(context_overflow) X(prompt_tokens) X(n_ctx) X(max_tokens_key)              \
-  X(invalid_token) X(decode_failed) X(no_kv_slot) X(aborted)                   \
-  X(batch_too_large) X(empty_prompt) X(model_mismatch) X(invalid_grammar)      \
-  X(load_failed) X(load_cancelled) X(context_failed) X(sampler_failed)         \
-  X(exception) X(template_failed) X(unknown_template) X(no_template)           \
-  X(invalid_utf8) X(tokenize_failed) X(llama_log) X(debug) X(info) X(warn)     \
-  X(cont) X(text) X(tokens) X(finish_reason) X(generated_tokens)               \
-  X(prompt_ms) X(generation_ms) X(models) X(contexts) X(samplers)              \
-  X(load_progress) X(n_batch) X(n_ubatch) X(n_seq_max) X(n_threads)            \
-  X(n_threads_batch) X(embeddings) X(position) X(none) X(enabled) X(disabled)  \
-  X(auto_) X(available) X(needed)
+#define LCX_ATOMS(X)                                                                                                   \
+  X(ok)                                                                                                                \
+  X(error) X(true) X(false) X(nil) X(closed) X(undefined) X(eog) X(max_tokens) X(stop) X(cancelled) X(chunk)           \
+      X(context_overflow) X(prompt_tokens) X(n_ctx) X(max_tokens_key) X(invalid_token) X(decode_failed) X(no_kv_slot)  \
+          X(aborted) X(batch_too_large) X(empty_prompt) X(model_mismatch) X(invalid_grammar) X(load_failed)            \
+              X(load_cancelled) X(context_failed) X(sampler_failed) X(exception) X(template_failed)                    \
+                  X(unknown_template) X(no_template) X(invalid_utf8) X(tokenize_failed) X(llama_log) X(debug) X(info)  \
+                      X(warn) X(cont) X(text) X(tokens) X(finish_reason) X(generated_tokens) X(prompt_ms)              \
+                          X(generation_ms) X(models) X(contexts) X(samplers) X(load_progress) X(n_batch) X(n_ubatch)   \
+                              X(n_seq_max) X(n_threads) X(n_threads_batch) X(embeddings) X(position) X(none)           \
+                                  X(enabled) X(disabled) X(auto_) X(available) X(needed)
 
 #define LCX_DECLARE_ATOM(name) extern ERL_NIF_TERM ATOM_##name;
 LCX_ATOMS(LCX_DECLARE_ATOM)
@@ -107,8 +104,8 @@ bool lcx_get_double(ErlNifEnv *env, ERL_NIF_TERM t, double *out); // int or floa
 // Reads a list of token ids into a freshly enif_alloc'ed array (caller frees).
 // Returns false on a type error; *bad_index is set to the first id outside
 // [0, n_vocab) (or -1 if all are in range).
-bool lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab,
-                    llama_token **out, unsigned *n_out, long *bad_index);
+bool lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab, llama_token **out, unsigned *n_out,
+                    long *bad_index);
 ERL_NIF_TERM lcx_make_tokens(ErlNifEnv *env, const llama_token *toks, size_t n);
 
 // Map option lookup (options arrive as maps built in Elixir after validation).

@@ -36,12 +36,18 @@ static _Thread_local char captured[1024];
 
 static ERL_NIF_TERM level_atom(enum ggml_log_level level) {
   switch (level) {
-  case GGML_LOG_LEVEL_DEBUG: return ATOM_debug;
-  case GGML_LOG_LEVEL_INFO: return ATOM_info;
-  case GGML_LOG_LEVEL_WARN: return ATOM_warn;
-  case GGML_LOG_LEVEL_ERROR: return ATOM_error;
-  case GGML_LOG_LEVEL_CONT: return ATOM_cont;
-  default: return ATOM_info;
+  case GGML_LOG_LEVEL_DEBUG:
+    return ATOM_debug;
+  case GGML_LOG_LEVEL_INFO:
+    return ATOM_info;
+  case GGML_LOG_LEVEL_WARN:
+    return ATOM_warn;
+  case GGML_LOG_LEVEL_ERROR:
+    return ATOM_error;
+  case GGML_LOG_LEVEL_CONT:
+    return ATOM_cont;
+  default:
+    return ATOM_info;
   }
 }
 
@@ -49,7 +55,8 @@ static void *log_thread(void *arg) {
   ErlNifEnv *env = enif_alloc_env();
   enif_mutex_lock(log_mutex);
   for (;;) {
-    while (!queue_head && !log_stopping) enif_cond_wait(log_cond, log_mutex);
+    while (!queue_head && !log_stopping)
+      enif_cond_wait(log_cond, log_mutex);
     if (!queue_head && log_stopping) break;
     log_line *line = queue_head;
     queue_head = line->next;
@@ -59,8 +66,8 @@ static void *log_thread(void *arg) {
     bool send = has_handler;
     enif_mutex_unlock(log_mutex);
     if (send) {
-      ERL_NIF_TERM msg = enif_make_tuple3(env, ATOM_llama_log, level_atom(line->level),
-                                          lcx_binary(env, line->text, line->len));
+      ERL_NIF_TERM msg =
+          enif_make_tuple3(env, ATOM_llama_log, level_atom(line->level), lcx_binary(env, line->text, line->len));
       enif_send(NULL, &pid, env, msg);
       enif_clear_env(env);
     }
@@ -111,8 +118,10 @@ static void log_callback(enum ggml_log_level level, const char *text, void *user
     enif_free(line);
     return;
   }
-  if (queue_tail) queue_tail->next = line;
-  else queue_head = line;
+  if (queue_tail)
+    queue_tail->next = line;
+  else
+    queue_head = line;
   queue_tail = line;
   queue_len++;
   enif_cond_signal(log_cond);
@@ -156,7 +165,8 @@ void lcx_log_capture_begin(void) {
 const char *lcx_log_capture_end(void) {
   capturing = false;
   size_t n = strlen(captured);
-  while (n > 0 && (captured[n - 1] == '\n' || captured[n - 1] == ' ')) captured[--n] = '\0';
+  while (n > 0 && (captured[n - 1] == '\n' || captured[n - 1] == ' '))
+    captured[--n] = '\0';
   return captured;
 }
 

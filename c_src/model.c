@@ -121,10 +121,14 @@ LCX_NIF(nif_model_load) {
 
   progress_state st = {.caller_env = env, .last_sent = -1.0f};
   void *p;
-  if (enif_get_resource(env, argv[2], LCX_LOAD_RT, &p)) st.load = p;
-  else if (!enif_is_identical(argv[2], ATOM_nil)) return lcx_raise(env, "expected a load handle or nil");
-  if (enif_get_local_pid(env, argv[3], &st.pid)) st.has_pid = true;
-  else if (!enif_is_identical(argv[3], ATOM_nil)) return lcx_raise(env, "progress must be a pid or nil");
+  if (enif_get_resource(env, argv[2], LCX_LOAD_RT, &p))
+    st.load = p;
+  else if (!enif_is_identical(argv[2], ATOM_nil))
+    return lcx_raise(env, "expected a load handle or nil");
+  if (enif_get_local_pid(env, argv[3], &st.pid))
+    st.has_pid = true;
+  else if (!enif_is_identical(argv[3], ATOM_nil))
+    return lcx_raise(env, "progress must be a pid or nil");
   if (st.has_pid) {
     st.msg_env = enif_alloc_env();
     st.ref = enif_make_copy(st.msg_env, argv[4]);
@@ -207,8 +211,8 @@ LCX_NIF(nif_model_info) {
   char arch[128] = "";
   llama_model_meta_val_str(model, "general.architecture", arch, sizeof arch);
   const char *tmpl = llama_model_chat_template(model, NULL);
-  const char *keys[] = {"desc", "size", "n_params", "n_ctx_train", "n_embd", "n_layer", "n_head", "n_head_kv",
-                        "n_vocab", "architecture", "chat_template", "has_encoder", "has_decoder"};
+  const char *keys[] = {"desc",      "size",    "n_params",     "n_ctx_train",   "n_embd",      "n_layer",    "n_head",
+                        "n_head_kv", "n_vocab", "architecture", "chat_template", "has_encoder", "has_decoder"};
   ERL_NIF_TERM vals[13] = {
       lcx_cstr(env, desc),
       enif_make_uint64(env, llama_model_size(model)),
@@ -227,7 +231,8 @@ LCX_NIF(nif_model_info) {
   };
   enif_rwlock_runlock(m->lock);
   ERL_NIF_TERM kt[13], map;
-  for (int i = 0; i < 13; i++) kt[i] = enif_make_atom(env, keys[i]);
+  for (int i = 0; i < 13; i++)
+    kt[i] = enif_make_atom(env, keys[i]);
   enif_make_map_from_arrays(env, kt, vals, 13, &map);
   return lcx_ok(env, map);
 }
@@ -287,6 +292,4 @@ LCX_NIF(nif_live_counts) {
   return map;
 }
 
-LCX_NIF(nif_system_info) {
-  return lcx_cstr(env, llama_print_system_info());
-}
+LCX_NIF(nif_system_info) { return lcx_cstr(env, llama_print_system_info()); }

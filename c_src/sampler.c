@@ -121,7 +121,8 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
     return llama_sampler_init_top_n_sigma(f1);
   }
   if (is_tag(env, a[0], "mirostat") && arity == 5) {
-    if (!get_u(env, a[1], &seed) || !get_f(env, a[2], &f1) || !get_f(env, a[3], &f2) || !get_i(env, a[4], &i1) || i1 <= 0)
+    if (!get_u(env, a[1], &seed) || !get_f(env, a[2], &f1) || !get_f(env, a[3], &f2) || !get_i(env, a[4], &i1) ||
+        i1 <= 0)
       BAD("bad mirostat arguments");
     return llama_sampler_init_mirostat(m->n_vocab, seed, f1, f2, i1);
   }
@@ -146,11 +147,14 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
     for (unsigned i = 0; i < nb && ok; i++) {
       enif_get_list_cell(env, tail, &head, &tail);
       char *s = dup_cstr(env, head);
-      if (!s) ok = false;
-      else breakers[got++] = s;
+      if (!s)
+        ok = false;
+      else
+        breakers[got++] = s;
     }
     struct llama_sampler *smpl = ok ? lcx_sampler_init_dry(m->vocab, f1, f2, i1, i2, breakers, got) : NULL;
-    for (unsigned i = 0; i < got; i++) enif_free((void *)breakers[i]);
+    for (unsigned i = 0; i < got; i++)
+      enif_free((void *)breakers[i]);
     if (!ok) BAD("dry sequence breakers must be binaries without NUL bytes");
     if (!smpl) {
       *err = lcx_error_str(env, ATOM_sampler_failed, lcx_last_exception());
@@ -173,7 +177,8 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
       }
       if (i1 < 0 || i1 >= m->n_vocab) {
         enif_free(lb);
-        *err = lcx_error2(env, ATOM_invalid_token, enif_make_tuple2(env, enif_make_int(env, i1), enif_make_int(env, m->n_vocab)));
+        *err = lcx_error2(env, ATOM_invalid_token,
+                          enif_make_tuple2(env, enif_make_int(env, i1), enif_make_int(env, m->n_vocab)));
         return NULL;
       }
       lb[i].token = i1;
@@ -214,7 +219,8 @@ LCX_NIF(nif_sampler_create) {
   lcx_model *m = lcx_get_model(env, argv[0]);
   if (!m) return lcx_raise(env, "expected a model reference");
   unsigned n;
-  if (!enif_get_list_length(env, argv[1], &n) || n == 0) return lcx_raise(env, "sampler stages must be a non-empty list");
+  if (!enif_get_list_length(env, argv[1], &n) || n == 0)
+    return lcx_raise(env, "sampler stages must be a non-empty list");
   if (!lcx_model_acquire(m)) return lcx_error(env, ATOM_closed);
   struct llama_sampler_chain_params cp = llama_sampler_chain_default_params();
   cp.no_perf = false;
@@ -251,11 +257,15 @@ LCX_NIF(nif_sampler_accept) {
   if (!enif_get_int(env, argv[1], &token)) return lcx_raise(env, "token must be an integer");
   enif_mutex_lock(s->lock);
   ERL_NIF_TERM r;
-  if (!s->chain) r = lcx_error(env, ATOM_closed);
+  if (!s->chain)
+    r = lcx_error(env, ATOM_closed);
   else if (token < 0 || token >= s->model->n_vocab)
-    r = lcx_error2(env, ATOM_invalid_token, enif_make_tuple2(env, enif_make_int(env, token), enif_make_int(env, s->model->n_vocab)));
-  else if (!lcx_sampler_accept(s->chain, token)) r = lcx_error_str(env, ATOM_sampler_failed, lcx_last_exception());
-  else r = ATOM_ok;
+    r = lcx_error2(env, ATOM_invalid_token,
+                   enif_make_tuple2(env, enif_make_int(env, token), enif_make_int(env, s->model->n_vocab)));
+  else if (!lcx_sampler_accept(s->chain, token))
+    r = lcx_error_str(env, ATOM_sampler_failed, lcx_last_exception());
+  else
+    r = ATOM_ok;
   enif_mutex_unlock(s->lock);
   return r;
 }
@@ -264,7 +274,7 @@ LCX_NIF(nif_sampler_reset) {
   lcx_sampler *s = lcx_get_sampler(env, argv[0]);
   if (!s) return lcx_raise(env, "expected a sampler reference");
   enif_mutex_lock(s->lock);
-  ERL_NIF_TERM r = !s->chain ? lcx_error(env, ATOM_closed)
+  ERL_NIF_TERM r = !s->chain                     ? lcx_error(env, ATOM_closed)
                    : lcx_sampler_reset(s->chain) ? ATOM_ok
                                                  : lcx_error_str(env, ATOM_sampler_failed, lcx_last_exception());
   enif_mutex_unlock(s->lock);

@@ -36,8 +36,8 @@ LCX_NIF(nif_tokenize) {
   llama_token stack_buf[512];
   llama_token *toks = cap <= 512 ? stack_buf : enif_alloc(sizeof(llama_token) * (size_t)cap);
   bool threw = false;
-  int32_t n = toks ? lcx_tokenize(m->vocab, (const char *)text.data, (int32_t)text.size, toks, cap,
-                                  add_special, parse_special, &threw)
+  int32_t n = toks ? lcx_tokenize(m->vocab, (const char *)text.data, (int32_t)text.size, toks, cap, add_special,
+                                  parse_special, &threw)
                    : 0;
   if (toks && !threw && n < 0 && n != INT32_MIN) {
     if (toks != stack_buf) enif_free(toks);
@@ -49,10 +49,14 @@ LCX_NIF(nif_tokenize) {
   }
   enif_rwlock_runlock(m->lock);
   ERL_NIF_TERM result;
-  if (!toks) result = lcx_raise(env, "out of memory");
-  else if (threw) result = lcx_error_str(env, ATOM_tokenize_failed, lcx_last_exception());
-  else if (n < 0) result = lcx_error_str(env, ATOM_tokenize_failed, "too many tokens");
-  else result = lcx_ok(env, lcx_make_tokens(env, toks, (size_t)n));
+  if (!toks)
+    result = lcx_raise(env, "out of memory");
+  else if (threw)
+    result = lcx_error_str(env, ATOM_tokenize_failed, lcx_last_exception());
+  else if (n < 0)
+    result = lcx_error_str(env, ATOM_tokenize_failed, "too many tokens");
+  else
+    result = lcx_ok(env, lcx_make_tokens(env, toks, (size_t)n));
   if (toks && toks != stack_buf) enif_free(toks);
   return result;
 }
@@ -87,7 +91,8 @@ LCX_NIF(nif_detokenize) {
   int32_t cap = (int32_t)n * 8 + 16;
   char *text = enif_alloc((size_t)cap);
   bool threw = false;
-  int32_t len = text ? lcx_detokenize(m->vocab, toks, (int32_t)n, text, cap, remove_special, unparse_special, &threw) : 0;
+  int32_t len =
+      text ? lcx_detokenize(m->vocab, toks, (int32_t)n, text, cap, remove_special, unparse_special, &threw) : 0;
   if (text && !threw && len < 0) {
     enif_free(text);
     cap = -len;
@@ -98,9 +103,12 @@ LCX_NIF(nif_detokenize) {
   enif_free(toks);
   ERL_NIF_TERM result;
   if (!text) return lcx_raise(env, "out of memory");
-  if (threw) result = lcx_error_str(env, ATOM_tokenize_failed, lcx_last_exception());
-  else if (len < 0) result = lcx_error_str(env, ATOM_tokenize_failed, "detokenize failed");
-  else result = lcx_ok(env, lcx_binary(env, text, (size_t)len));
+  if (threw)
+    result = lcx_error_str(env, ATOM_tokenize_failed, lcx_last_exception());
+  else if (len < 0)
+    result = lcx_error_str(env, ATOM_tokenize_failed, "detokenize failed");
+  else
+    result = lcx_ok(env, lcx_binary(env, text, (size_t)len));
   enif_free(text);
   return result;
 }
@@ -117,20 +125,23 @@ LCX_NIF(nif_token_to_piece) {
   if (token < 0 || token >= m->n_vocab) {
     int32_t n_vocab = m->n_vocab;
     enif_rwlock_runlock(m->lock);
-    return lcx_error2(env, ATOM_invalid_token, enif_make_tuple2(env, enif_make_int(env, token), enif_make_int(env, n_vocab)));
+    return lcx_error2(env, ATOM_invalid_token,
+                      enif_make_tuple2(env, enif_make_int(env, token), enif_make_int(env, n_vocab)));
   }
   char buf[256];
   bool threw = false;
   int32_t n = lcx_token_to_piece(m->vocab, token, buf, sizeof buf, 0, special, &threw);
   ERL_NIF_TERM result;
-  if (threw) result = lcx_error_str(env, ATOM_tokenize_failed, lcx_last_exception());
+  if (threw)
+    result = lcx_error_str(env, ATOM_tokenize_failed, lcx_last_exception());
   else if (n < 0) {
     char *big = enif_alloc((size_t)-n);
     int32_t n2 = big ? lcx_token_to_piece(m->vocab, token, big, -n, 0, special, &threw) : -1;
     result = (big && !threw && n2 >= 0) ? lcx_ok(env, lcx_binary(env, big, (size_t)n2))
                                         : lcx_error_str(env, ATOM_tokenize_failed, "token_to_piece failed");
     if (big) enif_free(big);
-  } else result = lcx_ok(env, lcx_binary(env, buf, (size_t)n));
+  } else
+    result = lcx_ok(env, lcx_binary(env, buf, (size_t)n));
   enif_rwlock_runlock(m->lock);
   return result;
 }
@@ -145,20 +156,27 @@ LCX_NIF(nif_vocab_info) {
   lcx_model *m = use_model(env, argv[0], &err);
   if (!m) return err;
   const struct llama_vocab *v = m->vocab;
-  const char *keys[] = {"bos", "eos", "eot", "sep", "nl", "pad", "fim_pre", "fim_suf", "fim_mid", "n_vocab", "add_bos", "add_eos", "type"};
+  const char *keys[] = {"bos",     "eos",     "eot",     "sep",     "nl",      "pad", "fim_pre",
+                        "fim_suf", "fim_mid", "n_vocab", "add_bos", "add_eos", "type"};
   ERL_NIF_TERM vals[13] = {
-      tok_or_nil(env, llama_vocab_bos(v)),     tok_or_nil(env, llama_vocab_eos(v)),
-      tok_or_nil(env, llama_vocab_eot(v)),     tok_or_nil(env, llama_vocab_sep(v)),
-      tok_or_nil(env, llama_vocab_nl(v)),      tok_or_nil(env, llama_vocab_pad(v)),
-      tok_or_nil(env, llama_vocab_fim_pre(v)), tok_or_nil(env, llama_vocab_fim_suf(v)),
-      tok_or_nil(env, llama_vocab_fim_mid(v)), enif_make_int(env, m->n_vocab),
+      tok_or_nil(env, llama_vocab_bos(v)),
+      tok_or_nil(env, llama_vocab_eos(v)),
+      tok_or_nil(env, llama_vocab_eot(v)),
+      tok_or_nil(env, llama_vocab_sep(v)),
+      tok_or_nil(env, llama_vocab_nl(v)),
+      tok_or_nil(env, llama_vocab_pad(v)),
+      tok_or_nil(env, llama_vocab_fim_pre(v)),
+      tok_or_nil(env, llama_vocab_fim_suf(v)),
+      tok_or_nil(env, llama_vocab_fim_mid(v)),
+      enif_make_int(env, m->n_vocab),
       llama_vocab_get_add_bos(v) ? ATOM_true : ATOM_false,
       llama_vocab_get_add_eos(v) ? ATOM_true : ATOM_false,
       enif_make_int(env, (int)llama_vocab_type(v)),
   };
   enif_rwlock_runlock(m->lock);
   ERL_NIF_TERM kt[13], map;
-  for (int i = 0; i < 13; i++) kt[i] = enif_make_atom(env, keys[i]);
+  for (int i = 0; i < 13; i++)
+    kt[i] = enif_make_atom(env, keys[i]);
   enif_make_map_from_arrays(env, kt, vals, 13, &map);
   return lcx_ok(env, map);
 }
@@ -172,8 +190,10 @@ LCX_NIF(nif_token_is_eog) {
   if (!m) return err;
   ERL_NIF_TERM r;
   if (token < 0 || token >= m->n_vocab)
-    r = lcx_error2(env, ATOM_invalid_token, enif_make_tuple2(env, enif_make_int(env, token), enif_make_int(env, m->n_vocab)));
-  else r = lcx_ok(env, llama_vocab_is_eog(m->vocab, token) ? ATOM_true : ATOM_false);
+    r = lcx_error2(env, ATOM_invalid_token,
+                   enif_make_tuple2(env, enif_make_int(env, token), enif_make_int(env, m->n_vocab)));
+  else
+    r = lcx_ok(env, llama_vocab_is_eog(m->vocab, token) ? ATOM_true : ATOM_false);
   enif_rwlock_runlock(m->lock);
   return r;
 }

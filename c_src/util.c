@@ -20,9 +20,7 @@ void lcx_init_atoms(ErlNifEnv *env) {
 
 ERL_NIF_TERM lcx_ok(ErlNifEnv *env, ERL_NIF_TERM t) { return enif_make_tuple2(env, ATOM_ok, t); }
 
-ERL_NIF_TERM lcx_error(ErlNifEnv *env, ERL_NIF_TERM reason) {
-  return enif_make_tuple2(env, ATOM_error, reason);
-}
+ERL_NIF_TERM lcx_error(ErlNifEnv *env, ERL_NIF_TERM reason) { return enif_make_tuple2(env, ATOM_error, reason); }
 
 ERL_NIF_TERM lcx_error2(ErlNifEnv *env, ERL_NIF_TERM tag, ERL_NIF_TERM detail) {
   return lcx_error(env, enif_make_tuple2(env, tag, detail));
@@ -49,8 +47,7 @@ ERL_NIF_TERM lcx_raise(ErlNifEnv *env, const char *fmt, ...) {
   va_end(ap);
   ERL_NIF_TERM keys[3] = {enif_make_atom(env, "__struct__"), enif_make_atom(env, "__exception__"),
                           enif_make_atom(env, "message")};
-  ERL_NIF_TERM vals[3] = {enif_make_atom(env, "Elixir.ArgumentError"), ATOM_true,
-                          lcx_cstr(env, msg)};
+  ERL_NIF_TERM vals[3] = {enif_make_atom(env, "Elixir.ArgumentError"), ATOM_true, lcx_cstr(env, msg)};
   ERL_NIF_TERM exc;
   enif_make_map_from_arrays(env, keys, vals, 3, &exc);
   return enif_raise_exception(env, exc);
@@ -78,8 +75,8 @@ bool lcx_get_double(ErlNifEnv *env, ERL_NIF_TERM t, double *out) {
   return false;
 }
 
-bool lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab, llama_token **out,
-                    unsigned *n_out, long *bad_index) {
+bool lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab, llama_token **out, unsigned *n_out,
+                    long *bad_index) {
   unsigned n;
   *out = NULL;
   *n_out = 0;
@@ -109,7 +106,8 @@ bool lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab, llama_to
 
 ERL_NIF_TERM lcx_make_tokens(ErlNifEnv *env, const llama_token *toks, size_t n) {
   ERL_NIF_TERM list = enif_make_list(env, 0);
-  for (size_t i = n; i > 0; i--) list = enif_make_list_cell(env, enif_make_int(env, toks[i - 1]), list);
+  for (size_t i = n; i > 0; i--)
+    list = enif_make_list_cell(env, enif_make_int(env, toks[i - 1]), list);
   return list;
 }
 

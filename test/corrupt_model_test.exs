@@ -1,0 +1,67 @@
+defmodule LlamaCppEx.CorruptModelTest do
+  # Corrupt GGUF files must give {:error, reason}, never take the VM down.
+  use ExUnit.Case, async: true
+  @moduletag :model
+
+  import LlamaCppEx.TestHelpers
+
+  setup_all do
+    %{bytes: File.read!(model_path())}
+  end
+
+  defp write_tmp(bytes) do
+    path = Path.join(System.tmp_dir!(), "lcx_corrupt_#{System.unique_integer([:positive])}.gguf")
+    File.write!(path, bytes)
+    on_exit(fn -> File.rm(path) end)
+    path
+  end
+
+  test "a vocabulary with a duplicate token (a llama.cpp assertion) is an error", %{bytes: bytes} do
+    # Rename byte token <0x01> to <0x00>: llama.cpp asserts that token texts are unique.
+    path = write_tmp(:binary.replace(bytes, "<0x01>", "<0x00>"))
+    assert {:error, {:load_failed, msg}} = LlamaCppEx.Model.load(path)
+    assert msg =~ "assertion"
+    # the VM and the library are fine
+    {:ok, model} = LlamaCppEx.Model.load(model_path())
+    assert {:ok, _} = LlamaCppEx.generate(model, "Once upon a time", max_tokens: 4)
+  end
+
+  test "truncated files are errors", %{bytes: bytes} do
+    for size <- [4, 8, 24, 100, 5_000, 40_000, div(byte_size(bytes), 2), byte_size(bytes) - 1] do
+      path = write_tmp(binary_part(bytes, 0, size))
+      assert {:error, reason} = LlamaCppEx.Model.load(path), "size #{size}"
+      assert match?({:load_failed, _}, reason) or match?({:not_gguf, _}, reason)
+    end
+  end
+
+  @tag :slow
+  @tag timeout: 600_000
+  test "random byte mutations of the header and metadata never crash", %{bytes: bytes} do
+    :rand.seed(:exsss, {42, 42, 42})
+
+    results =
+      for _ <- 1..120 do
+        mutated =
+          Enum.reduce(1..:rand.uniform(8), bytes, fn _, acc ->
+            pos = :rand.uniform(40_000) - 1
+            <<pre::binary-size(pos), _, post::binary>> = acc
+            <<pre::binary, :rand.uniform(256) - 1, post::binary>>
+          end)
+
+        path = write_tmp(mutated)
+
+        case LlamaCppEx.Model.load(path) do
+          {:ok, model} ->
+            # whatever loaded must also be usable without crashing
+            _ = LlamaCppEx.generate(model, "Once upon a time", max_tokens: 4)
+            LlamaCppEx.Model.free(model)
+            :ok
+
+          {:error, _} ->
+            :error
+        end
+      end
+
+    assert :error in results
+  end
+end
