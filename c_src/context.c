@@ -8,6 +8,7 @@
 // through a monitor) is checked between tokens and, through llama.cpp's abort
 // callback, inside llama_decode.
 #include <string.h>
+#include <unistd.h>
 
 #include "lcx.h"
 
@@ -114,6 +115,27 @@ static bool ggml_type_from_atom(ErlNifEnv *env, ERL_NIF_TERM t, enum ggml_type *
   return false;
 }
 
+static uint64_t physical_ram(void) {
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+}
+
+// Lower bound of what llama_init_from_model allocates: K and V caches for
+// every layer plus the logits of a full batch. (llama.cpp rounds n_ctx up to
+// a multiple of 256 and clamps n_batch to n_ctx.)
+static uint64_t estimate_bytes(const struct llama_model *model, int32_t n_vocab, const struct llama_context_params *p) {
+  uint64_t n_ctx = p->n_ctx ? p->n_ctx : (uint64_t)llama_model_n_ctx_train(model);
+  n_ctx = (n_ctx + 255) / 256 * 256;
+  uint64_t n_layer = (uint64_t)llama_model_n_layer(model);
+  int32_t n_head = llama_model_n_head(model), n_head_kv = llama_model_n_head_kv(model);
+  uint64_t n_embd_kv = n_head > 0 ? (uint64_t)llama_model_n_embd(model) * (uint64_t)n_head_kv / (uint64_t)n_head : 0;
+  double k = ggml_type_size(p->type_k) / (double)ggml_blck_size(p->type_k);
+  double v = ggml_type_size(p->type_v) / (double)ggml_blck_size(p->type_v);
+  uint64_t kv = (uint64_t)((double)(n_layer * n_ctx * n_embd_kv) * (k + v));
+  uint64_t n_batch = p->n_batch < n_ctx ? p->n_batch : n_ctx;
+  return kv + n_batch * (uint64_t)n_vocab * sizeof(float);
+}
+
 // context_create(model, %{n_ctx, n_batch, n_ubatch, n_seq_max, n_threads, n_threads_batch,
 //                         embeddings, flash_attn, type_k, type_v, pooling})
 LCX_NIF(nif_context_create) {
@@ -160,6 +182,18 @@ LCX_NIF(nif_context_create) {
   p.no_perf = false;
 
   if (!lcx_model_acquire(m)) return lcx_error(env, ATOM_closed);
+  // llama.cpp allocates the KV cache and the logits buffer up front; an absurd
+  // n_ctx or n_batch would have the kernel kill the whole VM instead of failing.
+  uint64_t need = estimate_bytes(m->model, m->n_vocab, &p);
+  uint64_t ram = physical_ram();
+  if (ram > 0 && need > ram) {
+    lcx_model_release(m);
+    ERL_NIF_TERM keys[2] = {ATOM_needed, ATOM_available};
+    ERL_NIF_TERM vals[2] = {enif_make_uint64(env, need), enif_make_uint64(env, ram)};
+    ERL_NIF_TERM map;
+    enif_make_map_from_arrays(env, keys, vals, 2, &map);
+    return lcx_error2(env, enif_make_atom(env, "context_too_large"), map);
+  }
   lcx_context *c = enif_alloc_resource(LCX_CONTEXT_RT, sizeof(lcx_context));
   if (!c) {
     lcx_model_release(m);
