@@ -18,6 +18,14 @@ defmodule LlamaCppEx.ContextTest do
     assert inspect(ctx) =~ "n_ctx: 512"
   end
 
+  test "a context that cannot fit in memory is refused, not OOM-killed", %{model: model} do
+    assert {:error, {:context_too_large, %{needed: needed, available: ram}}} =
+             Context.create(model, n_ctx: 2_000_000_000, n_batch: 2_000_000_000)
+
+    assert needed > ram
+    assert {:ok, _} = Context.create(model, n_ctx: 256)
+  end
+
   test "decode advances the position; clear resets it", %{model: model, prompt: prompt} do
     {:ok, ctx} = Context.create(model, n_ctx: 256)
     assert {:ok, 0} = Context.position(ctx)
