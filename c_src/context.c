@@ -102,13 +102,17 @@ static bool map_int(ErlNifEnv *env, ERL_NIF_TERM map, const char *key, int *out)
   return lcx_map_get(env, map, key, &v) && enif_get_int(env, v, out);
 }
 
+// KV cache element types llama.cpp supports; other ggml types (f64, i8, ...)
+// create a context whose first decode crashes.
 static bool ggml_type_from_atom(ErlNifEnv *env, ERL_NIF_TERM t, enum ggml_type *out) {
+  static const enum ggml_type allowed[] = {GGML_TYPE_F32,  GGML_TYPE_F16,  GGML_TYPE_BF16,
+                                           GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q4_1,
+                                           GGML_TYPE_Q5_0, GGML_TYPE_Q5_1, GGML_TYPE_IQ4_NL};
   char name[16];
   if (!enif_get_atom(env, t, name, sizeof name, ERL_NIF_LATIN1)) return false;
-  for (int i = 0; i < GGML_TYPE_COUNT; i++) {
-    const char *n = ggml_type_name((enum ggml_type)i);
-    if (n && strcmp(n, name) == 0) {
-      *out = (enum ggml_type)i;
+  for (size_t i = 0; i < sizeof allowed / sizeof allowed[0]; i++) {
+    if (strcmp(ggml_type_name(allowed[i]), name) == 0) {
+      *out = allowed[i];
       return true;
     }
   }
@@ -305,14 +309,13 @@ static ERL_NIF_TERM decode_error(ErlNifEnv *env, int32_t rc) {
 // Reads and validates a token list against the context's model.
 static bool get_prompt(ErlNifEnv *env, lcx_context *c, ERL_NIF_TERM list, llama_token **toks, unsigned *n,
                        ERL_NIF_TERM *err) {
-  long bad;
+  ERL_NIF_TERM bad;
   if (!lcx_get_tokens(env, list, c->model->n_vocab, toks, n, &bad)) {
     *err = lcx_raise(env, "tokens must be a list of integers");
     return false;
   }
-  if (bad >= 0) {
-    *err = lcx_error2(env, ATOM_invalid_token,
-                      enif_make_tuple2(env, enif_make_int(env, (*toks)[bad]), enif_make_int(env, c->model->n_vocab)));
+  if (bad) {
+    *err = lcx_invalid_token(env, bad, c->model->n_vocab);
     enif_free(*toks);
     *toks = NULL;
     return false;

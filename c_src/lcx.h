@@ -54,9 +54,15 @@ typedef struct lcx_stream {
   ErlNifMonitor mon;
 } lcx_stream;
 
-// A model load in progress: its progress callback can be told to stop.
+// A model load in progress. With a progress function, each progress report
+// waits for the function's answer (continue or cancel), so cancelling is exact;
+// the process running the function is monitored, and its death cancels.
 typedef struct lcx_load {
   atomic_int cancel;
+  ErlNifMutex *mu;
+  ErlNifCond *cv;
+  long answered; // under mu
+  ErlNifMonitor mon;
 } lcx_load;
 
 extern ErlNifResourceType *LCX_MODEL_RT;
@@ -72,7 +78,8 @@ extern atomic_long lcx_live_models, lcx_live_contexts, lcx_live_samplers;
 
 #define LCX_ATOMS(X)                                                                                                   \
   X(ok)                                                                                                                \
-  X(error) X(true) X(false) X(nil) X(closed) X(undefined) X(eog) X(max_tokens) X(stop) X(cancelled) X(chunk)           \
+  X(error)                                                                                                             \
+  X(true) X(false) X(nil) X(closed) X(undefined) X(eog) X(max_tokens) X(stop) X(cancelled) X(chunk)                    \
       X(context_overflow) X(prompt_tokens) X(n_ctx) X(max_tokens_key) X(invalid_token) X(decode_failed) X(no_kv_slot)  \
           X(aborted) X(batch_too_large) X(empty_prompt) X(model_mismatch) X(invalid_grammar) X(load_failed)            \
               X(load_cancelled) X(context_failed) X(sampler_failed) X(exception) X(template_failed)                    \
@@ -102,11 +109,13 @@ ERL_NIF_TERM lcx_cstr(ErlNifEnv *env, const char *s);
 bool lcx_get_bool(ErlNifEnv *env, ERL_NIF_TERM t, bool *out);
 bool lcx_get_double(ErlNifEnv *env, ERL_NIF_TERM t, double *out); // int or float
 // Reads a list of token ids into a freshly enif_alloc'ed array (caller frees).
-// Returns false on a type error; *bad_index is set to the first id outside
-// [0, n_vocab) (or -1 if all are in range).
+// Returns false on a type error; *bad is set to the first id outside
+// [0, n_vocab) as the caller passed it (or 0 if all are in range).
 bool lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab, llama_token **out, unsigned *n_out,
-                    long *bad_index);
+                    ERL_NIF_TERM *bad);
 ERL_NIF_TERM lcx_make_tokens(ErlNifEnv *env, const llama_token *toks, size_t n);
+// {:error, {:invalid_token, {token_term, n_vocab}}}
+ERL_NIF_TERM lcx_invalid_token(ErlNifEnv *env, ERL_NIF_TERM token, int32_t n_vocab);
 
 // Map option lookup (options arrive as maps built in Elixir after validation).
 bool lcx_map_get(ErlNifEnv *env, ERL_NIF_TERM map, const char *key, ERL_NIF_TERM *out);

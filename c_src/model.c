@@ -45,9 +45,25 @@ void lcx_model_release(lcx_model *m) {
   enif_release_resource(m);
 }
 
+static void load_cancel(lcx_load *l) {
+  enif_mutex_lock(l->mu);
+  atomic_store(&l->cancel, 1);
+  enif_cond_broadcast(l->cv);
+  enif_mutex_unlock(l->mu);
+}
+
+static void load_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon) { load_cancel(obj); }
+
+static void load_dtor(ErlNifEnv *env, void *obj) {
+  lcx_load *l = obj;
+  if (l->cv) enif_cond_destroy(l->cv);
+  if (l->mu) enif_mutex_destroy(l->mu);
+}
+
 int lcx_model_load_types(ErlNifEnv *env) {
   LCX_MODEL_RT = enif_open_resource_type(env, NULL, "lcx_model", model_dtor, ERL_NIF_RT_CREATE, NULL);
-  LCX_LOAD_RT = enif_open_resource_type(env, NULL, "lcx_load", NULL, ERL_NIF_RT_CREATE, NULL);
+  ErlNifResourceTypeInit init = {.dtor = load_dtor, .stop = NULL, .down = load_down};
+  LCX_LOAD_RT = enif_open_resource_type_x(env, "lcx_load", &init, ERL_NIF_RT_CREATE, NULL);
   return LCX_MODEL_RT && LCX_LOAD_RT ? 0 : -1;
 }
 
@@ -61,6 +77,7 @@ typedef struct {
   ERL_NIF_TERM ref; // in msg_env
   ErlNifEnv *msg_env;
   float last_sent;
+  long sent;
 } progress_state;
 
 static bool progress_cb(float progress, void *user_data) {
@@ -71,15 +88,29 @@ static bool progress_cb(float progress, void *user_data) {
                                         enif_make_double(st->msg_env, progress));
     enif_send(st->caller_env, &st->pid, st->msg_env, msg);
     enif_clear_env(st->msg_env);
+    st->sent++;
+    if (st->load) { // wait for the progress function's answer
+      enif_mutex_lock(st->load->mu);
+      while (st->load->answered < st->sent && !atomic_load(&st->load->cancel))
+        enif_cond_wait(st->load->cv, st->load->mu);
+      enif_mutex_unlock(st->load->mu);
+    }
   }
   return !(st->load && atomic_load(&st->load->cancel));
 }
 
-// load_start() -> load handle, for cancelling a load from another process
+// load_handle(answering_pid) -> handle; the pid answers progress reports with
+// load_answer/2, and its death cancels the load.
 LCX_NIF(nif_load_handle) {
+  ErlNifPid pid;
+  if (!enif_get_local_pid(env, argv[0], &pid)) return lcx_raise(env, "expected a local pid");
   lcx_load *load = enif_alloc_resource(LCX_LOAD_RT, sizeof(lcx_load));
   if (!load) return lcx_raise(env, "out of memory");
+  memset(load, 0, sizeof *load);
   atomic_init(&load->cancel, 0);
+  load->mu = enif_mutex_create("lcx_load");
+  load->cv = enif_cond_create("lcx_load");
+  if (enif_monitor_process(env, load, &pid, &load->mon) != 0) atomic_store(&load->cancel, 1);
   ERL_NIF_TERM t = enif_make_resource(env, load);
   enif_release_resource(load);
   return t;
@@ -88,7 +119,22 @@ LCX_NIF(nif_load_handle) {
 LCX_NIF(nif_load_cancel) {
   void *p;
   if (!enif_get_resource(env, argv[0], LCX_LOAD_RT, &p)) return lcx_raise(env, "expected a load handle");
-  atomic_store(&((lcx_load *)p)->cancel, 1);
+  load_cancel(p);
+  return ATOM_ok;
+}
+
+// load_answer(handle, continue?) answers one progress report
+LCX_NIF(nif_load_answer) {
+  void *p;
+  bool go;
+  if (!enif_get_resource(env, argv[0], LCX_LOAD_RT, &p)) return lcx_raise(env, "expected a load handle");
+  if (!lcx_get_bool(env, argv[1], &go)) return lcx_raise(env, "expected a boolean");
+  lcx_load *l = p;
+  enif_mutex_lock(l->mu);
+  l->answered++;
+  if (!go) atomic_store(&l->cancel, 1);
+  enif_cond_broadcast(l->cv);
+  enif_mutex_unlock(l->mu);
   return ATOM_ok;
 }
 

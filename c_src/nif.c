@@ -8,6 +8,7 @@ int lcx_sampler_load_types(ErlNifEnv *env);
 
 LCX_NIF(nif_load_handle);
 LCX_NIF(nif_load_cancel);
+LCX_NIF(nif_load_answer);
 LCX_NIF(nif_model_load);
 LCX_NIF(nif_model_free);
 LCX_NIF(nif_model_info);
@@ -49,8 +50,9 @@ static ErlNifFunc nif_funcs[] = {
     // and munmap/free of large weights: dirty IO.
     {"model_free", 1, nif_model_free, DIRTY_IO},
     // O(1) reads under a read lock: normal.
-    {"load_handle", 0, nif_load_handle, 0},
+    {"load_handle", 1, nif_load_handle, 0},
     {"load_cancel", 1, nif_load_cancel, 0},
+    {"load_answer", 2, nif_load_answer, 0},
     {"model_info", 1, nif_model_info, 0},
     {"model_chat_template", 2, nif_model_chat_template, 0},
     {"live_counts", 0, nif_live_counts, 0},

@@ -71,17 +71,16 @@ LCX_NIF(nif_detokenize) {
   if (!m) return err;
   llama_token *toks;
   unsigned n;
-  long bad;
+  ERL_NIF_TERM bad;
   if (!lcx_get_tokens(env, argv[1], m->n_vocab, &toks, &n, &bad)) {
     enif_rwlock_runlock(m->lock);
     return lcx_raise(env, "tokens must be a list of integers");
   }
-  if (bad >= 0) {
+  if (bad) {
     int32_t n_vocab = m->n_vocab;
     enif_rwlock_runlock(m->lock);
-    ERL_NIF_TERM detail = enif_make_tuple2(env, enif_make_int(env, toks[bad]), enif_make_int(env, n_vocab));
     enif_free(toks);
-    return lcx_error2(env, ATOM_invalid_token, detail);
+    return lcx_invalid_token(env, bad, n_vocab);
   }
   if (n > (unsigned)(INT32_MAX / 64)) {
     enif_rwlock_runlock(m->lock);

@@ -76,11 +76,11 @@ bool lcx_get_double(ErlNifEnv *env, ERL_NIF_TERM t, double *out) {
 }
 
 bool lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab, llama_token **out, unsigned *n_out,
-                    long *bad_index) {
+                    ERL_NIF_TERM *bad) {
   unsigned n;
   *out = NULL;
   *n_out = 0;
-  *bad_index = -1;
+  *bad = 0;
   if (!enif_get_list_length(env, list, &n)) return false;
   llama_token *toks = enif_alloc(sizeof(llama_token) * (n > 0 ? n : 1));
   if (!toks) return false;
@@ -96,7 +96,7 @@ bool lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab, llama_to
       }
       v = -1; // an integer far out of range
     }
-    if ((v < 0 || v >= n_vocab) && *bad_index < 0) *bad_index = (long)i;
+    if ((v < 0 || v >= n_vocab) && *bad == 0) *bad = head;
     toks[i] = v;
   }
   *out = toks;
@@ -109,6 +109,10 @@ ERL_NIF_TERM lcx_make_tokens(ErlNifEnv *env, const llama_token *toks, size_t n) 
   for (size_t i = n; i > 0; i--)
     list = enif_make_list_cell(env, enif_make_int(env, toks[i - 1]), list);
   return list;
+}
+
+ERL_NIF_TERM lcx_invalid_token(ErlNifEnv *env, ERL_NIF_TERM token, int32_t n_vocab) {
+  return lcx_error2(env, ATOM_invalid_token, enif_make_tuple2(env, token, enif_make_int(env, n_vocab)));
 }
 
 bool lcx_map_get(ErlNifEnv *env, ERL_NIF_TERM map, const char *key, ERL_NIF_TERM *out) {

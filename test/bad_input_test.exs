@@ -14,9 +14,6 @@ defmodule LlamaCppEx.BadInputTest do
   import LlamaCppEx.TestHelpers
   alias LlamaCppEx.{Completion, Context, Model, NIF, Sampler, Tokenizer}
 
-  # Tests that pin down a known library bug are skipped unless LLAMA_RUN_KNOWN_BUGS=1.
-  @run_known_bugs System.get_env("LLAMA_RUN_KNOWN_BUGS") in ["1", "true"]
-
   @once [1, 403, 407, 261, 378]
   # greedy continuation of "Once upon a time", 4 tokens (test/support/reference_outputs.md)
   @greedy_4 ", there was a"
@@ -92,9 +89,8 @@ defmodule LlamaCppEx.BadInputTest do
             [bogus: 1]
           ] do
         assert_raise ArgumentError, fn -> Context.create(model, opts) end
+        assert_model_works(model)
       end
-
-      assert_model_works(model)
     end
 
     test "the native layer validates its options map itself", %{model: model} do
@@ -117,6 +113,7 @@ defmodule LlamaCppEx.BadInputTest do
             type_v: "f16"
           ] do
         assert_raise ArgumentError, fn -> NIF.context_create(model.ref, Map.put(@native_ctx, key, value)) end
+        assert_model_works(model)
       end
 
       assert_raise ArgumentError, fn -> NIF.context_create(model.ref, Map.delete(@native_ctx, :n_ctx)) end
@@ -131,15 +128,10 @@ defmodule LlamaCppEx.BadInputTest do
       assert LlamaCppEx.live_objects() == before
     end
 
-    # BUG: the NIF accepts any ggml type name for type_k/type_v (it looks the
-    # atom up in ggml's whole type table), not only the KV-cache types the
-    # Elixir wrapper allows. With :f64 or :i8 the context is created and the
-    # first decode kills the VM with SIGSEGV; :i32 trips a GGML_ASSERT in the
-    # CPU flash-attention kernel (now caught and returned as
-    # {:error, {:decode_failed, "llama.cpp assertion failed: ..."}}).
-    # Reaching this takes a direct NIF call, so the test runs it in a separate
-    # VM: a crash cannot take the test run down.
-    @tag skip: not @run_known_bugs && "known bug: NIF.context_create accepts non-KV ggml types and crashes the VM"
+    # The NIF must refuse ggml types that are not KV cache types (with :f64 or
+    # :i8 a context was created and its first decode segfaulted). This takes a
+    # direct NIF call; it runs in a separate VM so a crash cannot take the test
+    # run down.
     @tag timeout: 120_000
     test "the native layer refuses KV cache types llama.cpp cannot use" do
       for type <- [:f64, :i8, :i32] do
@@ -186,17 +178,30 @@ defmodule LlamaCppEx.BadInputTest do
 
   describe "Context.decode" do
     test "empty, out-of-vocabulary and non-integer tokens", %{ctx: ctx, sampler: sampler} do
-      assert Context.decode(ctx, []) == {:error, :empty_prompt}
-      assert Context.decode(ctx, [99_999]) == {:error, {:invalid_token, {99_999, 512}}}
-      assert Context.decode(ctx, [403, 512]) == {:error, {:invalid_token, {512, 512}}}
-      assert Context.decode(ctx, [-1]) == {:error, {:invalid_token, {-1, 512}}}
-      assert_raise ArgumentError, fn -> Context.decode(ctx, [1, 2.5]) end
-      assert_raise ArgumentError, fn -> Context.decode(ctx, [1, :a]) end
-      assert_raise ArgumentError, fn -> Context.decode(ctx, [1 | 403]) end
-      assert_raise FunctionClauseError, fn -> Context.decode(ctx, {1, 403}) end
-      # nothing was decoded by any of them
-      assert {:ok, 0} = Context.position(ctx)
-      assert_works(ctx, sampler)
+      cases = [
+        {[], {:error, :empty_prompt}},
+        {[99_999], {:error, {:invalid_token, {99_999, 512}}}},
+        {[403, 512], {:error, {:invalid_token, {512, 512}}}},
+        {[-1], {:error, {:invalid_token, {-1, 512}}}},
+        {[1, 2.5], ArgumentError},
+        {[1, :a], ArgumentError},
+        {[1 | 403], ArgumentError},
+        {{1, 403}, FunctionClauseError}
+      ]
+
+      for {tokens, expected} <- cases do
+        assert :ok = Context.clear(ctx)
+        assert :ok = Context.decode(ctx, [1, 403])
+
+        if is_atom(expected),
+          do: assert_raise(expected, fn -> Context.decode(ctx, tokens) end),
+          else: assert(Context.decode(ctx, tokens) == expected)
+
+        # nothing was decoded; the logits of the last good decode are still there
+        assert {:ok, 2} = Context.position(ctx)
+        assert {:ok, 407} = Sampler.sample(sampler, ctx)
+        assert_works(ctx, sampler)
+      end
     end
 
     test "more tokens than the context holds", %{ctx: ctx, sampler: sampler} do
@@ -253,40 +258,41 @@ defmodule LlamaCppEx.BadInputTest do
             [stop: [~c"ab"]],
             [bogus: 1]
           ] do
+        assert :ok = Context.clear(ctx)
         assert_raise ArgumentError, fn -> Context.generate(ctx, sampler, @once, opts) end
+        assert {:ok, 0} = Context.position(ctx)
+        assert_works(ctx, sampler)
       end
-
-      assert {:ok, 0} = Context.position(ctx)
-      assert_works(ctx, sampler)
     end
 
     test "the native loop validates its options itself", %{ctx: ctx, sampler: sampler} do
-      gen = fn opts -> NIF.generate(ctx.ref, sampler.ref, @once, opts, nil, nil, nil) end
-      assert_raise ArgumentError, fn -> gen.(max_tokens: 4, stop: []) end
-      assert_raise ArgumentError, fn -> gen.(%{stop: []}) end
-      assert_raise ArgumentError, fn -> gen.(%{max_tokens: 0, stop: []}) end
-      assert_raise ArgumentError, fn -> gen.(%{max_tokens: 4.0, stop: []}) end
-      assert_raise ArgumentError, fn -> gen.(%{max_tokens: 4, stop: "x"}) end
-      assert_raise ArgumentError, fn -> gen.(%{max_tokens: 4, stop: [1]}) end
-      assert_raise ArgumentError, fn -> gen.(%{max_tokens: 4, stop: [""]}) end
-      assert_raise ArgumentError, fn -> gen.(%{max_tokens: 4, stop: Enum.map(1..65, &"s#{&1}")}) end
+      ok_opts = %{max_tokens: 4, stop: []}
 
-      assert_raise ArgumentError, fn ->
-        NIF.generate(ctx.ref, sampler.ref, @once, %{max_tokens: 4, stop: []}, :not_a_stream, nil, nil)
+      calls = [
+        fn -> NIF.generate(ctx.ref, sampler.ref, @once, [max_tokens: 4, stop: []], nil, nil, nil) end,
+        fn -> NIF.generate(ctx.ref, sampler.ref, @once, %{stop: []}, nil, nil, nil) end,
+        fn -> NIF.generate(ctx.ref, sampler.ref, @once, %{max_tokens: 0, stop: []}, nil, nil, nil) end,
+        fn -> NIF.generate(ctx.ref, sampler.ref, @once, %{max_tokens: 4.0, stop: []}, nil, nil, nil) end,
+        fn -> NIF.generate(ctx.ref, sampler.ref, @once, %{max_tokens: 4, stop: "x"}, nil, nil, nil) end,
+        fn -> NIF.generate(ctx.ref, sampler.ref, @once, %{max_tokens: 4, stop: [1]}, nil, nil, nil) end,
+        fn -> NIF.generate(ctx.ref, sampler.ref, @once, %{max_tokens: 4, stop: [""]}, nil, nil, nil) end,
+        fn ->
+          NIF.generate(ctx.ref, sampler.ref, @once, %{max_tokens: 4, stop: Enum.map(1..65, &"s#{&1}")}, nil, nil, nil)
+        end,
+        fn -> NIF.generate(ctx.ref, sampler.ref, @once, ok_opts, :not_a_stream, nil, nil) end,
+        fn -> NIF.generate(ctx.ref, sampler.ref, :not_a_list, ok_opts, nil, nil, nil) end,
+        fn -> NIF.generate(ctx.ref, sampler.ref, [1 | 403], ok_opts, nil, nil, nil) end,
+        # via the public API: more than 64 stop strings are refused natively
+        fn -> LlamaCppEx.generate(ctx.model, "Once", max_tokens: 2, stop: Enum.map(1..65, &"s#{&1}")) end
+      ]
+
+      for call <- calls do
+        assert :ok = Context.clear(ctx)
+        assert_raise ArgumentError, call
+        assert {:ok, 0} = Context.position(ctx)
+        assert {:ok, %{text: @greedy_4}} = NIF.generate(ctx.ref, sampler.ref, @once, ok_opts, nil, nil, nil)
+        assert_works(ctx, sampler)
       end
-
-      assert_raise ArgumentError, fn ->
-        NIF.generate(ctx.ref, sampler.ref, :not_a_list, %{max_tokens: 4, stop: []}, nil, nil, nil)
-      end
-
-      # via the public API: more than 64 stop strings are refused natively
-      assert_raise ArgumentError, fn ->
-        LlamaCppEx.generate(ctx.model, "Once", max_tokens: 2, stop: Enum.map(1..65, &"s#{&1}"))
-      end
-
-      assert {:ok, 0} = Context.position(ctx)
-      assert {:ok, %{text: @greedy_4}} = gen.(%{max_tokens: 4, stop: []})
-      assert_works(ctx, sampler)
     end
   end
 
@@ -428,6 +434,7 @@ defmodule LlamaCppEx.BadInputTest do
             [{:dry, 0.8, 1.75, 2, -1, [:x]}]
           ] do
         assert_raise ArgumentError, fn -> NIF.sampler_create(model.ref, stages) end
+        assert_works(ctx, sampler)
       end
 
       assert_raise ArgumentError, fn -> NIF.sampler_create(:model, [{:greedy}]) end
@@ -528,11 +535,10 @@ defmodule LlamaCppEx.BadInputTest do
       for {message, fun} <- checks do
         error = assert_raise ArgumentError, fun
         assert error.message =~ message
+        # nothing was freed or broken by it
+        assert {:ok, _} = NIF.model_info(model.ref)
+        assert_works(ctx, sampler)
       end
-
-      # nothing was freed or broken by any of them
-      assert {:ok, _} = NIF.model_info(model.ref)
-      assert_works(ctx, sampler)
     end
   end
 

@@ -12,9 +12,6 @@ defmodule LlamaCppEx.ChatTest do
   import LlamaCppEx.TestHelpers
   alias LlamaCppEx.{Chat, Completion, NIF, Tokenizer}
 
-  # Tests that pin down a known library bug are skipped unless LLAMA_RUN_KNOWN_BUGS=1.
-  @run_known_bugs System.get_env("LLAMA_RUN_KNOWN_BUGS") in ["1", "true"]
-
   @conversation [%{role: "system", content: "You are terse."}, %{role: "user", content: "Hi!"}]
 
   @chatml_prompt "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n"
@@ -248,16 +245,9 @@ defmodule LlamaCppEx.ChatTest do
       assert Enum.count(tokens, &(&1 == 2)) == 1
     end
 
-    # BUG: Chat.tokenize tokenizes each template segment and each content
-    # separately, and llama.cpp's SentencePiece tokenizer prepends its dummy
-    # space ("▁") to every piece of raw text it starts with. Every segment after
-    # the first therefore gains a leading space the rendered prompt does not
-    # have: chatml on stories260K becomes "<|im_start|>system\n You are terse.
-    # <|im_end|>..." and llama2 "[INST]  hello  [/INST]". The model is fed a
-    # different prompt from the one the template describes (and from what
-    # llama.cpp's own tools feed). Contents without special-token text must
-    # tokenize exactly like the rendered prompt.
-    @tag skip: not @run_known_bugs && "known bug: Chat.tokenize inserts a SentencePiece space before every segment"
+    # Contents without special-token text must tokenize exactly like the
+    # rendered prompt (what llama.cpp's own tools feed the model): tokenizing
+    # pieces separately would give every SentencePiece segment a leading space.
     test "with harmless contents, tokens equal those of the rendered prompt", %{model: model, random: random} do
       for {m, template, messages} <- [
             {model, "chatml", @conversation},

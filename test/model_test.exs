@@ -19,10 +19,6 @@ defmodule LlamaCppEx.ModelTest do
   @prompt_tokens [1, 403, 407, 261, 378]
   @greedy_8 ", there was a little girl"
 
-  # Tests that pin down a known library bug (see the reason) are skipped unless
-  # LLAMA_RUN_KNOWN_BUGS=1, so the suite stays green until the fix lands.
-  @run_known_bugs System.get_env("LLAMA_RUN_KNOWN_BUGS") in ["1", "true"]
-
   setup_all do
     %{model: load_model!()}
   end
@@ -235,7 +231,7 @@ defmodule LlamaCppEx.ModelTest do
       opts = %{n_gpu_layers: 0, use_mmap: true, use_mlock: false, vocab_only: false}
 
       for _ <- 1..3 do
-        handle = NIF.load_handle()
+        handle = NIF.load_handle(self())
         assert :ok = NIF.load_cancel(handle)
         assert NIF.model_load(model_path(), opts, handle, nil, nil) == {:error, :load_cancelled}
       end
@@ -243,13 +239,6 @@ defmodule LlamaCppEx.ModelTest do
       assert LlamaCppEx.live_objects() == before
     end
 
-    # BUG: the callback runs on a relay process and cancels asynchronously
-    # (NIF.load_cancel from the relay), so a model that loads in a few ms is
-    # fully loaded before the relay acts: on stories260K `progress: fn _ -> :cancel end`
-    # returned {:ok, model} in 194 of 200 loads.
-    @tag skip:
-           not @run_known_bugs &&
-             "known bug: returning :cancel from the progress callback is racy and rarely cancels a fast load"
     test "a callback returning :cancel (or false) cancels the load without leaking" do
       before = LlamaCppEx.live_objects()
 

@@ -50,20 +50,49 @@ defmodule LlamaCppEx.Chat do
   Renders and tokenizes `messages` for `model`, keeping message contents from
   being read as special tokens (see the module doc). Takes the options of
   `apply_template/3`.
+
+  When no message contains special-token text, the result is exactly
+  `Tokenizer.encode(model, rendered, parse_special: true)`, what llama.cpp's own
+  tools feed the model. When one does, the template's text and the contents are
+  tokenized separately so that text stays plain text.
   """
   @spec tokenize(Model.t(), [message()], keyword()) :: {:ok, [Tokenizer.token()]} | {:error, term()}
   def tokenize(%Model{} = model, messages, opts \\ []) do
     opts = Keyword.validate!(opts, template: nil, add_assistant: true)
     messages = normalize!(messages)
-    # Render with unique markers in place of the contents, then tokenize the
-    # template's text and the contents separately.
-    # (a fresh random nonce each call: a user cannot predict, hence cannot embed, a marker)
+
+    with {:ok, template} <- resolve_template(model, opts[:template]),
+         {:ok, rendered} <- NIF.chat_apply_template(template, messages, add_assistant!(opts)),
+         {:ok, forging?} <- any_special_text?(model, messages) do
+      if forging?,
+        do: tokenize_separately(model, template, messages, add_assistant!(opts)),
+        else: Tokenizer.encode(model, rendered, add_special: true, parse_special: true)
+    end
+  end
+
+  # A content holds special-token text exactly when parsing specials changes its tokens.
+  defp any_special_text?(model, messages) do
+    Enum.reduce_while(messages, {:ok, false}, fn {_role, content}, acc ->
+      with {:ok, plain} <- Tokenizer.encode(model, content, add_special: false, parse_special: false),
+           {:ok, parsed} <- Tokenizer.encode(model, content, add_special: false, parse_special: true) do
+        if plain == parsed, do: {:cont, acc}, else: {:halt, {:ok, true}}
+      else
+        error -> {:halt, error}
+      end
+    end)
+  end
+
+  # Render with unique markers in place of the contents, then tokenize the
+  # template's text with special-token parsing and each content without.
+  # (SentencePiece vocabularies give each separately tokenized piece its
+  # leading space; that small difference is the price of safety here.)
+  defp tokenize_separately(model, template, messages, add_assistant) do
+    # a fresh random nonce each call: a user cannot predict, hence cannot embed, a marker
     nonce = Base.encode16(:crypto.strong_rand_bytes(12))
     markers = Enum.map(0..(length(messages) - 1)//1, &"\u0001#{nonce}:#{&1}\u0001")
     marked = Enum.zip_with(messages, markers, fn {role, _}, marker -> {role, marker} end)
 
-    with {:ok, template} <- resolve_template(model, opts[:template]),
-         {:ok, rendered} <- NIF.chat_apply_template(template, marked, add_assistant!(opts)),
+    with {:ok, rendered} <- NIF.chat_apply_template(template, marked, add_assistant),
          {:ok, parts} <- split_on_markers(rendered, markers, Enum.map(messages, &elem(&1, 1))) do
       tokenize_parts(model, parts)
     end
@@ -124,6 +153,9 @@ defmodule LlamaCppEx.Chat do
 
   @doc false
   def normalize!(messages) when is_list(messages) do
+    if messages != [] and Keyword.keyword?(messages) and Keyword.has_key?(messages, :content),
+      do: raise(ArgumentError, "messages must be a list of messages, got a keyword list: #{inspect(messages)}")
+
     Enum.map(messages, fn
       %{role: role, content: content} ->
         pair!(role, content)
@@ -141,7 +173,8 @@ defmodule LlamaCppEx.Chat do
 
   def normalize!(other), do: raise(ArgumentError, "messages must be a list, got: #{inspect(other)}")
 
-  defp pair!(role, content) when (is_binary(role) or is_atom(role)) and is_binary(content) do
+  defp pair!(role, content)
+       when (is_binary(role) or (is_atom(role) and role not in [nil, true, false])) and is_binary(content) do
     role = to_string(role)
 
     cond do

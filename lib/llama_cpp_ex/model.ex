@@ -78,8 +78,10 @@ defmodule LlamaCppEx.Model do
     * `:use_mlock` - lock the weights in RAM (default `false`).
     * `:vocab_only` - load only the vocabulary, for tokenizing (default `false`).
     * `:progress` - a 1-arity function called with the progress (a float from
-      0.0 to 1.0) that can return `:cancel` (or `false`) to stop loading, or a
-      pid that receives `{:llama_load_progress, float}` messages.
+      0.0 to 1.0) that can return `:cancel` (or `false`) to stop loading (the
+      loader waits for each answer, so cancelling is exact; an exception in the
+      function is logged and ignored), or a pid that receives
+      `{:llama_load_progress, float}` messages.
 
   ## Examples
 
@@ -109,16 +111,20 @@ defmodule LlamaCppEx.Model do
   defp do_load(path, native, nil), do: finish_load(NIF.model_load(path, native, nil, nil, nil), path, native)
 
   defp do_load(path, native, pid) when is_pid(pid) do
-    relay = spawn_relay(fn p -> send(pid, {:llama_load_progress, p}) end, nil)
+    # notify only: the relay forwards reports and never holds the load up
+    relay = spawn_relay(fn p -> send(pid, {:llama_load_progress, p}) end)
     result = NIF.model_load(path, native, nil, relay, nil)
     stop_relay(relay)
     finish_load(result, path, native)
   end
 
   defp do_load(path, native, fun) when is_function(fun, 1) do
-    handle = NIF.load_handle()
-    relay = spawn_relay(fun, handle)
-    result = NIF.model_load(path, native, handle, relay, nil)
+    # Each report waits for the function's answer, so :cancel is exact. A
+    # function that raises is logged and loading goes on; if the relay dies
+    # (the caller died), a monitor cancels the load.
+    relay = spawn_relay(fun)
+    handle = NIF.load_handle(relay)
+    result = NIF.model_load(path, native, handle, relay, handle)
     stop_relay(relay)
     finish_load(result, path, native)
   end
@@ -127,44 +133,38 @@ defmodule LlamaCppEx.Model do
     raise ArgumentError, ":progress must be a 1-arity function or a pid, got: #{inspect(other)}"
   end
 
-  # Progress arrives on a relay process so that a slow or crashing callback
-  # never stalls the load; the callback may cancel through the load handle.
-  defp spawn_relay(fun, handle) do
+  # Progress reports run on a relay process so a slow or failing callback
+  # cannot disturb the loading (dirty IO) thread beyond its own report.
+  defp spawn_relay(fun) do
     caller = self()
 
     spawn(fn ->
       ref = Process.monitor(caller)
-      relay_loop(fun, handle, ref)
+      relay_loop(fun, ref)
     end)
   end
 
-  defp relay_loop(fun, handle, ref) do
+  defp relay_loop(fun, ref) do
     receive do
-      {:load_progress, _, progress} ->
-        case fun.(progress) do
-          result when result in [:cancel, false] and handle != nil -> NIF.load_cancel(handle)
-          _ -> :ok
-        end
+      {:load_progress, handle, progress} ->
+        result =
+          try do
+            fun.(progress)
+          catch
+            kind, reason ->
+              require Logger
+              Logger.warning("LlamaCppEx.Model.load progress callback failed: " <> Exception.format(kind, reason))
+              :ok
+          end
 
-        relay_loop(fun, handle, ref)
+        if handle, do: NIF.load_answer(handle, result not in [:cancel, false])
+        relay_loop(fun, ref)
 
       {:stop, from} ->
-        # deliver what is still queued, then acknowledge
-        drain(fun)
         send(from, {:relay_stopped, self()})
 
       {:DOWN, ^ref, _, _, _} ->
-        if handle, do: NIF.load_cancel(handle)
-    end
-  end
-
-  defp drain(fun) do
-    receive do
-      {:load_progress, _, progress} ->
-        fun.(progress)
-        drain(fun)
-    after
-      0 -> :ok
+        :ok
     end
   end
 

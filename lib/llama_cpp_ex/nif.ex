@@ -26,8 +26,9 @@ defmodule LlamaCppEx.NIF do
 
   defp nif_error, do: :erlang.nif_error(:nif_not_loaded)
 
-  def load_handle, do: nif_error()
+  def load_handle(_answering_pid), do: nif_error()
   def load_cancel(_handle), do: nif_error()
+  def load_answer(_handle, _continue), do: nif_error()
   def model_load(_path, _opts, _handle, _progress_pid, _ref), do: nif_error()
   def model_free(_model), do: nif_error()
   def model_info(_model), do: nif_error()
