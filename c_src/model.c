@@ -74,7 +74,8 @@ typedef struct {
   ErlNifEnv *caller_env;
   ErlNifPid pid;
   bool has_pid;
-  ERL_NIF_TERM ref; // in msg_env
+  ERL_NIF_TERM ref;   // in ref_env (msg_env is cleared after every send)
+  ErlNifEnv *ref_env; // holds ref for the whole load
   ErlNifEnv *msg_env;
   float last_sent;
   long sent;
@@ -177,7 +178,8 @@ LCX_NIF(nif_model_load) {
     return lcx_raise(env, "progress must be a pid or nil");
   if (st.has_pid) {
     st.msg_env = enif_alloc_env();
-    st.ref = enif_make_copy(st.msg_env, argv[4]);
+    st.ref_env = enif_alloc_env();
+    st.ref = enif_make_copy(st.ref_env, argv[4]);
   }
   params.progress_callback = progress_cb;
   params.progress_callback_user_data = &st;
@@ -191,6 +193,7 @@ LCX_NIF(nif_model_load) {
   struct llama_model *model = lcx_model_load(path, params);
   const char *why = lcx_log_capture_end();
   if (st.msg_env) enif_free_env(st.msg_env);
+  if (st.ref_env) enif_free_env(st.ref_env);
 
   if (!model) {
     if (st.load && atomic_load(&st.load->cancel)) return lcx_error(env, ATOM_load_cancelled);
