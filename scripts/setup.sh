@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# One-time set-up on Debian/Ubuntu: installs the packages the build and the
-# tests need (only those missing), then builds llama.cpp and the NIF.
+# One-time set-up on Debian/Ubuntu: installs what the build and the tests need
+# (only what is missing), then builds llama.cpp and the NIF.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in elixir erlang-dev erlang-proper cmake g++ make git npm ca-certificates; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
-done
+have_cmd() { command -v "$1" >/dev/null 2>&1; }
+have_cmd elixir || need+=(elixir)
+have_cmd erl && [ -n "$(ls /usr/lib/erlang/usr/include/erl_nif.h 2>/dev/null)" ] || need+=(erlang-dev)
+ls -d /usr/lib/erlang/lib/proper-* >/dev/null 2>&1 || need+=(erlang-proper)
+have_cmd cmake || need+=(cmake)
+have_cmd g++ || need+=(g++)
+have_cmd make || need+=(make)
+have_cmd git || need+=(git)
+have_cmd npm || need+=(npm)
+have_cmd sha256sum || need+=(coreutils)
+
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   SUDO=""
@@ -16,5 +24,4 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-export MIX_ENV="${MIX_ENV:-dev}"
 mix compile
