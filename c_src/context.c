@@ -18,21 +18,20 @@ atomic_long lcx_live_contexts;
 
 // ---- resource lifecycle ----------------------------------------------------------------
 
-static void destroy_context(lcx_context *c) {
+static void destroy_context(lcx_context *c, bool in_destructor) {
   if (c->ctx) {
-    llama_free(c->ctx);
+    lcx_dispose(LCX_FREE_CONTEXT, c->ctx, in_destructor);
     c->ctx = NULL;
-    atomic_fetch_sub(&lcx_live_contexts, 1);
   }
   if (c->model) {
-    lcx_model_release(c->model);
+    lcx_model_release(c->model, in_destructor);
     c->model = NULL;
   }
 }
 
 static void context_dtor(ErlNifEnv *env, void *obj) {
   lcx_context *c = obj;
-  destroy_context(c);
+  destroy_context(c, true);
   if (c->lock) enif_mutex_destroy(c->lock);
 }
 
@@ -191,7 +190,7 @@ LCX_NIF(nif_context_create) {
   uint64_t need = estimate_bytes(m->model, m->n_vocab, &p);
   uint64_t ram = physical_ram();
   if (ram > 0 && need > ram) {
-    lcx_model_release(m);
+    lcx_model_release(m, false);
     ERL_NIF_TERM keys[2] = {ATOM_needed, ATOM_available};
     ERL_NIF_TERM vals[2] = {enif_make_uint64(env, need), enif_make_uint64(env, ram)};
     ERL_NIF_TERM map;
@@ -200,7 +199,7 @@ LCX_NIF(nif_context_create) {
   }
   lcx_context *c = enif_alloc_resource(LCX_CONTEXT_RT, sizeof(lcx_context));
   if (!c) {
-    lcx_model_release(m);
+    lcx_model_release(m, false);
     return lcx_raise(env, "out of memory");
   }
   memset(c, 0, sizeof *c);
@@ -231,7 +230,7 @@ LCX_NIF(nif_context_free) {
   if (!c) return lcx_raise(env, "expected a context reference");
   atomic_store(&c->abort_all, 1);
   enif_mutex_lock(c->lock);
-  destroy_context(c);
+  destroy_context(c, false);
   enif_mutex_unlock(c->lock);
   return ATOM_ok;
 }

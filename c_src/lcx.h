@@ -79,15 +79,16 @@ extern atomic_long lcx_live_models, lcx_live_contexts, lcx_live_samplers;
 #define LCX_ATOMS(X)                                                                                                   \
   X(ok)                                                                                                                \
   X(error)                                                                                                             \
-  X(true) X(false) X(nil) X(closed) X(undefined) X(eog) X(max_tokens) X(stop) X(cancelled) X(chunk)                    \
-      X(context_overflow) X(prompt_tokens) X(n_ctx) X(max_tokens_key) X(invalid_token) X(decode_failed) X(no_kv_slot)  \
-          X(aborted) X(batch_too_large) X(empty_prompt) X(model_mismatch) X(invalid_grammar) X(load_failed)            \
-              X(load_cancelled) X(context_failed) X(sampler_failed) X(exception) X(template_failed)                    \
-                  X(unknown_template) X(no_template) X(invalid_utf8) X(tokenize_failed) X(llama_log) X(debug) X(info)  \
-                      X(warn) X(cont) X(text) X(tokens) X(finish_reason) X(generated_tokens) X(prompt_ms)              \
-                          X(generation_ms) X(models) X(contexts) X(samplers) X(load_progress) X(n_batch) X(n_ubatch)   \
-                              X(n_seq_max) X(n_threads) X(n_threads_batch) X(embeddings) X(position) X(none)           \
-                                  X(enabled) X(disabled) X(auto_) X(available) X(needed)
+  X(true)                                                                                                              \
+  X(false) X(nil) X(closed) X(undefined) X(eog) X(max_tokens) X(stop) X(cancelled) X(chunk) X(context_overflow)        \
+      X(prompt_tokens) X(n_ctx) X(max_tokens_key) X(invalid_token) X(decode_failed) X(no_kv_slot) X(aborted)           \
+          X(batch_too_large) X(empty_prompt) X(model_mismatch) X(invalid_grammar) X(load_failed) X(load_cancelled)     \
+              X(context_failed) X(sampler_failed) X(exception) X(template_failed) X(unknown_template) X(no_template)   \
+                  X(invalid_utf8) X(tokenize_failed) X(llama_log) X(debug) X(info) X(warn) X(cont) X(text) X(tokens)   \
+                      X(finish_reason) X(generated_tokens) X(prompt_ms) X(generation_ms) X(models) X(contexts)         \
+                          X(samplers) X(load_progress) X(n_batch) X(n_ubatch) X(n_seq_max) X(n_threads)                \
+                              X(n_threads_batch) X(embeddings) X(position) X(none) X(enabled) X(disabled) X(auto_)     \
+                                  X(available) X(needed)
 
 #define LCX_DECLARE_ATOM(name) extern ERL_NIF_TERM ATOM_##name;
 LCX_ATOMS(LCX_DECLARE_ATOM)
@@ -125,9 +126,18 @@ lcx_model *lcx_get_model(ErlNifEnv *env, ERL_NIF_TERM t);
 lcx_context *lcx_get_context(ErlNifEnv *env, ERL_NIF_TERM t);
 lcx_sampler *lcx_get_sampler(ErlNifEnv *env, ERL_NIF_TERM t);
 
+// ---- freeing ------------------------------------------------------------------
+
+typedef enum { LCX_FREE_CONTEXT, LCX_FREE_MODEL, LCX_FREE_SAMPLER } lcx_free_kind;
+// Frees a llama.cpp object and updates the live counts: inline, or, from a
+// resource destructor, on the janitor thread (see janitor.c).
+void lcx_dispose(lcx_free_kind kind, void *ptr, bool in_destructor);
+int lcx_janitor_load(void);
+void lcx_janitor_unload(void);
+
 // Model dependants bookkeeping (contexts and samplers pin the llama_model).
 bool lcx_model_acquire(lcx_model *m); // false if the model is closed
-void lcx_model_release(lcx_model *m);
+void lcx_model_release(lcx_model *m, bool in_destructor);
 
 // ---- UTF-8 -------------------------------------------------------------------
 

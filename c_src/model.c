@@ -12,19 +12,18 @@ ErlNifResourceType *LCX_MODEL_RT;
 ErlNifResourceType *LCX_LOAD_RT;
 atomic_long lcx_live_models;
 
-static void free_llama_model(lcx_model *m) {
+static void free_llama_model(lcx_model *m, bool in_destructor) {
   if (m->model) {
-    llama_model_free(m->model);
+    lcx_dispose(LCX_FREE_MODEL, m->model, in_destructor);
     m->model = NULL;
     m->vocab = NULL;
-    atomic_fetch_sub(&lcx_live_models, 1);
   }
 }
 
 static void model_dtor(ErlNifEnv *env, void *obj) {
   lcx_model *m = obj;
   // No dependant can exist here: each holds a reference to this resource.
-  free_llama_model(m);
+  free_llama_model(m, true);
   if (m->lock) enif_rwlock_destroy(m->lock);
 }
 
@@ -37,10 +36,10 @@ bool lcx_model_acquire(lcx_model *m) {
   return ok;
 }
 
-void lcx_model_release(lcx_model *m) {
+void lcx_model_release(lcx_model *m, bool in_destructor) {
   enif_rwlock_rwlock(m->lock);
   m->dependants--;
-  if (m->closed && m->dependants == 0) free_llama_model(m);
+  if (m->closed && m->dependants == 0) free_llama_model(m, in_destructor);
   enif_rwlock_rwunlock(m->lock);
   enif_release_resource(m);
 }
@@ -224,7 +223,7 @@ LCX_NIF(nif_model_free) {
   if (!m) return lcx_raise(env, "expected a model reference");
   enif_rwlock_rwlock(m->lock);
   m->closed = true;
-  if (m->dependants == 0) free_llama_model(m);
+  if (m->dependants == 0) free_llama_model(m, false);
   enif_rwlock_rwunlock(m->lock);
   return ATOM_ok;
 }

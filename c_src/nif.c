@@ -103,13 +103,14 @@ static ErlNifFunc nif_funcs[] = {
 static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   lcx_init_atoms(env);
   if (lcx_model_load_types(env) || lcx_context_load_types(env) || lcx_sampler_load_types(env)) return -1;
-  if (lcx_log_load()) return -1;
+  if (lcx_log_load() || lcx_janitor_load()) return -1;
   lcx_barrier_init();
   llama_backend_init();
   return 0;
 }
 
 static void unload(ErlNifEnv *env, void *priv) {
+  lcx_janitor_unload();
   ggml_set_abort_callback(NULL);
   llama_backend_free();
   lcx_log_unload();

@@ -8,21 +8,20 @@
 ErlNifResourceType *LCX_SAMPLER_RT;
 atomic_long lcx_live_samplers;
 
-static void destroy_sampler(lcx_sampler *s) {
+static void destroy_sampler(lcx_sampler *s, bool in_destructor) {
   if (s->chain) {
-    llama_sampler_free(s->chain);
+    lcx_dispose(LCX_FREE_SAMPLER, s->chain, in_destructor);
     s->chain = NULL;
-    atomic_fetch_sub(&lcx_live_samplers, 1);
   }
   if (s->model) {
-    lcx_model_release(s->model);
+    lcx_model_release(s->model, in_destructor);
     s->model = NULL;
   }
 }
 
 static void sampler_dtor(ErlNifEnv *env, void *obj) {
   lcx_sampler *s = obj;
-  destroy_sampler(s);
+  destroy_sampler(s, true);
   if (s->lock) enif_mutex_destroy(s->lock);
 }
 
@@ -232,7 +231,7 @@ LCX_NIF(nif_sampler_create) {
     struct llama_sampler *stage = build_stage(env, m, head, &grammar, &err);
     if (!stage) {
       llama_sampler_free(chain);
-      lcx_model_release(m);
+      lcx_model_release(m, false);
       return err;
     }
     llama_sampler_chain_add(chain, stage);
@@ -285,7 +284,7 @@ LCX_NIF(nif_sampler_free) {
   lcx_sampler *s = lcx_get_sampler(env, argv[0]);
   if (!s) return lcx_raise(env, "expected a sampler reference");
   enif_mutex_lock(s->lock);
-  destroy_sampler(s);
+  destroy_sampler(s, false);
   enif_mutex_unlock(s->lock);
   return ATOM_ok;
 }

@@ -94,7 +94,7 @@ defmodule LlamaCppEx.BadInputTest do
     end
 
     test "the native layer validates its options map itself", %{model: model} do
-      before = LlamaCppEx.live_objects()
+      before = settled_live_objects()
 
       for {key, value} <- [
             n_ctx: -1,
@@ -298,7 +298,7 @@ defmodule LlamaCppEx.BadInputTest do
 
   describe "LlamaCppEx.generate" do
     test "a prompt longer than the training context", %{model: model} do
-      before = LlamaCppEx.live_objects()
+      before = settled_live_objects()
       prompt = String.duplicate("Once upon a time ", 600)
       {:ok, tokens} = Tokenizer.encode(model, prompt)
       assert length(tokens) > model.n_ctx_train
@@ -341,7 +341,7 @@ defmodule LlamaCppEx.BadInputTest do
 
   describe "Sampler.create" do
     test "a bad grammar is an error with llama.cpp's message", %{model: model, ctx: ctx, sampler: sampler} do
-      before = LlamaCppEx.live_objects()
+      before = settled_live_objects()
 
       for {grammar, root} <- [
             {"root ::= foo", "root"},
@@ -397,7 +397,7 @@ defmodule LlamaCppEx.BadInputTest do
       assert_raise ArgumentError, fn -> Sampler.create(model, logit_bias: [{1, "x"}]) end
       assert_raise ArgumentError, fn -> Sampler.create(model, logit_bias: :x) end
 
-      before = LlamaCppEx.live_objects()
+      before = settled_live_objects()
 
       assert NIF.sampler_create(model.ref, [{:logit_bias, [{600, 1.0}]}, {:greedy}]) ==
                {:error, {:invalid_token, {600, 512}}}
@@ -415,7 +415,7 @@ defmodule LlamaCppEx.BadInputTest do
     end
 
     test "other stage arguments are checked natively", %{model: model, ctx: ctx, sampler: sampler} do
-      before = LlamaCppEx.live_objects()
+      before = settled_live_objects()
 
       for stages <- [
             [],
@@ -544,7 +544,7 @@ defmodule LlamaCppEx.BadInputTest do
 
   describe "freed objects" do
     test "a freed context answers {:error, :closed}", %{model: model, sampler: sampler} do
-      before = LlamaCppEx.live_objects()
+      before = settled_live_objects()
       {:ok, ctx} = Context.create(model, n_ctx: 256, n_threads: 1)
       assert LlamaCppEx.live_objects().contexts == before.contexts + 1
       assert :ok = Context.decode(ctx, @once)
@@ -565,7 +565,7 @@ defmodule LlamaCppEx.BadInputTest do
     end
 
     test "a freed sampler answers {:error, :closed}", %{model: model, ctx: ctx} do
-      before = LlamaCppEx.live_objects()
+      before = settled_live_objects()
       {:ok, s} = Sampler.create(model, temp: 0.0)
       assert :ok = Sampler.free(s)
       assert :ok = Sampler.free(s)

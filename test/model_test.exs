@@ -191,7 +191,7 @@ defmodule LlamaCppEx.ModelTest do
     end
 
     test "failed loads leak nothing" do
-      before = LlamaCppEx.live_objects()
+      before = settled_live_objects()
       path = tmp_file("t.gguf", binary_part(File.read!(model_path()), 0, 4096))
       for _ <- 1..5, do: assert({:error, {:load_failed, _}} = Model.load(path))
       assert LlamaCppEx.live_objects() == before
@@ -227,7 +227,7 @@ defmodule LlamaCppEx.ModelTest do
     end
 
     test "a cancelled load handle stops the native loader and leaks nothing" do
-      before = LlamaCppEx.live_objects()
+      before = settled_live_objects()
       opts = %{n_gpu_layers: 0, use_mmap: true, use_mlock: false, vocab_only: false}
 
       for _ <- 1..3 do
@@ -240,7 +240,7 @@ defmodule LlamaCppEx.ModelTest do
     end
 
     test "a callback returning :cancel (or false) cancels the load without leaking" do
-      before = LlamaCppEx.live_objects()
+      before = settled_live_objects()
 
       for _ <- 1..5 do
         assert Model.load(model_path(), progress: fn _ -> :cancel end) == {:error, :load_cancelled}
@@ -251,7 +251,7 @@ defmodule LlamaCppEx.ModelTest do
     end
 
     test "a callback returning :cancel either cancels or completes, and never leaks" do
-      before = LlamaCppEx.live_objects()
+      before = settled_live_objects()
 
       for _ <- 1..5 do
         case Model.load(model_path(), progress: fn _ -> :cancel end) do
@@ -330,7 +330,7 @@ defmodule LlamaCppEx.ModelTest do
     end
 
     test "a context made before free keeps working; the weights go with the last dependant" do
-      before = LlamaCppEx.live_objects()
+      before = settled_live_objects()
       {:ok, m} = Model.load(model_path())
       {:ok, ctx} = Context.create(m, n_ctx: 256, n_threads: 1)
       {:ok, sampler} = Sampler.create(m, temp: 0.0)
@@ -353,7 +353,7 @@ defmodule LlamaCppEx.ModelTest do
     end
 
     test "garbage collection of a dropped context releases a freed model" do
-      before = LlamaCppEx.live_objects()
+      before = settled_live_objects()
 
       task =
         Task.async(fn ->

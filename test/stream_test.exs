@@ -26,7 +26,7 @@ defmodule LlamaCppEx.StreamTest do
   end
 
   test "the stream is lazy: nothing runs until consumed", %{model: model} do
-    before = LlamaCppEx.live_objects()
+    before = settled_live_objects()
     stream = LlamaCppEx.stream(model, @prompt, max_tokens: 10)
     assert LlamaCppEx.live_objects() == before
     assert [_ | _] = Enum.to_list(stream)

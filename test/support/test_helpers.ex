@@ -33,6 +33,27 @@ defmodule LlamaCppEx.TestHelpers do
     model
   end
 
+  @doc """
+  Live native object counts once earlier tests' garbage is gone: collects
+  every process and waits until the janitor thread has freed what that
+  released (the counts stop changing).
+  """
+  def settled_live_objects do
+    Enum.each(Process.list(), &:erlang.garbage_collect/1)
+    settle(LlamaCppEx.live_objects(), 0)
+  end
+
+  defp settle(counts, stable) when stable >= 3, do: counts
+
+  defp settle(counts, stable) do
+    Process.sleep(10)
+
+    case LlamaCppEx.live_objects() do
+      ^counts -> settle(counts, stable + 1)
+      other -> settle(other, 0)
+    end
+  end
+
   @doc "Waits until fun returns true, up to timeout ms."
   def eventually(fun, timeout \\ 2000) do
     deadline = System.monotonic_time(:millisecond) + timeout

@@ -1,0 +1,98 @@
+// The janitor: frees llama.cpp objects whose last reference was dropped by
+// the garbage collector. Resource destructors run on whatever scheduler did
+// the GC, often a normal one, and freeing a context or a model can take a
+// while (large buffers, munmap, GPU memory), so destructors hand the object to
+// this thread instead. Jobs run in order, so a context queued before its
+// model is always freed first. Explicit free/1 calls run on dirty schedulers
+// and free inline.
+#include "lcx.h"
+
+typedef struct job {
+  struct job *next;
+  lcx_free_kind kind;
+  void *ptr;
+} job;
+
+static ErlNifMutex *mu;
+static ErlNifCond *cv;
+static ErlNifTid tid;
+static bool started, stopping;
+static job *head, *tail;
+
+static void run_job(job *j) {
+  switch (j->kind) {
+  case LCX_FREE_CONTEXT:
+    llama_free(j->ptr);
+    atomic_fetch_sub(&lcx_live_contexts, 1);
+    break;
+  case LCX_FREE_MODEL:
+    llama_model_free(j->ptr);
+    atomic_fetch_sub(&lcx_live_models, 1);
+    break;
+  case LCX_FREE_SAMPLER:
+    llama_sampler_free(j->ptr);
+    atomic_fetch_sub(&lcx_live_samplers, 1);
+    break;
+  }
+}
+
+static void *janitor_main(void *arg) {
+  enif_mutex_lock(mu);
+  for (;;) {
+    while (!head && !stopping)
+      enif_cond_wait(cv, mu);
+    if (!head) break;
+    job *j = head;
+    head = j->next;
+    if (!head) tail = NULL;
+    enif_mutex_unlock(mu);
+    run_job(j);
+    enif_free(j);
+    enif_mutex_lock(mu);
+  }
+  enif_mutex_unlock(mu);
+  return NULL;
+}
+
+void lcx_dispose(lcx_free_kind kind, void *ptr, bool in_destructor) {
+  if (!ptr) return;
+  job *j = in_destructor && started ? enif_alloc(sizeof(job)) : NULL;
+  if (!j) {
+    job now = {NULL, kind, ptr};
+    run_job(&now);
+    return;
+  }
+  j->next = NULL;
+  j->kind = kind;
+  j->ptr = ptr;
+  enif_mutex_lock(mu);
+  if (tail)
+    tail->next = j;
+  else
+    head = j;
+  tail = j;
+  enif_cond_signal(cv);
+  enif_mutex_unlock(mu);
+}
+
+int lcx_janitor_load(void) {
+  mu = enif_mutex_create("lcx_janitor");
+  cv = enif_cond_create("lcx_janitor");
+  if (!mu || !cv) return -1;
+  if (enif_thread_create("lcx_janitor", &tid, janitor_main, NULL, NULL) != 0) return -1;
+  started = true;
+  return 0;
+}
+
+void lcx_janitor_unload(void) {
+  if (started) {
+    enif_mutex_lock(mu);
+    stopping = true;
+    enif_cond_signal(cv);
+    enif_mutex_unlock(mu);
+    enif_thread_join(tid, NULL); // runs what is still queued first
+    started = false;
+  }
+  if (cv) enif_cond_destroy(cv);
+  if (mu) enif_mutex_destroy(mu);
+}
