@@ -585,6 +585,7 @@ LCX_NIF(nif_generate) {
   ErlNifTime t1 = enif_monotonic_time(ERL_NIF_USEC);
   size_t emitted = 0;
   long n_sent = 0;
+  ErlNifTime decode_us = 0; // time in llama_decode during the token loop
   char piece_buf[256];
   while (rc == 0) {
     bool threw;
@@ -639,7 +640,9 @@ LCX_NIF(nif_generate) {
       rc = 2;
       break;
     }
+    ErlNifTime td = enif_monotonic_time(ERL_NIF_USEC);
     rc = decode_tokens(c, &out[n_out - 1], 1);
+    decode_us += enif_monotonic_time(ERL_NIF_USEC) - td;
   }
   ErlNifTime t2 = enif_monotonic_time(ERL_NIF_USEC);
   atomic_store(&c->cancel, NULL);
@@ -654,18 +657,19 @@ LCX_NIF(nif_generate) {
   if (streaming && text.len > emitted && finish != ATOM_cancelled && stream_wait_demand(stream, n_sent + 1))
     send_chunk(env, &dest, msg_env, argv[6], text.data + emitted, text.len - emitted);
   {
-    ERL_NIF_TERM keys[7] = {ATOM_text,          ATOM_tokens,           ATOM_finish_reason,
+    ERL_NIF_TERM keys[8] = {ATOM_text,          ATOM_tokens,           ATOM_finish_reason,
                             ATOM_prompt_tokens, ATOM_generated_tokens, ATOM_prompt_ms,
-                            ATOM_generation_ms};
-    ERL_NIF_TERM vals[7] = {lcx_binary(env, text.data, text.len),
+                            ATOM_generation_ms, enif_make_atom(env, "sample_ms")};
+    ERL_NIF_TERM vals[8] = {lcx_binary(env, text.data, text.len),
                             lcx_make_tokens(env, out, n_out),
                             finish,
                             enif_make_uint(env, n_prompt),
                             enif_make_uint(env, n_out),
                             enif_make_double(env, (double)(t1 - t0) / 1000.0),
-                            enif_make_double(env, (double)(t2 - t1) / 1000.0)};
+                            enif_make_double(env, (double)(t2 - t1) / 1000.0),
+                            enif_make_double(env, (double)(t2 - t1 - decode_us) / 1000.0)};
     ERL_NIF_TERM map;
-    enif_make_map_from_arrays(env, keys, vals, 7, &map);
+    enif_make_map_from_arrays(env, keys, vals, 8, &map);
     result = lcx_ok(env, map);
   }
 done:

@@ -9,6 +9,9 @@ defmodule LlamaCppEx.Completion do
     * `:prompt_ms` / `:generation_ms` - wall time of prompt processing and of
       the token loop; `prompt_tokens_per_second/1` and
       `tokens_per_second/1` derive rates from them.
+    * `:sample_ms` - the part of `:generation_ms` spent outside `llama_decode`:
+      sampling, turning tokens into text, stop strings and, for streams,
+      sending chunks and waiting for the consumer to ask for more.
   """
 
   defstruct text: "",
@@ -17,7 +20,8 @@ defmodule LlamaCppEx.Completion do
             prompt_tokens: 0,
             generated_tokens: 0,
             prompt_ms: 0.0,
-            generation_ms: 0.0
+            generation_ms: 0.0,
+            sample_ms: 0.0
 
   @type finish_reason :: :eog | :max_tokens | :stop | :cancelled
   @type t :: %__MODULE__{
@@ -27,7 +31,8 @@ defmodule LlamaCppEx.Completion do
           prompt_tokens: non_neg_integer(),
           generated_tokens: non_neg_integer(),
           prompt_ms: float(),
-          generation_ms: float()
+          generation_ms: float(),
+          sample_ms: float()
         }
 
   @doc false
