@@ -110,6 +110,12 @@ struct llama_sampler *lcx_sampler_init_grammar(const struct llama_vocab *vocab, 
                                          [&] { return llama_sampler_init_grammar(vocab, grammar, root); });
 }
 
+struct llama_sampler *lcx_sampler_init_penalties(int32_t n_vocab, int32_t last_n, float repeat, float freq,
+                                                 float present) {
+  return guarded<struct llama_sampler *>(
+      nullptr, nullptr, [&] { return llama_sampler_init_penalties(n_vocab, last_n, repeat, freq, present); });
+}
+
 struct llama_sampler *lcx_sampler_init_dry(const struct llama_vocab *vocab, float mult, float base, int32_t allowed_len,
                                            int32_t last_n, const char **breakers, size_t n_breakers) {
   return guarded<struct llama_sampler *>(nullptr, nullptr, [&] {

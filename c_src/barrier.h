@@ -32,6 +32,8 @@ llama_token lcx_sampler_sample(struct llama_sampler *smpl, struct llama_context 
 bool lcx_sampler_accept(struct llama_sampler *smpl, llama_token token);
 bool lcx_sampler_reset(struct llama_sampler *smpl);
 struct llama_sampler *lcx_sampler_init_grammar(const struct llama_vocab *vocab, const char *grammar, const char *root);
+struct llama_sampler *lcx_sampler_init_penalties(int32_t n_vocab, int32_t last_n, float repeat, float freq,
+                                                 float present);
 struct llama_sampler *lcx_sampler_init_dry(const struct llama_vocab *vocab, float mult, float base, int32_t allowed_len,
                                            int32_t last_n, const char **breakers, size_t n_breakers);
 int32_t lcx_chat_apply_template(const char *tmpl, const struct llama_chat_message *chat, size_t n, bool add_ass,

@@ -124,7 +124,8 @@ static uint64_t physical_ram(void) {
 }
 
 // Lower bound of what llama_init_from_model allocates: K and V caches for
-// every layer plus the logits of a full batch. (llama.cpp rounds n_ctx up to
+// every layer, the attention scores of one micro-batch, and the logits of a
+// full batch. (llama.cpp rounds n_ctx up to
 // a multiple of 256 and clamps n_batch to n_ctx.)
 static uint64_t estimate_bytes(const struct llama_model *model, int32_t n_vocab, const struct llama_context_params *p) {
   uint64_t n_ctx = p->n_ctx ? p->n_ctx : (uint64_t)llama_model_n_ctx_train(model);
@@ -136,7 +137,10 @@ static uint64_t estimate_bytes(const struct llama_model *model, int32_t n_vocab,
   double v = ggml_type_size(p->type_v) / (double)ggml_blck_size(p->type_v);
   uint64_t kv = (uint64_t)((double)(n_layer * n_ctx * n_embd_kv) * (k + v));
   uint64_t n_batch = p->n_batch < n_ctx ? p->n_batch : n_ctx;
-  return kv + n_batch * (uint64_t)n_vocab * sizeof(float);
+  uint64_t n_ubatch = p->n_ubatch < n_batch ? p->n_ubatch : n_batch;
+  // attention scores of one micro-batch against the whole cache (without flash attention)
+  uint64_t kq = n_ctx * n_ubatch * (uint64_t)(n_head > 0 ? n_head : 1) * sizeof(float);
+  return kv + kq + n_batch * (uint64_t)n_vocab * sizeof(float);
 }
 
 // context_create(model, %{n_ctx, n_batch, n_ubatch, n_seq_max, n_threads, n_threads_batch,
@@ -280,18 +284,26 @@ static ERL_NIF_TERM overflow_error(ErlNifEnv *env, int32_t pos, unsigned n_promp
   return lcx_error2(env, ATOM_context_overflow, map);
 }
 
+#define RC_DECODE_THREW INT32_MIN
+#define RC_SAMPLER_THREW (INT32_MIN + 1)
+
 // Decodes tokens in n_batch chunks. Returns 0, or the llama_decode code
-// (2 = aborted), or INT32_MIN when llama.cpp threw.
+// (2 = aborted), or RC_DECODE_THREW when llama.cpp threw (or asserted).
 static int32_t decode_tokens(lcx_context *c, llama_token *toks, unsigned n) {
   uint32_t n_batch = llama_n_batch(c->ctx);
   c->has_logits = false;
   for (unsigned off = 0; off < n; off += n_batch) {
     unsigned len = n - off < n_batch ? n - off : n_batch;
     bool threw;
+    llama_pos before = next_position(c);
     lcx_log_quiet_when(abort_cb, c);
     int32_t rc = lcx_decode(c->ctx, llama_batch_get_one(toks + off, (int32_t)len), &threw);
     lcx_log_quiet_when(NULL, NULL);
-    if (threw) return INT32_MIN;
+    if (threw) {
+      // the exception skipped llama_decode's own clean-up of the failed batch
+      llama_memory_seq_rm(llama_get_memory(c->ctx), -1, before, -1);
+      return RC_DECODE_THREW;
+    }
     if (rc != 0) return rc;
   }
   c->has_logits = n > 0;
@@ -299,7 +311,8 @@ static int32_t decode_tokens(lcx_context *c, llama_token *toks, unsigned n) {
 }
 
 static ERL_NIF_TERM decode_error(ErlNifEnv *env, int32_t rc) {
-  if (rc == INT32_MIN) return lcx_error_str(env, ATOM_decode_failed, lcx_last_exception());
+  if (rc == RC_DECODE_THREW) return lcx_error_str(env, ATOM_decode_failed, lcx_last_exception());
+  if (rc == RC_SAMPLER_THREW) return lcx_error_str(env, ATOM_sampler_failed, lcx_last_exception());
   if (rc == 1) return lcx_error(env, ATOM_no_kv_slot);
   if (rc == 2) return lcx_error(env, ATOM_aborted);
   return lcx_error2(env, ATOM_decode_failed, enif_make_int(env, rc));
@@ -565,7 +578,7 @@ LCX_NIF(nif_generate) {
     goto done;
   }
   int32_t pos = next_position(c);
-  uint32_t n_ctx = llama_n_ctx(c->ctx);
+  uint32_t n_ctx = llama_n_ctx_seq(c->ctx); // what one sequence can hold
   if (n_prompt == 0) {
     result = lcx_error(env, ATOM_empty_prompt);
     goto done;
@@ -591,7 +604,7 @@ LCX_NIF(nif_generate) {
     bool threw;
     llama_token tok = lcx_sampler_sample(s->chain, c->ctx, -1, &threw);
     if (threw) {
-      rc = INT32_MIN;
+      rc = RC_SAMPLER_THREW;
       break;
     }
     if (llama_vocab_is_eog(vocab, tok)) {
@@ -601,7 +614,7 @@ LCX_NIF(nif_generate) {
     out[n_out++] = tok;
     int32_t n = lcx_token_to_piece(vocab, tok, piece_buf, sizeof piece_buf, 0, false, &threw);
     if (threw) {
-      rc = INT32_MIN;
+      rc = RC_SAMPLER_THREW;
       break;
     }
     size_t before = text.len;
@@ -657,9 +670,14 @@ LCX_NIF(nif_generate) {
   if (streaming && text.len > emitted && finish != ATOM_cancelled && stream_wait_demand(stream, n_sent + 1))
     send_chunk(env, &dest, msg_env, argv[6], text.data + emitted, text.len - emitted);
   {
-    ERL_NIF_TERM keys[8] = {ATOM_text,          ATOM_tokens,           ATOM_finish_reason,
-                            ATOM_prompt_tokens, ATOM_generated_tokens, ATOM_prompt_ms,
-                            ATOM_generation_ms, enif_make_atom(env, "sample_ms")};
+    ERL_NIF_TERM keys[8] = {ATOM_text,
+                            ATOM_tokens,
+                            ATOM_finish_reason,
+                            ATOM_prompt_tokens,
+                            ATOM_generated_tokens,
+                            ATOM_prompt_ms,
+                            ATOM_generation_ms,
+                            enif_make_atom(env, "sample_ms")};
     ERL_NIF_TERM vals[8] = {lcx_binary(env, text.data, text.len),
                             lcx_make_tokens(env, out, n_out),
                             finish,

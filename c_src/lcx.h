@@ -80,7 +80,8 @@ extern atomic_long lcx_live_models, lcx_live_contexts, lcx_live_samplers;
   X(ok)                                                                                                                \
   X(error)                                                                                                             \
   X(true)                                                                                                              \
-  X(false) X(nil) X(closed) X(undefined) X(eog) X(max_tokens) X(stop) X(cancelled) X(chunk) X(context_overflow)        \
+  X(false)                                                                                                             \
+  X(nil) X(closed) X(undefined) X(eog) X(max_tokens) X(stop) X(cancelled) X(chunk) X(context_overflow)                 \
       X(prompt_tokens) X(n_ctx) X(max_tokens_key) X(invalid_token) X(decode_failed) X(no_kv_slot) X(aborted)           \
           X(batch_too_large) X(empty_prompt) X(model_mismatch) X(invalid_grammar) X(load_failed) X(load_cancelled)     \
               X(context_failed) X(sampler_failed) X(exception) X(template_failed) X(unknown_template) X(no_template)   \

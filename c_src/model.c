@@ -104,6 +104,10 @@ static bool progress_cb(float progress, void *user_data) {
 LCX_NIF(nif_load_handle) {
   ErlNifPid pid;
   if (!enif_get_local_pid(env, argv[0], &pid)) return lcx_raise(env, "expected a local pid");
+  ErlNifPid self;
+  // the loading process itself cannot answer progress reports while it loads
+  if (enif_self(env, &self) && enif_compare_pids(&self, &pid) == 0)
+    return lcx_raise(env, "the answering process must not be the loading process");
   lcx_load *load = enif_alloc_resource(LCX_LOAD_RT, sizeof(lcx_load));
   if (!load) return lcx_raise(env, "out of memory");
   memset(load, 0, sizeof *load);
@@ -340,4 +344,10 @@ LCX_NIF(nif_live_counts) {
   return map;
 }
 
-LCX_NIF(nif_system_info) { return lcx_cstr(env, llama_print_system_info()); }
+// llama_print_system_info() rebuilds a static std::string on every call: not
+// thread-safe, so it is read once at load (lcx_model_init_system_info).
+static char system_info[1024];
+
+void lcx_model_init_system_info(void) { snprintf(system_info, sizeof system_info, "%s", llama_print_system_info()); }
+
+LCX_NIF(nif_system_info) { return lcx_cstr(env, system_info); }

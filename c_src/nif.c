@@ -5,6 +5,7 @@
 int lcx_model_load_types(ErlNifEnv *env);
 int lcx_context_load_types(ErlNifEnv *env);
 int lcx_sampler_load_types(ErlNifEnv *env);
+void lcx_model_init_system_info(void);
 
 LCX_NIF(nif_load_handle);
 LCX_NIF(nif_load_cancel);
@@ -68,13 +69,12 @@ static ErlNifFunc nif_funcs[] = {
     {"tokenize_dirty", 4, nif_tokenize, DIRTY_CPU},
     {"detokenize", 4, nif_detokenize, 0},
     {"detokenize_dirty", 4, nif_detokenize, DIRTY_CPU},
-    // Building a chain is cheap, but grammar parsing is not: the Elixir side
-    // calls the dirty variant when a grammar is present (same for accept).
-    {"sampler_create", 2, nif_sampler_create, 0},
-    {"sampler_create_dirty", 2, nif_sampler_create, DIRTY_CPU},
-    {"sampler_accept", 2, nif_sampler_accept, 0},
-    {"sampler_accept_dirty", 2, nif_sampler_accept, DIRTY_CPU},
-    {"sampler_reset", 1, nif_sampler_reset, 0},
+    // Grammar parsing and DRY set-up scale with the grammar and the vocabulary,
+    // and accept/reset wait for the sampler lock, which generation holds for
+    // its whole run: all dirty CPU.
+    {"sampler_create", 2, nif_sampler_create, DIRTY_CPU},
+    {"sampler_accept", 2, nif_sampler_accept, DIRTY_CPU},
+    {"sampler_reset", 1, nif_sampler_reset, DIRTY_CPU},
     // Takes the sampler lock, which generation holds for long: dirty CPU.
     {"sampler_free", 1, nif_sampler_free, DIRTY_CPU},
     // Sampling touches the whole vocabulary (and the grammar), and waits for the
@@ -106,6 +106,7 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   if (lcx_log_load() || lcx_janitor_load()) return -1;
   lcx_barrier_init();
   llama_backend_init();
+  lcx_model_init_system_info();
   return 0;
 }
 

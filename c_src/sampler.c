@@ -1,6 +1,7 @@
 // Samplers: a llama.cpp sampler chain built from an ordered list of stages that
 // LlamaCppEx.Sampler validated and ordered. The chain pins its model (grammar,
 // DRY, penalties, logit bias and mirostat are sized by or point into its vocab).
+#include <float.h>
 #include <string.h>
 
 #include "lcx.h"
@@ -30,12 +31,19 @@ int lcx_sampler_load_types(ErlNifEnv *env) {
   return LCX_SAMPLER_RT ? 0 : -1;
 }
 
+// A number that fits a float (a double beyond FLT_MAX would become inf).
 static bool get_f(ErlNifEnv *env, ERL_NIF_TERM t, float *out) {
   double d;
-  if (!lcx_get_double(env, t, &d)) return false;
+  if (!lcx_get_double(env, t, &d) || !(d >= -FLT_MAX && d <= FLT_MAX)) return false;
   *out = (float)d;
   return true;
 }
+
+// Longest history window for penalties and DRY: llama.cpp allocates it up front
+// (an absurd one is gigabytes on a normal allocation path, or std::bad_alloc).
+#define MAX_PENALTY_WINDOW (1 << 20)
+// Logit biases beyond this overflow llama.cpp's bucket sort (float -> int).
+#define MAX_LOGIT_BIAS 1.0e6f
 
 static bool get_i(ErlNifEnv *env, ERL_NIF_TERM t, int32_t *out) {
   int v;
@@ -60,6 +68,35 @@ static char *dup_cstr(ErlNifEnv *env, ERL_NIF_TERM t) {
   memcpy(s, b.data, b.size);
   s[b.size] = '\0';
   return s;
+}
+
+// llama.cpp's GBNF code recurses once per nested group (parsing) and once per
+// rule reference in a chain (building and advancing stacks): ~800 nested
+// groups or a chain of ~4000 rules overflow a dirty scheduler's stack. Counts
+// the deepest group nesting and the number of rules, skipping literals,
+// character classes and comments.
+#define MAX_GRAMMAR_NESTING 128
+#define MAX_GRAMMAR_RULES 1000
+static int grammar_nesting(const char *g, int *rules) {
+  int depth = 0, max = 0;
+  *rules = 0;
+  for (const char *p = g; *p; p++) {
+    if (p[0] == ':' && p[1] == ':' && p[2] == '=') (*rules)++;
+    if (*p == '#') {
+      while (p[1] && p[1] != '\n')
+        p++;
+    } else if (*p == '"' || *p == '[') {
+      char close = *p == '"' ? '"' : ']';
+      while (p[1] && p[1] != close)
+        p += (p[1] == '\\' && p[2]) ? 2 : 1;
+      if (p[1]) p++;
+    } else if (*p == '(') {
+      if (++depth > max) max = depth;
+    } else if (*p == ')') {
+      depth--;
+    }
+  }
+  return max;
 }
 
 static bool is_tag(ErlNifEnv *env, ERL_NIF_TERM t, const char *name) {
@@ -130,15 +167,16 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
     return llama_sampler_init_mirostat_v2(seed, f1, f2);
   }
   if (is_tag(env, a[0], "penalties") && arity == 5) {
-    if (!get_i(env, a[1], &i1) || i1 < 0 || !get_f(env, a[2], &f1) || !get_f(env, a[3], &f2) || !get_f(env, a[4], &f3))
-      BAD("bad penalty arguments");
-    return llama_sampler_init_penalties(m->n_vocab, i1, f1, f2, f3);
+    if (!get_i(env, a[1], &i1) || i1 < 0 || i1 > MAX_PENALTY_WINDOW || !get_f(env, a[2], &f1) || f1 <= 0 ||
+        !get_f(env, a[3], &f2) || !get_f(env, a[4], &f3))
+      BAD("bad penalty arguments (penalty_last_n must be in 0..1048576, repeat_penalty > 0)");
+    return lcx_sampler_init_penalties(m->n_vocab, i1, f1, f2, f3);
   }
   if (is_tag(env, a[0], "dry") && arity == 6) {
     unsigned nb;
-    if (!get_f(env, a[1], &f1) || !get_f(env, a[2], &f2) || !get_i(env, a[3], &i1) || !get_i(env, a[4], &i2) ||
-        i2 < -1 || !enif_get_list_length(env, a[5], &nb) || nb > 64)
-      BAD("bad dry arguments");
+    if (!get_f(env, a[1], &f1) || !get_f(env, a[2], &f2) || !get_i(env, a[3], &i1) || i1 < 0 ||
+        !get_i(env, a[4], &i2) || i2 < 0 || i2 > MAX_PENALTY_WINDOW || !enif_get_list_length(env, a[5], &nb) || nb > 64)
+      BAD("bad dry arguments (dry_penalty_last_n must be in 0..1048576)");
     const char *breakers[64];
     ERL_NIF_TERM head, tail = a[5];
     unsigned got = 0;
@@ -181,7 +219,8 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
         return NULL;
       }
       lb[i].token = i1;
-      lb[i].bias = f1;
+      // beyond ±1e6 a bias only breaks llama.cpp's bucket sort; -1e6 already bans
+      lb[i].bias = f1 > MAX_LOGIT_BIAS ? MAX_LOGIT_BIAS : f1 < -MAX_LOGIT_BIAS ? -MAX_LOGIT_BIAS : f1;
     }
     struct llama_sampler *smpl = llama_sampler_init_logit_bias(m->n_vocab, (int32_t)n, lb);
     enif_free(lb);
@@ -191,7 +230,12 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
     char *g = dup_cstr(env, a[1]);
     char *root = dup_cstr(env, a[2]);
     struct llama_sampler *smpl = NULL;
-    if (g && root) {
+    int rules = 0;
+    if (g && root && grammar_nesting(g, &rules) > MAX_GRAMMAR_NESTING) {
+      *err = lcx_error_str(env, ATOM_invalid_grammar, "groups are nested too deeply (more than 128 levels)");
+    } else if (g && root && rules > MAX_GRAMMAR_RULES) {
+      *err = lcx_error_str(env, ATOM_invalid_grammar, "too many rules (more than 1000)");
+    } else if (g && root) {
       lcx_log_capture_begin();
       smpl = lcx_sampler_init_grammar(m->vocab, g, root);
       const char *why = lcx_log_capture_end();

@@ -60,7 +60,8 @@ defmodule LlamaCppEx.Context do
       at most `n_ctx`).
     * `:n_ubatch` - physical micro-batch size (default `512`).
     * `:n_threads` / `:n_threads_batch` - CPU threads for generation and for
-      prompt processing (default: the number of online schedulers).
+      prompt processing (default: the number of online schedulers; at most
+      the number of available CPUs).
     * `:n_seq_max` - independent sequences (default `1`).
     * `:embeddings` - extract embeddings (default `false`).
     * `:flash_attn` - `:auto`, `true` or `false` (default `:auto`).
@@ -92,14 +93,14 @@ defmodule LlamaCppEx.Context do
     n_ctx = non_neg!(opts, :n_ctx)
     n_batch = pos!(opts, :n_batch)
     n_batch = if n_ctx > 0, do: min(n_batch, n_ctx), else: n_batch
-    n_threads = pos!(opts, :n_threads)
+    n_threads = threads!(opts, :n_threads)
 
     native = %{
       n_ctx: n_ctx,
       n_batch: n_batch,
       n_ubatch: min(pos!(opts, :n_ubatch), n_batch),
       n_threads: n_threads,
-      n_threads_batch: if(opts[:n_threads_batch], do: pos!(opts, :n_threads_batch), else: n_threads),
+      n_threads_batch: if(opts[:n_threads_batch], do: threads!(opts, :n_threads_batch), else: n_threads),
       n_seq_max: pos!(opts, :n_seq_max),
       embeddings: bool!(opts, :embeddings),
       flash_attn: flash!(opts[:flash_attn]),
@@ -192,6 +193,18 @@ defmodule LlamaCppEx.Context do
     if v in @cache_types,
       do: v,
       else: raise(ArgumentError, "#{inspect(key)} must be one of #{inspect(@cache_types)}, got: #{inspect(v)}")
+  end
+
+  # More compute threads than CPUs only makes every token slower.
+  defp threads!(opts, key) do
+    cpus = :erlang.system_info(:logical_processors_available)
+    cpus = if is_integer(cpus), do: cpus, else: :erlang.system_info(:logical_processors)
+    n = pos!(opts, key)
+
+    if is_integer(cpus) and n > cpus,
+      do: raise(ArgumentError, "#{inspect(key)} must be at most the #{cpus} available CPUs, got: #{n}")
+
+    n
   end
 
   defp pos!(opts, key) do

@@ -46,9 +46,7 @@ defmodule LlamaCppEx.NIF do
   def token_is_eog(_model, _token), do: nif_error()
 
   def sampler_create(_model, _stages), do: nif_error()
-  def sampler_create_dirty(_model, _stages), do: nif_error()
   def sampler_accept(_sampler, _token), do: nif_error()
-  def sampler_accept_dirty(_sampler, _token), do: nif_error()
   def sampler_reset(_sampler), do: nif_error()
   def sampler_free(_sampler), do: nif_error()
   def sampler_sample(_sampler, _ctx), do: nif_error()

@@ -24,14 +24,14 @@ defmodule LlamaCppEx.Sampler do
     * `:xtc_probability` (`0.0`), `:xtc_threshold` (`0.1`).
     * `:repeat_penalty` (`1.0`), `:frequency_penalty` (`0.0`),
       `:presence_penalty` (`0.0`), `:penalty_last_n` (`64`; `-1` = context size,
-      `0` disables).
+      `0` disables; at most 1,048,576).
     * `:dry_multiplier` (`0.0`, disabled), `:dry_base` (`1.75`),
       `:dry_allowed_length` (`2`), `:dry_penalty_last_n` (`-1` = context size),
       `:dry_sequence_breakers` (`["\\n", ":", "\\"", "*"]`).
     * `:mirostat` - `0` (off), `1` or `2`; `:mirostat_tau` (`5.0`),
       `:mirostat_eta` (`0.1`).
     * `:logit_bias` - map or list of `{token, bias}`; use `:neg_infinity` as
-      bias to ban a token.
+      bias to ban a token. Biases are clamped to ±1e6.
     * `:grammar` - a GBNF grammar; output is constrained to it. An invalid
       grammar returns `{:error, {:invalid_grammar, message}}`.
       `:grammar_root` names the start rule (default `"root"`).
@@ -91,9 +91,8 @@ defmodule LlamaCppEx.Sampler do
     opts = Keyword.validate!(opts, @defaults)
     stages = stages(model, opts)
     grammar? = opts[:grammar] != nil
-    create_fun = if grammar?, do: &NIF.sampler_create_dirty/2, else: &NIF.sampler_create/2
 
-    with {:ok, {ref, _}} <- create_fun.(model.ref, stages) do
+    with {:ok, {ref, _}} <- NIF.sampler_create(model.ref, stages) do
       {:ok, %__MODULE__{ref: ref, model: model, grammar?: grammar?, options: opts}}
     end
   end
@@ -112,9 +111,6 @@ defmodule LlamaCppEx.Sampler do
   for the repetition penalties, or a token chosen elsewhere).
   """
   @spec accept(t(), non_neg_integer()) :: :ok | {:error, term()}
-  def accept(%__MODULE__{ref: ref, grammar?: true}, token) when is_integer(token),
-    do: NIF.sampler_accept_dirty(ref, token)
-
   def accept(%__MODULE__{ref: ref}, token) when is_integer(token), do: NIF.sampler_accept(ref, token)
 
   @doc "Resets the chain's state (history, grammar position, RNG is kept)."
@@ -162,8 +158,7 @@ defmodule LlamaCppEx.Sampler do
   end
 
   defp stage(:penalties, model, opts, _seed, _mk, _mode) do
-    last_n = int!(opts, :penalty_last_n, -1)
-    last_n = if last_n == -1, do: model.n_ctx_train, else: last_n
+    last_n = window!(opts, :penalty_last_n, model)
     repeat = num!(opts, :repeat_penalty)
     freq = num!(opts, :frequency_penalty)
     present = num!(opts, :presence_penalty)
@@ -177,8 +172,7 @@ defmodule LlamaCppEx.Sampler do
   defp stage(:dry, model, opts, _seed, _mk, _mode) do
     mult = num!(opts, :dry_multiplier)
     # llama.cpp treats a negative window as "off"; -1 means the context size, as in its CLI
-    last_n = int!(opts, :dry_penalty_last_n, -1)
-    last_n = if last_n == -1, do: model.n_ctx_train, else: last_n
+    last_n = window!(opts, :dry_penalty_last_n, model)
     breakers = opts[:dry_sequence_breakers]
 
     unless is_list(breakers) and Enum.all?(breakers, &is_binary/1),
@@ -225,7 +219,8 @@ defmodule LlamaCppEx.Sampler do
   defp logit_bias_stage(model, bias) when is_map(bias) or is_list(bias) do
     pairs =
       Enum.map(bias, fn
-        {tok, :neg_infinity} when is_integer(tok) -> {tok, -1.0e30}
+        # -1e6 already gives probability 0; larger magnitudes break llama.cpp's bucket sort
+        {tok, :neg_infinity} when is_integer(tok) -> {tok, -1.0e6}
         {tok, b} when is_integer(tok) and is_number(b) -> {tok, b / 1}
         other -> raise ArgumentError, "logit_bias entries must be {token, number}, got: #{inspect(other)}"
       end)
@@ -263,6 +258,17 @@ defmodule LlamaCppEx.Sampler do
   end
 
   defp order!(other), do: raise(ArgumentError, ":samplers must be a list, got: #{inspect(other)}")
+
+  # -1 means the model's context length; windows are capped at 1M tokens
+  # (llama.cpp allocates them up front).
+  @max_window 1_048_576
+  defp window!(opts, key, model) do
+    case int!(opts, key, -1) do
+      -1 -> min(max(model.n_ctx_train, 0), @max_window)
+      n when n <= @max_window -> n
+      n -> raise ArgumentError, "#{inspect(key)} must be at most #{@max_window}, got: #{n}"
+    end
+  end
 
   defp seed!(:random), do: :rand.uniform(0xFFFFFFFE)
   defp seed!(s) when is_integer(s) and s >= 0 and s <= 0xFFFFFFFF, do: s
