@@ -104,10 +104,6 @@ static bool progress_cb(float progress, void *user_data) {
 LCX_NIF(nif_load_handle) {
   ErlNifPid pid;
   if (!enif_get_local_pid(env, argv[0], &pid)) return lcx_raise(env, "expected a local pid");
-  ErlNifPid self;
-  // the loading process itself cannot answer progress reports while it loads
-  if (enif_self(env, &self) && enif_compare_pids(&self, &pid) == 0)
-    return lcx_raise(env, "the answering process must not be the loading process");
   lcx_load *load = enif_alloc_resource(LCX_LOAD_RT, sizeof(lcx_load));
   if (!load) return lcx_raise(env, "out of memory");
   memset(load, 0, sizeof *load);
@@ -179,6 +175,10 @@ LCX_NIF(nif_model_load) {
     st.has_pid = true;
   else if (!enif_is_identical(argv[3], ATOM_nil))
     return lcx_raise(env, "progress must be a pid or nil");
+  ErlNifPid self;
+  // reports that wait for an answer cannot go to the loading process itself
+  if (st.load && st.has_pid && enif_self(env, &self) && enif_compare_pids(&self, &st.pid) == 0)
+    return lcx_raise(env, "progress reports that wait for answers must go to another process");
   if (st.has_pid) {
     st.msg_env = enif_alloc_env();
     st.ref_env = enif_alloc_env();
