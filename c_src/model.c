@@ -138,7 +138,30 @@ LCX_NIF(nif_load_answer) {
   return ATOM_ok;
 }
 
-// model_load(path, %{n_gpu_layers, use_mmap, use_mlock, vocab_only}, load_handle, progress_pid | nil, ref)
+// Decodes one token with one thread, on this thread, inside the barrier. A
+// model whose hyperparameters trip a llama.cpp assertion during compute (say a
+// NaN norm epsilon) would otherwise abort the VM at its first real decode,
+// where the assertion may fire on an OpenMP worker thread that no barrier
+// covers. Returns NULL when the model computes, else why it does not.
+static const char *warm_up(struct llama_model *model) {
+  struct llama_context_params p = llama_context_default_params();
+  p.n_ctx = 256;
+  p.n_batch = p.n_ubatch = 1;
+  p.n_seq_max = 1;
+  p.n_threads = p.n_threads_batch = 1;
+  p.no_perf = true;
+  struct llama_context *ctx = lcx_init_from_model(model, p);
+  if (!ctx) return NULL; // not the model's fault (memory): contexts will report it
+  const struct llama_vocab *vocab = llama_model_get_vocab(model);
+  llama_token tok = llama_vocab_bos(vocab);
+  if (tok < 0 || tok >= llama_vocab_n_tokens(vocab)) tok = 0;
+  bool threw = false;
+  lcx_decode(ctx, llama_batch_get_one(&tok, 1), &threw);
+  llama_free(ctx);
+  return threw ? lcx_last_exception() : NULL;
+}
+
+// model_load(path, %{n_gpu_layers, use_mmap, use_mlock, vocab_only, warmup}, load_handle, progress_pid | nil, ref)
 LCX_NIF(nif_model_load) {
   ErlNifBinary path_bin;
   if (!enif_inspect_binary(env, argv[0], &path_bin) || path_bin.size == 0 || path_bin.size > 4096 ||
@@ -159,6 +182,9 @@ LCX_NIF(nif_model_load) {
     return lcx_raise(env, "use_mlock must be a boolean");
   if (lcx_map_get(env, argv[1], "vocab_only", &v) && !lcx_get_bool(env, v, &vocab_only))
     return lcx_raise(env, "vocab_only must be a boolean");
+  bool warmup = true;
+  if (lcx_map_get(env, argv[1], "warmup", &v) && !lcx_get_bool(env, v, &warmup))
+    return lcx_raise(env, "warmup must be a boolean");
   params.load_mode = mmap_ && mlock_ ? LLAMA_LOAD_MODE_MMAP_MLOCK
                      : mmap_         ? LLAMA_LOAD_MODE_MMAP
                      : mlock_        ? LLAMA_LOAD_MODE_MLOCK
@@ -204,6 +230,15 @@ LCX_NIF(nif_model_load) {
     // an assertion caught by the barrier explains more than the log lines
     const char *msg = strncmp(exc, "llama.cpp assertion", 19) == 0 ? exc : why[0] ? why : exc;
     return lcx_error_str(env, ATOM_load_failed, msg[0] ? msg : "llama_model_load_from_file returned NULL");
+  }
+  if (warmup && !vocab_only) {
+    const char *why_not = warm_up(model);
+    if (why_not) {
+      char msg[600];
+      snprintf(msg, sizeof msg, "warm-up decode failed: %s", why_not);
+      llama_model_free(model);
+      return lcx_error_str(env, ATOM_load_failed, msg);
+    }
   }
   lcx_model *m = enif_alloc_resource(LCX_MODEL_RT, sizeof(lcx_model));
   if (!m) {

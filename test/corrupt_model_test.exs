@@ -26,6 +26,18 @@ defmodule LlamaCppEx.CorruptModelTest do
     assert {:ok, _} = LlamaCppEx.generate(model, "Once upon a time", max_tokens: 4)
   end
 
+  test "parameters that make llama.cpp's kernels assert are caught by the warm-up", %{bytes: bytes} do
+    # GGUF key/value: key string, then the u32 type (6 = float32), then the value.
+    key = "llama.attention.layer_norm_rms_epsilon"
+    {at, len} = :binary.match(bytes, key)
+    <<pre::binary-size(at + len), 6::little-32, _eps::binary-size(4), post::binary>> = bytes
+    path = write_tmp(<<pre::binary, 6::little-32, 0x7FC00000::little-32, post::binary>>)
+    # a NaN epsilon trips GGML_ASSERT(eps >= 0.0f) in the RMS norm kernel
+    assert {:error, {:load_failed, msg}} = LlamaCppEx.Model.load(path)
+    assert msg =~ "warm-up decode failed"
+    assert msg =~ "eps"
+  end
+
   test "truncated files are errors", %{bytes: bytes} do
     for size <- [4, 8, 24, 100, 5_000, 40_000, div(byte_size(bytes), 2), byte_size(bytes) - 1] do
       path = write_tmp(binary_part(bytes, 0, size))

@@ -65,7 +65,7 @@ defmodule LlamaCppEx.Model do
           | :load_cancelled
           | {:load_failed, String.t()}
 
-  @load_opts [n_gpu_layers: 0, use_mmap: true, use_mlock: false, vocab_only: false, progress: nil]
+  @load_opts [n_gpu_layers: 0, use_mmap: true, use_mlock: false, vocab_only: false, warmup: true, progress: nil]
 
   @doc """
   Loads a GGUF model.
@@ -77,6 +77,11 @@ defmodule LlamaCppEx.Model do
     * `:use_mmap` - map the file instead of reading it (default `true`).
     * `:use_mlock` - lock the weights in RAM (default `false`).
     * `:vocab_only` - load only the vocabulary, for tokenizing (default `false`).
+    * `:warmup` - decode one token on one thread before returning (default
+      `true`), as llama.cpp's own tools do. Besides warming caches, this is a
+      safety check: a file whose parameters make llama.cpp's kernels assert
+      is rejected here with `{:error, {:load_failed, _}}`, where the assertion
+      can be caught, instead of aborting the VM at its first real decode.
     * `:progress` - a 1-arity function called with the progress (a float from
       0.0 to 1.0) that can return `:cancel` (or `false`) to stop loading (the
       loader waits for each answer, so cancelling is exact; an exception in the
