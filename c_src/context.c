@@ -13,7 +13,6 @@
 #include "lcx.h"
 
 ErlNifResourceType *LCX_CONTEXT_RT;
-ErlNifResourceType *LCX_STREAM_RT;
 atomic_long lcx_live_contexts;
 
 // ---- resource lifecycle ----------------------------------------------------------------
@@ -33,53 +32,35 @@ static void context_dtor(ErlNifEnv *env, void *obj) {
   lcx_context *c = obj;
   destroy_context(c, true);
   if (c->lock) enif_mutex_destroy(c->lock);
-}
-
-static void stream_cancel(lcx_stream *st) {
-  enif_mutex_lock(st->mu);
-  atomic_store(&st->cancel, 1);
-  enif_cond_broadcast(st->cv);
-  enif_mutex_unlock(st->mu);
-}
-
-static void stream_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon) { stream_cancel(obj); }
-
-static void stream_dtor(ErlNifEnv *env, void *obj) {
-  lcx_stream *st = obj;
-  if (st->cv) enif_cond_destroy(st->cv);
-  if (st->mu) enif_mutex_destroy(st->mu);
-}
-
-// Blocks until the consumer has asked for chunk number `n` (1-based) or the
-// stream is cancelled. Returns false when cancelled.
-static bool stream_wait_demand(lcx_stream *st, long n) {
-  enif_mutex_lock(st->mu);
-  while (st->demanded < n && !atomic_load(&st->cancel))
-    enif_cond_wait(st->cv, st->mu);
-  bool ok = !atomic_load(&st->cancel);
-  enif_mutex_unlock(st->mu);
-  return ok;
+  if (c->owner_mu) enif_mutex_destroy(c->owner_mu);
 }
 
 int lcx_context_load_types(ErlNifEnv *env) {
   LCX_CONTEXT_RT = enif_open_resource_type(env, NULL, "lcx_context", context_dtor, ERL_NIF_RT_CREATE, NULL);
-  ErlNifResourceTypeInit init = {.dtor = stream_dtor, .stop = NULL, .down = stream_down};
-  LCX_STREAM_RT = enif_open_resource_type_x(env, "lcx_stream", &init, ERL_NIF_RT_CREATE, NULL);
-  return LCX_CONTEXT_RT && LCX_STREAM_RT ? 0 : -1;
+  return LCX_CONTEXT_RT ? 0 : -1;
 }
 
-static bool abort_cb(void *data) {
+bool lcx_abort_cb(void *data) {
   lcx_context *c = data;
   if (atomic_load(&c->abort_all)) return true;
   atomic_int *flag = atomic_load(&c->cancel);
   return flag && atomic_load(flag);
 }
 
-// Locks a context for use. NULL (with *err) when the term is wrong or closed.
-static lcx_context *lock_context(ErlNifEnv *env, ERL_NIF_TERM t, ERL_NIF_TERM *err) {
+lcx_context *lcx_lock_context(ErlNifEnv *env, ERL_NIF_TERM t, ERL_NIF_TERM *err) {
   lcx_context *c = lcx_get_context(env, t);
   if (!c) {
     *err = lcx_raise(env, "expected a context reference");
+    return NULL;
+  }
+  // The consumer of a stream running on this context would wait for itself:
+  // the stream holds the lock until the consumer asks for more.
+  ErlNifPid self;
+  enif_mutex_lock(c->owner_mu);
+  bool own_stream = c->stream && enif_self(env, &self) && enif_compare_pids(&self, &c->stream_consumer) == 0;
+  enif_mutex_unlock(c->owner_mu);
+  if (own_stream) {
+    *err = lcx_error(env, enif_make_atom(env, "busy"));
     return NULL;
   }
   enif_mutex_lock(c->lock);
@@ -91,7 +72,7 @@ static lcx_context *lock_context(ErlNifEnv *env, ERL_NIF_TERM t, ERL_NIF_TERM *e
   return c;
 }
 
-static int32_t next_position(lcx_context *c) {
+int32_t lcx_next_position(lcx_context *c) {
   llama_pos p = llama_memory_seq_pos_max(llama_get_memory(c->ctx), 0);
   return p < 0 ? 0 : p + 1;
 }
@@ -210,8 +191,9 @@ LCX_NIF(nif_context_create) {
   atomic_init(&c->abort_all, 0);
   atomic_init(&c->cancel, NULL);
   c->lock = enif_mutex_create("lcx_context");
+  c->owner_mu = enif_mutex_create("lcx_context_owner");
   c->model = m;
-  p.abort_callback = abort_cb;
+  p.abort_callback = lcx_abort_cb;
   p.abort_callback_data = c;
 
   lcx_log_capture_begin();
@@ -233,6 +215,9 @@ LCX_NIF(nif_context_free) {
   lcx_context *c = lcx_get_context(env, argv[0]);
   if (!c) return lcx_raise(env, "expected a context reference");
   atomic_store(&c->abort_all, 1);
+  enif_mutex_lock(c->owner_mu); // wake a stream waiting for its consumer
+  if (c->stream) lcx_stream_cancel(c->stream);
+  enif_mutex_unlock(c->owner_mu);
   enif_mutex_lock(c->lock);
   destroy_context(c, false);
   enif_mutex_unlock(c->lock);
@@ -242,7 +227,7 @@ LCX_NIF(nif_context_free) {
 // context_info(ctx) -> %{n_ctx, n_batch, n_ubatch, n_seq_max, n_threads, n_threads_batch, embeddings}
 LCX_NIF(nif_context_info) {
   ERL_NIF_TERM err;
-  lcx_context *c = lock_context(env, argv[0], &err);
+  lcx_context *c = lcx_lock_context(env, argv[0], &err);
   if (!c) return err;
   ERL_NIF_TERM keys[6] = {ATOM_n_ctx,     ATOM_n_batch,   ATOM_n_ubatch,
                           ATOM_n_seq_max, ATOM_n_threads, ATOM_n_threads_batch};
@@ -258,16 +243,16 @@ LCX_NIF(nif_context_info) {
 
 LCX_NIF(nif_context_position) {
   ERL_NIF_TERM err;
-  lcx_context *c = lock_context(env, argv[0], &err);
+  lcx_context *c = lcx_lock_context(env, argv[0], &err);
   if (!c) return err;
-  int32_t pos = next_position(c);
+  int32_t pos = lcx_next_position(c);
   enif_mutex_unlock(c->lock);
   return lcx_ok(env, enif_make_int(env, pos));
 }
 
 LCX_NIF(nif_context_clear) {
   ERL_NIF_TERM err;
-  lcx_context *c = lock_context(env, argv[0], &err);
+  lcx_context *c = lcx_lock_context(env, argv[0], &err);
   if (!c) return err;
   bool ok = lcx_memory_clear(c->ctx);
   c->has_logits = false;
@@ -275,7 +260,7 @@ LCX_NIF(nif_context_clear) {
   return ok ? ATOM_ok : lcx_error_str(env, ATOM_exception, lcx_last_exception());
 }
 
-static ERL_NIF_TERM overflow_error(ErlNifEnv *env, int32_t pos, unsigned n_prompt, int max_tokens, uint32_t n_ctx) {
+ERL_NIF_TERM lcx_overflow_error(ErlNifEnv *env, int32_t pos, unsigned n_prompt, int max_tokens, uint32_t n_ctx) {
   ERL_NIF_TERM keys[4] = {ATOM_position, ATOM_prompt_tokens, ATOM_max_tokens_key, ATOM_n_ctx};
   ERL_NIF_TERM vals[4] = {enif_make_int(env, pos), enif_make_uint(env, n_prompt), enif_make_int(env, max_tokens),
                           enif_make_uint(env, n_ctx)};
@@ -284,19 +269,16 @@ static ERL_NIF_TERM overflow_error(ErlNifEnv *env, int32_t pos, unsigned n_promp
   return lcx_error2(env, ATOM_context_overflow, map);
 }
 
-#define RC_DECODE_THREW INT32_MIN
-#define RC_SAMPLER_THREW (INT32_MIN + 1)
-
 // Decodes tokens in n_batch chunks. Returns 0, or the llama_decode code
 // (2 = aborted), or RC_DECODE_THREW when llama.cpp threw (or asserted).
-static int32_t decode_tokens(lcx_context *c, llama_token *toks, unsigned n) {
+int32_t lcx_decode_tokens(lcx_context *c, llama_token *toks, unsigned n) {
   uint32_t n_batch = llama_n_batch(c->ctx);
   c->has_logits = false;
   for (unsigned off = 0; off < n; off += n_batch) {
     unsigned len = n - off < n_batch ? n - off : n_batch;
     bool threw;
-    llama_pos before = next_position(c);
-    lcx_log_quiet_when(abort_cb, c);
+    llama_pos before = lcx_next_position(c);
+    lcx_log_quiet_when(lcx_abort_cb, c);
     int32_t rc = lcx_decode(c->ctx, llama_batch_get_one(toks + off, (int32_t)len), &threw);
     lcx_log_quiet_when(NULL, NULL);
     if (threw) {
@@ -310,7 +292,7 @@ static int32_t decode_tokens(lcx_context *c, llama_token *toks, unsigned n) {
   return 0;
 }
 
-static ERL_NIF_TERM decode_error(ErlNifEnv *env, int32_t rc) {
+ERL_NIF_TERM lcx_decode_error(ErlNifEnv *env, int32_t rc) {
   if (rc == RC_DECODE_THREW) return lcx_error_str(env, ATOM_decode_failed, lcx_last_exception());
   if (rc == RC_SAMPLER_THREW) return lcx_error_str(env, ATOM_sampler_failed, lcx_last_exception());
   if (rc == 1) return lcx_error(env, ATOM_no_kv_slot);
@@ -338,7 +320,7 @@ static bool get_prompt(ErlNifEnv *env, lcx_context *c, ERL_NIF_TERM list, llama_
 // context_decode(ctx, tokens) -> :ok | {:error, reason}
 LCX_NIF(nif_context_decode) {
   ERL_NIF_TERM err;
-  lcx_context *c = lock_context(env, argv[0], &err);
+  lcx_context *c = lcx_lock_context(env, argv[0], &err);
   if (!c) return err;
   llama_token *toks;
   unsigned n;
@@ -347,15 +329,15 @@ LCX_NIF(nif_context_decode) {
     return err;
   }
   ERL_NIF_TERM r;
-  int32_t pos = next_position(c);
+  int32_t pos = lcx_next_position(c);
   uint32_t n_ctx = llama_n_ctx(c->ctx);
   if (n == 0)
     r = lcx_error(env, ATOM_empty_prompt);
   else if ((uint64_t)pos + n > n_ctx)
-    r = overflow_error(env, pos, n, 0, n_ctx);
+    r = lcx_overflow_error(env, pos, n, 0, n_ctx);
   else {
-    int32_t rc = decode_tokens(c, toks, n);
-    r = rc == 0 ? ATOM_ok : decode_error(env, rc);
+    int32_t rc = lcx_decode_tokens(c, toks, n);
+    r = rc == 0 ? ATOM_ok : lcx_decode_error(env, rc);
   }
   enif_mutex_unlock(c->lock);
   enif_free(toks);
@@ -363,7 +345,7 @@ LCX_NIF(nif_context_decode) {
 }
 
 // Locks the sampler after the context; checks that both belong to one model.
-static lcx_sampler *lock_sampler(ErlNifEnv *env, lcx_context *c, ERL_NIF_TERM t, ERL_NIF_TERM *err) {
+lcx_sampler *lcx_lock_sampler(ErlNifEnv *env, lcx_context *c, ERL_NIF_TERM t, ERL_NIF_TERM *err) {
   lcx_sampler *s = lcx_get_sampler(env, t);
   if (!s) {
     *err = lcx_raise(env, "expected a sampler reference");
@@ -383,9 +365,9 @@ static lcx_sampler *lock_sampler(ErlNifEnv *env, lcx_context *c, ERL_NIF_TERM t,
 // sampler_sample(sampler, ctx) -> {:ok, token} | {:error, reason}
 LCX_NIF(nif_sampler_sample) {
   ERL_NIF_TERM err;
-  lcx_context *c = lock_context(env, argv[1], &err);
+  lcx_context *c = lcx_lock_context(env, argv[1], &err);
   if (!c) return err;
-  lcx_sampler *s = lock_sampler(env, c, argv[0], &err);
+  lcx_sampler *s = lcx_lock_sampler(env, c, argv[0], &err);
   if (!s) {
     enif_mutex_unlock(c->lock);
     return err;
@@ -402,301 +384,4 @@ LCX_NIF(nif_sampler_sample) {
   enif_mutex_unlock(s->lock);
   enif_mutex_unlock(c->lock);
   return r;
-}
-
-// ---- streams -------------------------------------------------------------------------------
-
-// stream_new(consumer_pid) -> stream handle; the consumer's death cancels it
-LCX_NIF(nif_stream_new) {
-  ErlNifPid pid;
-  if (!enif_get_local_pid(env, argv[0], &pid)) return lcx_raise(env, "expected a local pid");
-  lcx_stream *st = enif_alloc_resource(LCX_STREAM_RT, sizeof(lcx_stream));
-  if (!st) return lcx_raise(env, "out of memory");
-  memset(st, 0, sizeof *st);
-  atomic_init(&st->cancel, 0);
-  st->mu = enif_mutex_create("lcx_stream");
-  st->cv = enif_cond_create("lcx_stream");
-  int rc = enif_monitor_process(env, st, &pid, &st->mon);
-  if (rc != 0) atomic_store(&st->cancel, 1); // already dead (or monitors unsupported)
-  ERL_NIF_TERM t = enif_make_resource(env, st);
-  enif_release_resource(st);
-  return t;
-}
-
-LCX_NIF(nif_stream_cancel) {
-  void *p;
-  if (!enif_get_resource(env, argv[0], LCX_STREAM_RT, &p)) return lcx_raise(env, "expected a stream handle");
-  stream_cancel(p);
-  return ATOM_ok;
-}
-
-// stream_demand(handle): the consumer asks for one more chunk
-LCX_NIF(nif_stream_demand) {
-  void *p;
-  if (!enif_get_resource(env, argv[0], LCX_STREAM_RT, &p)) return lcx_raise(env, "expected a stream handle");
-  lcx_stream *st = p;
-  enif_mutex_lock(st->mu);
-  st->demanded++;
-  enif_cond_signal(st->cv);
-  enif_mutex_unlock(st->mu);
-  return ATOM_ok;
-}
-
-// ---- generation -----------------------------------------------------------------------------
-
-typedef struct {
-  char *data;
-  size_t len, cap;
-} buf_t;
-
-static bool buf_append(buf_t *b, const char *s, size_t n) {
-  if (b->len + n > b->cap) {
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + n)
-      cap *= 2;
-    char *d = enif_realloc(b->data, cap);
-    if (!d) return false;
-    b->data = d;
-    b->cap = cap;
-  }
-  memcpy(b->data + b->len, s, n);
-  b->len += n;
-  return true;
-}
-
-typedef struct {
-  ErlNifBinary *stops;
-  unsigned n_stops;
-  size_t max_stop;
-} stops_t;
-
-// Earliest occurrence of any stop string starting at or after `from`.
-static bool find_stop(const stops_t *st, const buf_t *text, size_t from, size_t *at) {
-  bool found = false;
-  for (unsigned i = 0; i < st->n_stops; i++) {
-    const ErlNifBinary *s = &st->stops[i];
-    if (s->size == 0 || s->size > text->len) continue;
-    for (size_t p = from; p + s->size <= text->len; p++) {
-      if (memcmp(text->data + p, s->data, s->size) == 0) {
-        if (!found || p < *at) *at = p;
-        found = true;
-        break;
-      }
-    }
-  }
-  return found;
-}
-
-// Bytes at the end of text that could be the start of a stop string.
-static size_t stop_prefix_hold(const stops_t *st, const buf_t *text, size_t emitted) {
-  size_t hold = 0;
-  for (unsigned i = 0; i < st->n_stops; i++) {
-    const ErlNifBinary *s = &st->stops[i];
-    size_t kmax = s->size > 0 ? s->size - 1 : 0;
-    if (kmax > text->len - emitted) kmax = text->len - emitted;
-    for (size_t k = kmax; k > hold; k--) {
-      if (memcmp(text->data + text->len - k, s->data, k) == 0) {
-        hold = k;
-        break;
-      }
-    }
-  }
-  return hold;
-}
-
-static void send_chunk(ErlNifEnv *env, const ErlNifPid *to, ErlNifEnv *msg_env, ERL_NIF_TERM ref, const char *data,
-                       size_t len) {
-  if (len == 0) return;
-  ERL_NIF_TERM msg = enif_make_tuple2(msg_env, enif_make_copy(msg_env, ref),
-                                      enif_make_tuple2(msg_env, ATOM_chunk, lcx_binary(msg_env, data, len)));
-  enif_send(env, to, msg_env, msg);
-  enif_clear_env(msg_env);
-}
-
-// generate(ctx, sampler, tokens, %{max_tokens, stop}, stream | nil, pid | nil, ref)
-//   -> {:ok, %{text, tokens, finish_reason, prompt_tokens, generated_tokens, prompt_ms, generation_ms}}
-// With a stream handle and pid, text chunks are sent as {ref, {:chunk, binary}} as they are
-// produced: never ending inside a UTF-8 character or inside a possible stop string.
-LCX_NIF(nif_generate) {
-  ERL_NIF_TERM err, v;
-  int max_tokens;
-  if (!enif_is_map(env, argv[3]) || !map_int(env, argv[3], "max_tokens", &max_tokens) || max_tokens < 1)
-    return lcx_raise(env, "max_tokens must be a positive integer");
-  stops_t stops = {0};
-  if (lcx_map_get(env, argv[3], "stop", &v)) {
-    unsigned n;
-    if (!enif_get_list_length(env, v, &n) || n > 64)
-      return lcx_raise(env, "stop must be a list of at most 64 binaries");
-    if (n > 0) {
-      stops.stops = enif_alloc(sizeof(ErlNifBinary) * n);
-      ERL_NIF_TERM head, tail = v;
-      for (unsigned i = 0; i < n; i++) {
-        enif_get_list_cell(env, tail, &head, &tail);
-        if (!enif_inspect_binary(env, head, &stops.stops[i]) || stops.stops[i].size == 0) {
-          enif_free(stops.stops);
-          return lcx_raise(env, "stop strings must be non-empty binaries");
-        }
-        if (stops.stops[i].size > stops.max_stop) stops.max_stop = stops.stops[i].size;
-      }
-      stops.n_stops = n;
-    }
-  }
-  lcx_stream *stream = NULL;
-  ErlNifPid dest;
-  bool streaming = false;
-  void *sp;
-  if (enif_get_resource(env, argv[4], LCX_STREAM_RT, &sp)) {
-    stream = sp;
-    if (!enif_get_local_pid(env, argv[5], &dest)) {
-      if (stops.stops) enif_free(stops.stops);
-      return lcx_raise(env, "a stream needs a destination pid");
-    }
-    streaming = true;
-  } else if (!enif_is_identical(argv[4], ATOM_nil)) {
-    if (stops.stops) enif_free(stops.stops);
-    return lcx_raise(env, "expected a stream handle or nil");
-  }
-
-  lcx_context *c = lock_context(env, argv[0], &err);
-  if (!c) {
-    if (stops.stops) enif_free(stops.stops);
-    return err;
-  }
-  lcx_sampler *s = lock_sampler(env, c, argv[1], &err);
-  if (!s) {
-    enif_mutex_unlock(c->lock);
-    if (stops.stops) enif_free(stops.stops);
-    return err;
-  }
-  llama_token *prompt = NULL, *out = NULL;
-  unsigned n_prompt = 0, n_out = 0;
-  buf_t text = {0};
-  ErlNifEnv *msg_env = NULL;
-  ERL_NIF_TERM result;
-  if (!get_prompt(env, c, argv[2], &prompt, &n_prompt, &err)) {
-    result = err;
-    goto done;
-  }
-  int32_t pos = next_position(c);
-  uint32_t n_ctx = llama_n_ctx_seq(c->ctx); // what one sequence can hold
-  if (n_prompt == 0) {
-    result = lcx_error(env, ATOM_empty_prompt);
-    goto done;
-  }
-  if ((uint64_t)pos + n_prompt + (uint64_t)max_tokens > n_ctx) {
-    result = overflow_error(env, pos, n_prompt, max_tokens, n_ctx);
-    goto done;
-  }
-  out = enif_alloc(sizeof(llama_token) * (size_t)max_tokens);
-  if (streaming) msg_env = enif_alloc_env();
-  if (stream) atomic_store(&c->cancel, &stream->cancel);
-
-  const struct llama_vocab *vocab = c->model->vocab;
-  ERL_NIF_TERM finish = ATOM_max_tokens;
-  ErlNifTime t0 = enif_monotonic_time(ERL_NIF_USEC);
-  int32_t rc = abort_cb(c) ? 2 : decode_tokens(c, prompt, n_prompt);
-  ErlNifTime t1 = enif_monotonic_time(ERL_NIF_USEC);
-  size_t emitted = 0;
-  long n_sent = 0;
-  ErlNifTime decode_us = 0; // time in llama_decode during the token loop
-  char piece_buf[256];
-  while (rc == 0) {
-    bool threw;
-    llama_token tok = lcx_sampler_sample(s->chain, c->ctx, -1, &threw);
-    if (threw) {
-      rc = RC_SAMPLER_THREW;
-      break;
-    }
-    if (llama_vocab_is_eog(vocab, tok)) {
-      finish = ATOM_eog;
-      break;
-    }
-    out[n_out++] = tok;
-    int32_t n = lcx_token_to_piece(vocab, tok, piece_buf, sizeof piece_buf, 0, false, &threw);
-    if (threw) {
-      rc = RC_SAMPLER_THREW;
-      break;
-    }
-    size_t before = text.len;
-    if (n > 0)
-      buf_append(&text, piece_buf, (size_t)n);
-    else if (n < 0) {
-      char *big = enif_alloc((size_t)-n);
-      int32_t n2 = lcx_token_to_piece(vocab, tok, big, -n, 0, false, &threw);
-      if (!threw && n2 > 0) buf_append(&text, big, (size_t)n2);
-      enif_free(big);
-    }
-    if (stops.n_stops > 0) {
-      size_t from = before >= stops.max_stop ? before - stops.max_stop + 1 : 0;
-      size_t at = 0;
-      if (find_stop(&stops, &text, from, &at)) {
-        text.len = at;
-        finish = ATOM_stop;
-        break;
-      }
-    }
-    if (streaming) {
-      size_t safe = text.len - stop_prefix_hold(&stops, &text, emitted);
-      safe -= lcx_utf8_incomplete_tail(text.data, safe);
-      if (safe > emitted) {
-        if (!stream_wait_demand(stream, n_sent + 1)) {
-          rc = 2;
-          break;
-        }
-        send_chunk(env, &dest, msg_env, argv[6], text.data + emitted, safe - emitted);
-        n_sent++;
-        emitted = safe;
-      }
-    }
-    if (n_out >= (unsigned)max_tokens) break;
-    if (abort_cb(c)) {
-      rc = 2;
-      break;
-    }
-    ErlNifTime td = enif_monotonic_time(ERL_NIF_USEC);
-    rc = decode_tokens(c, &out[n_out - 1], 1);
-    decode_us += enif_monotonic_time(ERL_NIF_USEC) - td;
-  }
-  ErlNifTime t2 = enif_monotonic_time(ERL_NIF_USEC);
-  atomic_store(&c->cancel, NULL);
-  if (rc == 2) {
-    finish = ATOM_cancelled;
-    rc = 0;
-  }
-  if (rc != 0) {
-    result = decode_error(env, rc);
-    goto done;
-  }
-  if (streaming && text.len > emitted && finish != ATOM_cancelled && stream_wait_demand(stream, n_sent + 1))
-    send_chunk(env, &dest, msg_env, argv[6], text.data + emitted, text.len - emitted);
-  {
-    ERL_NIF_TERM keys[8] = {ATOM_text,
-                            ATOM_tokens,
-                            ATOM_finish_reason,
-                            ATOM_prompt_tokens,
-                            ATOM_generated_tokens,
-                            ATOM_prompt_ms,
-                            ATOM_generation_ms,
-                            enif_make_atom(env, "sample_ms")};
-    ERL_NIF_TERM vals[8] = {lcx_binary(env, text.data, text.len),
-                            lcx_make_tokens(env, out, n_out),
-                            finish,
-                            enif_make_uint(env, n_prompt),
-                            enif_make_uint(env, n_out),
-                            enif_make_double(env, (double)(t1 - t0) / 1000.0),
-                            enif_make_double(env, (double)(t2 - t1) / 1000.0),
-                            enif_make_double(env, (double)(t2 - t1 - decode_us) / 1000.0)};
-    ERL_NIF_TERM map;
-    enif_make_map_from_arrays(env, keys, vals, 8, &map);
-    result = lcx_ok(env, map);
-  }
-done:
-  enif_mutex_unlock(s->lock);
-  enif_mutex_unlock(c->lock);
-  if (prompt) enif_free(prompt);
-  if (out) enif_free(out);
-  if (text.data) enif_free(text.data);
-  if (msg_env) enif_free_env(msg_env);
-  if (stops.stops) enif_free(stops.stops);
-  return result;
 }

@@ -9,9 +9,12 @@
 
 typedef struct job {
   struct job *next;
-  lcx_free_kind kind;
+  int kind; // an lcx_free_kind, or JOIN_THREAD
   void *ptr;
+  ErlNifTid tid;
 } job;
+
+#define JOIN_THREAD -1
 
 static ErlNifMutex *mu;
 static ErlNifCond *cv;
@@ -21,6 +24,9 @@ static job *head, *tail;
 
 static void run_job(job *j) {
   switch (j->kind) {
+  case JOIN_THREAD:
+    enif_thread_join(j->tid, NULL);
+    break;
   case LCX_FREE_CONTEXT:
     llama_free(j->ptr);
     atomic_fetch_sub(&lcx_live_contexts, 1);
@@ -54,17 +60,7 @@ static void *janitor_main(void *arg) {
   return NULL;
 }
 
-void lcx_dispose(lcx_free_kind kind, void *ptr, bool in_destructor) {
-  if (!ptr) return;
-  job *j = in_destructor && started ? enif_alloc(sizeof(job)) : NULL;
-  if (!j) {
-    job now = {NULL, kind, ptr};
-    run_job(&now);
-    return;
-  }
-  j->next = NULL;
-  j->kind = kind;
-  j->ptr = ptr;
+static void enqueue(job *j) {
   enif_mutex_lock(mu);
   if (tail)
     tail->next = j;
@@ -73,6 +69,25 @@ void lcx_dispose(lcx_free_kind kind, void *ptr, bool in_destructor) {
   tail = j;
   enif_cond_signal(cv);
   enif_mutex_unlock(mu);
+}
+
+void lcx_dispose(lcx_free_kind kind, void *ptr, bool in_destructor) {
+  if (!ptr) return;
+  job *j = in_destructor && started ? enif_alloc(sizeof(job)) : NULL;
+  if (!j) {
+    job now = {.kind = (int)kind, .ptr = ptr};
+    run_job(&now);
+    return;
+  }
+  *j = (job){.kind = (int)kind, .ptr = ptr};
+  enqueue(j);
+}
+
+void lcx_janitor_join(ErlNifTid tid) {
+  job *j = enif_alloc(sizeof(job));
+  if (!j) return; // leaks a finished thread's stack rather than blocking
+  *j = (job){.kind = JOIN_THREAD, .tid = tid};
+  enqueue(j);
 }
 
 int lcx_janitor_load(void) {

@@ -24,6 +24,8 @@ typedef struct lcx_model {
   bool vocab_only; // no weights: no contexts
 } lcx_model;
 
+struct lcx_stream;
+
 typedef struct lcx_context {
   ErlNifMutex *lock; // serializes every use of `ctx`
   struct llama_context *ctx;
@@ -31,6 +33,9 @@ typedef struct lcx_context {
   atomic_int abort_all;         // set by free/1: abort whatever runs now
   _Atomic(atomic_int *) cancel; // cancel flag of the running stream, if any
   bool has_logits;              // the last decode left logits to sample from
+  ErlNifMutex *owner_mu;        // guards the two fields below (never held across llama.cpp calls)
+  struct lcx_stream *stream;    // the stream holding `lock`, kept alive while set
+  ErlNifPid stream_consumer;
 } lcx_context;
 
 typedef struct lcx_sampler {
@@ -40,18 +45,31 @@ typedef struct lcx_sampler {
   bool has_grammar; // sampling with a grammar can be slow: dirty scheduler
 } lcx_sampler;
 
-// A running stream. Flow control: the generation loop may compute one token
-// ahead, but sends chunk k only once the consumer has asked for k chunks
-// (`demanded`), so a consumer that stops asking stops generation within one
-// token, and a slow consumer never has more than one chunk queued. `cancel`
-// is set by the consumer (halt) or by its death (monitor); the loop checks it
-// between tokens and llama_decode's abort callback checks it inside a decode.
+// A stream: one generation running on a thread of its own (so a slow
+// consumer never holds a scheduler), sending text chunks to its consumer.
+// Flow control: the loop may compute one token ahead but sends chunk k only
+// once the consumer has asked for k chunks (`demanded`), so a consumer that
+// stops asking stops generation within one token and never has more than one
+// chunk waiting. `cancel` is set by the consumer (halt), by its death (a
+// monitor) or by Context.free/1; the loop checks it between tokens and
+// llama_decode's abort callback checks it inside a decode.
 typedef struct lcx_stream {
   atomic_int cancel;
   ErlNifMutex *mu;
   ErlNifCond *cv;
   long demanded; // under mu
   ErlNifMonitor mon;
+  ErlNifPid consumer;
+  // the job, owned by the stream
+  lcx_context *c; // kept while the thread runs
+  lcx_sampler *s; // kept while the thread runs
+  llama_token *prompt;
+  unsigned n_prompt;
+  int max_tokens;
+  ErlNifBinary *stops; // owned copies
+  unsigned n_stops;
+  ErlNifEnv *ref_env; // holds `ref`, the tag of every message
+  ERL_NIF_TERM ref;
 } lcx_stream;
 
 // A model load in progress. With a progress function, each progress report
@@ -71,6 +89,23 @@ extern ErlNifResourceType *LCX_SAMPLER_RT;
 extern ErlNifResourceType *LCX_STREAM_RT;
 extern ErlNifResourceType *LCX_LOAD_RT;
 
+// ---- context internals shared by context.c and generate.c ------------------------
+
+#define RC_DECODE_THREW INT32_MIN
+#define RC_SAMPLER_THREW (INT32_MIN + 1)
+bool lcx_abort_cb(void *data);
+// Locks a context for use: NULL (with *err) when the term is wrong, the context
+// is closed, or the caller is the consumer of a stream running on it (:busy).
+lcx_context *lcx_lock_context(ErlNifEnv *env, ERL_NIF_TERM t, ERL_NIF_TERM *err);
+// Locks the sampler after the context; checks both belong to one model.
+lcx_sampler *lcx_lock_sampler(ErlNifEnv *env, lcx_context *c, ERL_NIF_TERM t, ERL_NIF_TERM *err);
+int32_t lcx_next_position(lcx_context *c);
+// Decodes in n_batch chunks: 0, llama_decode's code (2 = aborted), or RC_DECODE_THREW.
+int32_t lcx_decode_tokens(lcx_context *c, llama_token *toks, unsigned n);
+ERL_NIF_TERM lcx_decode_error(ErlNifEnv *env, int32_t rc);
+ERL_NIF_TERM lcx_overflow_error(ErlNifEnv *env, int32_t pos, unsigned n_prompt, int max_tokens, uint32_t n_ctx);
+void lcx_stream_cancel(lcx_stream *st);
+
 // live object counts (for tests and leak checks)
 extern atomic_long lcx_live_models, lcx_live_contexts, lcx_live_samplers;
 
@@ -81,15 +116,15 @@ extern atomic_long lcx_live_models, lcx_live_contexts, lcx_live_samplers;
   X(error)                                                                                                             \
   X(true)                                                                                                              \
   X(false)                                                                                                             \
-  X(nil) X(closed) X(undefined) X(eog) X(max_tokens) X(stop) X(cancelled) X(chunk) X(context_overflow)                 \
-      X(prompt_tokens) X(n_ctx) X(max_tokens_key) X(invalid_token) X(decode_failed) X(no_kv_slot) X(aborted)           \
-          X(batch_too_large) X(empty_prompt) X(model_mismatch) X(invalid_grammar) X(load_failed) X(load_cancelled)     \
-              X(context_failed) X(sampler_failed) X(exception) X(template_failed) X(unknown_template) X(no_template)   \
-                  X(invalid_utf8) X(tokenize_failed) X(llama_log) X(debug) X(info) X(warn) X(cont) X(text) X(tokens)   \
-                      X(finish_reason) X(generated_tokens) X(prompt_ms) X(generation_ms) X(models) X(contexts)         \
-                          X(samplers) X(load_progress) X(n_batch) X(n_ubatch) X(n_seq_max) X(n_threads)                \
-                              X(n_threads_batch) X(embeddings) X(position) X(none) X(enabled) X(disabled) X(auto_)     \
-                                  X(available) X(needed)
+  X(nil)                                                                                                               \
+  X(closed) X(undefined) X(eog) X(max_tokens) X(stop) X(cancelled) X(chunk) X(context_overflow) X(prompt_tokens)       \
+      X(n_ctx) X(max_tokens_key) X(invalid_token) X(decode_failed) X(no_kv_slot) X(aborted) X(batch_too_large)         \
+          X(empty_prompt) X(model_mismatch) X(invalid_grammar) X(load_failed) X(load_cancelled) X(context_failed)      \
+              X(sampler_failed) X(exception) X(template_failed) X(unknown_template) X(no_template) X(invalid_utf8)     \
+                  X(tokenize_failed) X(llama_log) X(debug) X(info) X(warn) X(cont) X(text) X(tokens) X(finish_reason)  \
+                      X(generated_tokens) X(prompt_ms) X(generation_ms) X(models) X(contexts) X(samplers)              \
+                          X(load_progress) X(n_batch) X(n_ubatch) X(n_seq_max) X(n_threads) X(n_threads_batch)         \
+                              X(embeddings) X(position) X(none) X(enabled) X(disabled) X(auto_) X(available) X(needed)
 
 #define LCX_DECLARE_ATOM(name) extern ERL_NIF_TERM ATOM_##name;
 LCX_ATOMS(LCX_DECLARE_ATOM)
@@ -130,6 +165,8 @@ lcx_sampler *lcx_get_sampler(ErlNifEnv *env, ERL_NIF_TERM t);
 // ---- freeing ------------------------------------------------------------------
 
 typedef enum { LCX_FREE_CONTEXT, LCX_FREE_MODEL, LCX_FREE_SAMPLER } lcx_free_kind;
+// Joins a finished stream thread (from the janitor: a thread cannot join itself).
+void lcx_janitor_join(ErlNifTid tid);
 // Frees a llama.cpp object and updates the live counts: inline, or, from a
 // resource destructor, on the janitor thread (see janitor.c).
 void lcx_dispose(lcx_free_kind kind, void *ptr, bool in_destructor);

@@ -5,6 +5,7 @@
 int lcx_model_load_types(ErlNifEnv *env);
 int lcx_context_load_types(ErlNifEnv *env);
 int lcx_sampler_load_types(ErlNifEnv *env);
+int lcx_generate_load_types(ErlNifEnv *env);
 void lcx_model_init_system_info(void);
 
 LCX_NIF(nif_load_handle);
@@ -33,7 +34,7 @@ LCX_NIF(nif_context_info);
 LCX_NIF(nif_context_position);
 LCX_NIF(nif_context_clear);
 LCX_NIF(nif_context_decode);
-LCX_NIF(nif_stream_new);
+LCX_NIF(nif_stream_start);
 LCX_NIF(nif_stream_cancel);
 LCX_NIF(nif_stream_demand);
 LCX_NIF(nif_generate);
@@ -89,9 +90,11 @@ static ErlNifFunc nif_funcs[] = {
     {"context_clear", 1, nif_context_clear, DIRTY_CPU},
     // Forward passes: dirty CPU.
     {"context_decode", 2, nif_context_decode, DIRTY_CPU},
-    {"generate", 7, nif_generate, DIRTY_CPU},
-    // Allocate a handle / set an atomic flag: normal.
-    {"stream_new", 1, nif_stream_new, 0},
+    {"generate", 4, nif_generate, DIRTY_CPU},
+    // Copies the prompt and starts the stream's own thread (a long prompt
+    // list takes a while to copy): dirty CPU.
+    {"stream_start", 6, nif_stream_start, DIRTY_CPU},
+    // Set a flag or bump a counter: normal.
     {"stream_cancel", 1, nif_stream_cancel, 0},
     {"stream_demand", 1, nif_stream_demand, 0},
     // Template rendering is linear in the conversation: dirty CPU.
@@ -102,7 +105,9 @@ static ErlNifFunc nif_funcs[] = {
 
 static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   lcx_init_atoms(env);
-  if (lcx_model_load_types(env) || lcx_context_load_types(env) || lcx_sampler_load_types(env)) return -1;
+  if (lcx_model_load_types(env) || lcx_context_load_types(env) || lcx_sampler_load_types(env) ||
+      lcx_generate_load_types(env))
+    return -1;
   if (lcx_log_load() || lcx_janitor_load()) return -1;
   lcx_barrier_init();
   llama_backend_init();

@@ -157,7 +157,7 @@ defmodule LlamaCppEx do
       try do
         with {:ok, sampler} <- Sampler.create(model, Keyword.take(opts, Sampler.option_keys())) do
           try do
-            with {:ok, map} <- NIF.generate(ctx.ref, sampler.ref, tokens, gen, nil, nil, nil) do
+            with {:ok, map} <- NIF.generate(ctx.ref, sampler.ref, tokens, gen) do
               {:ok, Completion.from_native(map)}
             end
           after
@@ -224,24 +224,26 @@ defmodule LlamaCppEx do
           raise LlamaCppEx.Error, reason: reason
       end
 
-    consumer = self()
     ref = make_ref()
-    handle = NIF.stream_new(consumer)
+    # The generation runs on a native thread of its own; it sends
+    # {ref, {:chunk, text}} as chunks are asked for and {ref, {:done, result}} last.
+    case NIF.stream_start(ctx.ref, sampler.ref, tokens, gen, self(), ref) do
+      {:ok, handle} ->
+        %{
+          ref: ref,
+          handle: handle,
+          done: false,
+          ctx: ctx,
+          own_ctx?: own_ctx?,
+          sampler: sampler,
+          on_complete: on_complete
+        }
 
-    {runner, mon} =
-      spawn_monitor(fn ->
-        result =
-          try do
-            NIF.generate(ctx.ref, sampler.ref, tokens, gen, handle, consumer, ref)
-          after
-            Sampler.free(sampler)
-            if own_ctx?, do: Context.free(ctx)
-          end
-
-        send(consumer, {ref, {:done, result}})
-      end)
-
-    %{ref: ref, handle: handle, runner: runner, mon: mon, done: false, on_complete: on_complete}
+      {:error, reason} ->
+        Sampler.free(sampler)
+        if own_ctx?, do: Context.free(ctx)
+        raise LlamaCppEx.Error, reason: reason
+    end
   end
 
   defp ok!({:ok, a, b}), do: {a, b}
@@ -250,7 +252,7 @@ defmodule LlamaCppEx do
 
   defp next_chunk(%{done: true} = state), do: {:halt, state}
 
-  defp next_chunk(%{ref: ref, mon: mon, handle: handle} = state) do
+  defp next_chunk(%{ref: ref, handle: handle} = state) do
     # Ask for exactly one more chunk: the native loop never runs more than one
     # token ahead of what the consumer has asked for.
     NIF.stream_demand(handle)
@@ -263,37 +265,33 @@ defmodule LlamaCppEx do
         completed(state, map)
         {:halt, %{state | done: true}}
 
-      {:DOWN, ^mon, :process, _, :normal} ->
-        # cannot happen before :done (messages from one process keep their order)
-        {:halt, %{state | done: true}}
-
-      {^ref, {:done, {:error, reason}}} ->
+      {^ref, {:done, {:error, reason}}} = done ->
+        # stop_stream/1 runs next (with this state) and will look for it
+        send(self(), done)
         raise LlamaCppEx.Error, reason: reason
-
-      {:DOWN, ^mon, :process, _, reason} ->
-        raise LlamaCppEx.Error, reason: {:generation_crashed, reason}
     end
   end
 
-  defp stop_stream(%{ref: ref, mon: mon, done: done, handle: handle, runner: runner} = state) do
-    unless done, do: NIF.stream_cancel(handle)
-    # Wait for the runner to exit (it frees its context and sampler first); a
-    # fresh monitor works whether or not the old one's :DOWN was consumed.
-    Process.demonitor(mon, [:flush])
-    mon = Process.monitor(runner)
+  # After the last element, on halt (Enum.take/2) and after a raise above.
+  defp stop_stream(%{ref: ref, handle: handle, done: done} = state) do
+    unless done do
+      NIF.stream_cancel(handle)
 
-    receive do
-      {:DOWN, ^mon, :process, _, _} -> :ok
+      # the native thread always reports, cancelled or not
+      receive do
+        {^ref, {:done, {:ok, map}}} -> completed(state, map)
+        {^ref, {:done, _}} -> :ok
+      end
     end
 
-    # Everything the runner sent is in the mailbox now: report and flush it.
-    receive do
-      {^ref, {:done, {:ok, map}}} -> completed(state, map)
-    after
-      0 -> :ok
-    end
-
+    release(state)
     flush(ref)
+  end
+
+  defp release(%{sampler: sampler, ctx: ctx, own_ctx?: own_ctx?}) do
+    Sampler.free(sampler)
+    if own_ctx?, do: Context.free(ctx)
+    :ok
   end
 
   defp completed(%{on_complete: nil}, _map), do: :ok

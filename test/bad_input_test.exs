@@ -155,7 +155,7 @@ defmodule LlamaCppEx.BadInputTest do
     result =
       try do
         case LlamaCppEx.NIF.context_create(m.ref, opts) do
-          {:ok, ref} -> LlamaCppEx.NIF.generate(ref, s.ref, [1, 403, 407], %{max_tokens: 4, stop: []}, nil, nil, nil)
+          {:ok, ref} -> LlamaCppEx.NIF.generate(ref, s.ref, [1, 403, 407], %{max_tokens: 4, stop: []})
           other -> other
         end
       rescue
@@ -269,19 +269,20 @@ defmodule LlamaCppEx.BadInputTest do
       ok_opts = %{max_tokens: 4, stop: []}
 
       calls = [
-        fn -> NIF.generate(ctx.ref, sampler.ref, @once, [max_tokens: 4, stop: []], nil, nil, nil) end,
-        fn -> NIF.generate(ctx.ref, sampler.ref, @once, %{stop: []}, nil, nil, nil) end,
-        fn -> NIF.generate(ctx.ref, sampler.ref, @once, %{max_tokens: 0, stop: []}, nil, nil, nil) end,
-        fn -> NIF.generate(ctx.ref, sampler.ref, @once, %{max_tokens: 4.0, stop: []}, nil, nil, nil) end,
-        fn -> NIF.generate(ctx.ref, sampler.ref, @once, %{max_tokens: 4, stop: "x"}, nil, nil, nil) end,
-        fn -> NIF.generate(ctx.ref, sampler.ref, @once, %{max_tokens: 4, stop: [1]}, nil, nil, nil) end,
-        fn -> NIF.generate(ctx.ref, sampler.ref, @once, %{max_tokens: 4, stop: [""]}, nil, nil, nil) end,
+        fn -> NIF.generate(ctx.ref, sampler.ref, @once, max_tokens: 4, stop: []) end,
+        fn -> NIF.generate(ctx.ref, sampler.ref, @once, %{stop: []}) end,
+        fn -> NIF.generate(ctx.ref, sampler.ref, @once, %{max_tokens: 0, stop: []}) end,
+        fn -> NIF.generate(ctx.ref, sampler.ref, @once, %{max_tokens: 4.0, stop: []}) end,
+        fn -> NIF.generate(ctx.ref, sampler.ref, @once, %{max_tokens: 4, stop: "x"}) end,
+        fn -> NIF.generate(ctx.ref, sampler.ref, @once, %{max_tokens: 4, stop: [1]}) end,
+        fn -> NIF.generate(ctx.ref, sampler.ref, @once, %{max_tokens: 4, stop: [""]}) end,
         fn ->
-          NIF.generate(ctx.ref, sampler.ref, @once, %{max_tokens: 4, stop: Enum.map(1..65, &"s#{&1}")}, nil, nil, nil)
+          NIF.generate(ctx.ref, sampler.ref, @once, %{max_tokens: 4, stop: Enum.map(1..65, &"s#{&1}")})
         end,
-        fn -> NIF.generate(ctx.ref, sampler.ref, @once, ok_opts, :not_a_stream, nil, nil) end,
-        fn -> NIF.generate(ctx.ref, sampler.ref, :not_a_list, ok_opts, nil, nil, nil) end,
-        fn -> NIF.generate(ctx.ref, sampler.ref, [1 | 403], ok_opts, nil, nil, nil) end,
+        fn -> NIF.stream_start(ctx.ref, sampler.ref, @once, ok_opts, :not_a_pid, make_ref()) end,
+        fn -> NIF.stream_start(ctx.ref, sampler.ref, :not_a_list, ok_opts, self(), make_ref()) end,
+        fn -> NIF.generate(ctx.ref, sampler.ref, :not_a_list, ok_opts) end,
+        fn -> NIF.generate(ctx.ref, sampler.ref, [1 | 403], ok_opts) end,
         # via the public API: more than 64 stop strings are refused natively
         fn -> LlamaCppEx.generate(ctx.model, "Once", max_tokens: 2, stop: Enum.map(1..65, &"s#{&1}")) end
       ]
@@ -290,7 +291,7 @@ defmodule LlamaCppEx.BadInputTest do
         assert :ok = Context.clear(ctx)
         assert_raise ArgumentError, call
         assert {:ok, 0} = Context.position(ctx)
-        assert {:ok, %{text: @greedy_4}} = NIF.generate(ctx.ref, sampler.ref, @once, ok_opts, nil, nil, nil)
+        assert {:ok, %{text: @greedy_4}} = NIF.generate(ctx.ref, sampler.ref, @once, ok_opts)
         assert_works(ctx, sampler)
       end
     end
@@ -501,12 +502,12 @@ defmodule LlamaCppEx.BadInputTest do
         {"expected a context reference", fn -> NIF.context_decode(model.ref, [1]) end},
         {"expected a context reference", fn -> NIF.context_decode(sampler.ref, [1]) end},
         {"expected a context reference", fn -> NIF.context_decode(:ctx, [1]) end},
-        {"", fn -> NIF.generate(:a, :b, :c, :d, :e, :f, :g) end},
-        {"expected a context reference", fn -> NIF.generate(:a, sampler.ref, [1], opts, nil, nil, nil) end},
-        {"expected a context reference", fn -> NIF.generate(model.ref, sampler.ref, [1], opts, nil, nil, nil) end},
-        {"expected a context reference", fn -> NIF.generate(sampler.ref, ctx.ref, [1], opts, nil, nil, nil) end},
-        {"expected a sampler reference", fn -> NIF.generate(ctx.ref, model.ref, [1], opts, nil, nil, nil) end},
-        {"expected a sampler reference", fn -> NIF.generate(ctx.ref, ctx.ref, [1], opts, nil, nil, nil) end},
+        {"", fn -> NIF.generate(:a, :b, :c, :d) end},
+        {"expected a context reference", fn -> NIF.generate(:a, sampler.ref, [1], opts) end},
+        {"expected a context reference", fn -> NIF.generate(model.ref, sampler.ref, [1], opts) end},
+        {"expected a context reference", fn -> NIF.generate(sampler.ref, ctx.ref, [1], opts) end},
+        {"expected a sampler reference", fn -> NIF.generate(ctx.ref, model.ref, [1], opts) end},
+        {"expected a sampler reference", fn -> NIF.generate(ctx.ref, ctx.ref, [1], opts) end},
         {"expected a context reference", fn -> NIF.sampler_sample(sampler.ref, sampler.ref) end},
         {"expected a sampler reference", fn -> NIF.sampler_sample(ctx.ref, ctx.ref) end},
         {"expected a context reference", fn -> NIF.context_position(model.ref) end},
@@ -529,7 +530,7 @@ defmodule LlamaCppEx.BadInputTest do
         {"expected a sampler reference", fn -> NIF.sampler_free(ctx.ref) end},
         {"", fn -> NIF.load_cancel(ctx.ref) end},
         {"", fn -> NIF.stream_cancel(ctx.ref) end},
-        {"", fn -> NIF.stream_new(:not_a_pid) end}
+        {"", fn -> NIF.stream_start(:a, :b, :c, :d, :e, :f) end}
       ]
 
       for {message, fun} <- checks do

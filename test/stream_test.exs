@@ -142,6 +142,67 @@ defmodule LlamaCppEx.StreamTest do
     assert Enum.join(chunks) == reply
   end
 
+  test "a consumer using its stream's own context gets :busy, not a deadlock", %{model: model} do
+    {:ok, ctx} = LlamaCppEx.Context.create(model, n_ctx: 256)
+
+    results =
+      model
+      |> LlamaCppEx.stream(@prompt, context: ctx, max_tokens: 5)
+      |> Enum.map(fn _ -> LlamaCppEx.Context.position(ctx) end)
+
+    # while the stream holds the context (all but possibly the last chunk,
+    # after which the native thread may already have let go), the consumer
+    # gets :busy instead of waiting for itself
+    assert length(results) >= 3
+    assert Enum.all?(Enum.drop(results, -1), &(&1 == {:error, :busy})), inspect(results)
+    # once the stream is over, the context is the consumer's again
+    assert {:ok, _} = LlamaCppEx.Context.position(ctx)
+  end
+
+  test "freeing the context ends a stream that waits for its consumer", %{model: model} do
+    {:ok, ctx} = LlamaCppEx.Context.create(model, n_ctx: 1024)
+    me = self()
+    stream = LlamaCppEx.stream(model, @prompt, context: ctx, max_tokens: 500, on_complete: &send(me, {:done, &1}))
+
+    chunks =
+      Enum.reduce_while(stream, [], fn chunk, acc ->
+        # the stream now waits for the next demand; free the context from elsewhere
+        if acc == [], do: Task.await(Task.async(fn -> LlamaCppEx.Context.free(ctx) end), 5000)
+        {:cont, [chunk | acc]}
+      end)
+
+    assert length(chunks) <= 2
+    assert_received {:done, %{finish_reason: :cancelled}}
+    assert {:error, :closed} = LlamaCppEx.Context.position(ctx)
+  end
+
+  test "waiting streams hold no scheduler: other work goes on", %{model: model} do
+    # More suspended streams than this machine has dirty CPU schedulers.
+    n = :erlang.system_info(:dirty_cpu_schedulers) + 2
+    test_pid = self()
+
+    consumers =
+      for _ <- 1..n do
+        spawn(fn ->
+          model
+          |> LlamaCppEx.stream(@prompt, max_tokens: 200, n_ctx: 256)
+          |> Enum.each(fn _ ->
+            send(test_pid, {:first_chunk, self()})
+            # a very slow consumer
+            receive do
+              :stop -> exit(:normal)
+            end
+          end)
+        end)
+      end
+
+    for c <- consumers, do: assert_receive({:first_chunk, ^c}, 5000)
+    task = Task.async(fn -> LlamaCppEx.generate(model, @prompt, max_tokens: 8) end)
+    assert {:ok, _} = Task.yield(task, 5000)
+    for c <- consumers, do: send(c, :stop)
+    assert eventually(fn -> LlamaCppEx.live_objects().contexts == 0 end)
+  end
+
   test "many concurrent streams on one model", %{model: model} do
     tasks =
       for i <- 1..8 do

@@ -143,7 +143,7 @@ defmodule LlamaCppEx.Context do
   def generate(%__MODULE__{} = ctx, %Sampler{} = sampler, tokens, opts \\ []) when is_list(tokens) do
     opts = Keyword.validate!(opts, max_tokens: 256, stop: [])
 
-    with {:ok, map} <- NIF.generate(ctx.ref, sampler.ref, tokens, generate_opts(opts), nil, nil, nil) do
+    with {:ok, map} <- NIF.generate(ctx.ref, sampler.ref, tokens, generate_opts(opts)) do
       {:ok, Completion.from_native(map)}
     end
   end
