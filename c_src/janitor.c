@@ -12,9 +12,11 @@ typedef struct job {
   int kind; // an lcx_free_kind, or JOIN_THREAD
   void *ptr;
   ErlNifTid tid;
+  void (*fn)(void *);
 } job;
 
 #define JOIN_THREAD -1
+#define CALL -2
 
 static ErlNifMutex *mu;
 static ErlNifCond *cv;
@@ -26,6 +28,9 @@ static void run_job(job *j) {
   switch (j->kind) {
   case JOIN_THREAD:
     enif_thread_join(j->tid, NULL);
+    break;
+  case CALL:
+    j->fn(j->ptr);
     break;
   case LCX_FREE_CONTEXT:
     llama_free(j->ptr);
@@ -87,6 +92,16 @@ void lcx_janitor_join(ErlNifTid tid) {
   job *j = enif_alloc(sizeof(job));
   if (!j) return; // leaks a finished thread's stack rather than blocking
   *j = (job){.kind = JOIN_THREAD, .tid = tid};
+  enqueue(j);
+}
+
+void lcx_janitor_call(void (*fn)(void *), void *arg) {
+  job *j = started ? enif_alloc(sizeof(job)) : NULL;
+  if (!j) {
+    fn(arg);
+    return;
+  }
+  *j = (job){.kind = CALL, .fn = fn, .ptr = arg};
   enqueue(j);
 }
 

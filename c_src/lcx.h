@@ -19,9 +19,10 @@ typedef struct lcx_model {
   struct llama_model *model;
   const struct llama_vocab *vocab;
   int32_t n_vocab;
-  int dependants;  // live contexts + samplers (under `lock`, write)
-  bool closed;     // free/1 called; llama_model freed when dependants hit 0
-  bool vocab_only; // no weights: no contexts
+  ErlNifMutex *dep_mu; // guards `dependants`; never held across llama.cpp calls
+  int dependants;      // live contexts + samplers
+  atomic_bool closed;  // free/1 called; llama_model freed when dependants hit 0
+  bool vocab_only;     // no weights: no contexts
 } lcx_model;
 
 struct lcx_stream;
@@ -117,14 +118,15 @@ extern atomic_long lcx_live_models, lcx_live_contexts, lcx_live_samplers;
   X(true)                                                                                                              \
   X(false)                                                                                                             \
   X(nil)                                                                                                               \
-  X(closed) X(undefined) X(eog) X(max_tokens) X(stop) X(cancelled) X(chunk) X(context_overflow) X(prompt_tokens)       \
-      X(n_ctx) X(max_tokens_key) X(invalid_token) X(decode_failed) X(no_kv_slot) X(aborted) X(batch_too_large)         \
-          X(empty_prompt) X(model_mismatch) X(invalid_grammar) X(load_failed) X(load_cancelled) X(context_failed)      \
-              X(sampler_failed) X(exception) X(template_failed) X(unknown_template) X(no_template) X(invalid_utf8)     \
-                  X(tokenize_failed) X(llama_log) X(debug) X(info) X(warn) X(cont) X(text) X(tokens) X(finish_reason)  \
-                      X(generated_tokens) X(prompt_ms) X(generation_ms) X(models) X(contexts) X(samplers)              \
-                          X(load_progress) X(n_batch) X(n_ubatch) X(n_seq_max) X(n_threads) X(n_threads_batch)         \
-                              X(embeddings) X(position) X(none) X(enabled) X(disabled) X(auto_) X(available) X(needed)
+  X(closed)                                                                                                            \
+  X(undefined) X(eog) X(max_tokens) X(stop) X(cancelled) X(chunk) X(context_overflow) X(prompt_tokens) X(n_ctx)        \
+      X(max_tokens_key) X(invalid_token) X(decode_failed) X(no_kv_slot) X(aborted) X(batch_too_large) X(empty_prompt)  \
+          X(model_mismatch) X(invalid_grammar) X(load_failed) X(load_cancelled) X(context_failed) X(sampler_failed)    \
+              X(exception) X(template_failed) X(unknown_template) X(no_template) X(invalid_utf8) X(tokenize_failed)    \
+                  X(llama_log) X(debug) X(info) X(warn) X(cont) X(text) X(tokens) X(finish_reason) X(generated_tokens) \
+                      X(prompt_ms) X(generation_ms) X(models) X(contexts) X(samplers) X(load_progress) X(n_batch)      \
+                          X(n_ubatch) X(n_seq_max) X(n_threads) X(n_threads_batch) X(embeddings) X(position) X(none)   \
+                              X(enabled) X(disabled) X(auto_) X(available) X(needed)
 
 #define LCX_DECLARE_ATOM(name) extern ERL_NIF_TERM ATOM_##name;
 LCX_ATOMS(LCX_DECLARE_ATOM)
@@ -167,6 +169,8 @@ lcx_sampler *lcx_get_sampler(ErlNifEnv *env, ERL_NIF_TERM t);
 typedef enum { LCX_FREE_CONTEXT, LCX_FREE_MODEL, LCX_FREE_SAMPLER } lcx_free_kind;
 // Joins a finished stream thread (from the janitor: a thread cannot join itself).
 void lcx_janitor_join(ErlNifTid tid);
+// Runs fn(arg) on the janitor thread.
+void lcx_janitor_call(void (*fn)(void *), void *arg);
 // Frees a llama.cpp object and updates the live counts: inline, or, from a
 // resource destructor, on the janitor thread (see janitor.c).
 void lcx_dispose(lcx_free_kind kind, void *ptr, bool in_destructor);

@@ -12,35 +12,49 @@ ErlNifResourceType *LCX_MODEL_RT;
 ErlNifResourceType *LCX_LOAD_RT;
 atomic_long lcx_live_models;
 
-static void free_llama_model(lcx_model *m, bool in_destructor) {
-  if (m->model) {
-    lcx_dispose(LCX_FREE_MODEL, m->model, in_destructor);
-    m->model = NULL;
-    m->vocab = NULL;
-  }
-}
-
 static void model_dtor(ErlNifEnv *env, void *obj) {
   lcx_model *m = obj;
-  // No dependant can exist here: each holds a reference to this resource.
-  free_llama_model(m, true);
+  // Nothing can use the model now (users hold references): no lock needed.
+  if (m->model) lcx_dispose(LCX_FREE_MODEL, m->model, true);
   if (m->lock) enif_rwlock_destroy(m->lock);
+  if (m->dep_mu) enif_mutex_destroy(m->dep_mu);
+}
+
+// Frees the weights once readers (tokenize, introspection) are done.
+static void free_weights(lcx_model *m) {
+  enif_rwlock_rwlock(m->lock);
+  if (m->model) lcx_dispose(LCX_FREE_MODEL, m->model, false);
+  m->model = NULL;
+  m->vocab = NULL;
+  enif_rwlock_rwunlock(m->lock);
+}
+
+static void free_weights_and_release(void *arg) {
+  free_weights(arg);
+  enif_release_resource(arg);
 }
 
 bool lcx_model_acquire(lcx_model *m) {
-  enif_rwlock_rwlock(m->lock);
-  bool ok = !m->closed && m->model != NULL;
+  enif_mutex_lock(m->dep_mu);
+  bool ok = !atomic_load(&m->closed);
   if (ok) m->dependants++;
-  enif_rwlock_rwunlock(m->lock);
+  enif_mutex_unlock(m->dep_mu);
   if (ok) enif_keep_resource(m);
   return ok;
 }
 
 void lcx_model_release(lcx_model *m, bool in_destructor) {
-  enif_rwlock_rwlock(m->lock);
-  m->dependants--;
-  if (m->closed && m->dependants == 0) free_llama_model(m, in_destructor);
-  enif_rwlock_rwunlock(m->lock);
+  enif_mutex_lock(m->dep_mu);
+  bool last = --m->dependants == 0 && atomic_load(&m->closed);
+  enif_mutex_unlock(m->dep_mu);
+  if (last && in_destructor) {
+    // a destructor may run on a normal scheduler: waiting there for readers
+    // to let go of the write lock would block it, so the janitor does it
+    enif_keep_resource(m);
+    lcx_janitor_call(free_weights_and_release, m);
+  } else if (last) {
+    free_weights(m);
+  }
   enif_release_resource(m);
 }
 
@@ -247,6 +261,8 @@ LCX_NIF(nif_model_load) {
   }
   memset(m, 0, sizeof *m);
   m->lock = enif_rwlock_create("lcx_model");
+  m->dep_mu = enif_mutex_create("lcx_model_dependants");
+  atomic_init(&m->closed, false);
   m->model = model;
   m->vocab = llama_model_get_vocab(model);
   m->n_vocab = llama_vocab_n_tokens(m->vocab);
@@ -260,10 +276,11 @@ LCX_NIF(nif_model_load) {
 LCX_NIF(nif_model_free) {
   lcx_model *m = lcx_get_model(env, argv[0]);
   if (!m) return lcx_raise(env, "expected a model reference");
-  enif_rwlock_rwlock(m->lock);
-  m->closed = true;
-  if (m->dependants == 0) free_llama_model(m, false);
-  enif_rwlock_rwunlock(m->lock);
+  enif_mutex_lock(m->dep_mu);
+  atomic_store(&m->closed, true);
+  bool unused = m->dependants == 0;
+  enif_mutex_unlock(m->dep_mu);
+  if (unused) free_weights(m); // waits for readers: this NIF is dirty
   return ATOM_ok;
 }
 
