@@ -124,6 +124,10 @@ LCX_NIF(nif_load_handle) {
   atomic_init(&load->cancel, 0);
   load->mu = enif_mutex_create("lcx_load");
   load->cv = enif_cond_create("lcx_load");
+  if (!load->mu || !load->cv) {
+    enif_release_resource(load); // the destructor frees what was created
+    return lcx_raise(env, "out of memory");
+  }
   if (enif_monitor_process(env, load, &pid, &load->mon) != 0) atomic_store(&load->cancel, 1);
   ERL_NIF_TERM t = enif_make_resource(env, load);
   enif_release_resource(load);

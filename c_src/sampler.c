@@ -281,8 +281,15 @@ LCX_NIF(nif_sampler_create) {
     llama_sampler_chain_add(chain, stage);
   }
   lcx_sampler *s = enif_alloc_resource(LCX_SAMPLER_RT, sizeof(lcx_sampler));
-  memset(s, 0, sizeof *s);
-  s->lock = enif_mutex_create("lcx_sampler");
+  if (s) memset(s, 0, sizeof *s);
+  ErlNifMutex *lock = s ? enif_mutex_create("lcx_sampler") : NULL;
+  if (!lock) {
+    if (s) enif_release_resource(s); // empty: its destructor has nothing to free
+    llama_sampler_free(chain);
+    lcx_model_release(m, false);
+    return lcx_raise(env, "out of memory");
+  }
+  s->lock = lock;
   s->chain = chain;
   s->model = m;
   s->has_grammar = grammar;
