@@ -17,10 +17,36 @@ atomic_long lcx_live_contexts;
 
 // ---- resource lifecycle ----------------------------------------------------------------
 
+typedef struct {
+  struct llama_context *ctx;
+  struct ggml_threadpool *tp, *tp_batch;
+} native_ctx;
+
+static void free_native(void *arg) {
+  native_ctx *n = arg;
+  if (n->ctx) {
+    llama_free(n->ctx); // before the pools it uses
+    atomic_fetch_sub(&lcx_live_contexts, 1);
+  }
+  if (n->tp) ggml_threadpool_free(n->tp);
+  if (n->tp_batch) ggml_threadpool_free(n->tp_batch);
+}
+
+static void free_native_heap(void *arg) {
+  free_native(arg);
+  enif_free(arg);
+}
+
 static void destroy_context(lcx_context *c, bool in_destructor) {
-  if (c->ctx) {
-    lcx_dispose(LCX_FREE_CONTEXT, c->ctx, in_destructor);
-    c->ctx = NULL;
+  native_ctx n = {c->ctx, c->tp, c->tp_batch};
+  c->ctx = NULL;
+  c->tp = c->tp_batch = NULL;
+  native_ctx *heap = in_destructor && (n.ctx || n.tp) ? enif_alloc(sizeof n) : NULL;
+  if (heap) { // from a destructor: the janitor frees it
+    *heap = n;
+    lcx_janitor_call(free_native_heap, heap);
+  } else {
+    free_native(&n);
   }
   if (c->model) {
     lcx_model_release(c->model, in_destructor);
@@ -205,6 +231,21 @@ LCX_NIF(nif_context_create) {
     return err;
   }
   atomic_fetch_add(&lcx_live_contexts, 1);
+  // A pool of compute threads per context (as llama.cpp's own tools do); a
+  // second one for batches when their thread count differs, the first then
+  // starting paused so the two never spin at once.
+  struct ggml_threadpool_params tpp = ggml_threadpool_params_default(n_threads);
+  if (n_threads_batch != n_threads) {
+    struct ggml_threadpool_params tpp_batch = ggml_threadpool_params_default(n_threads_batch);
+    c->tp_batch = ggml_threadpool_new(&tpp_batch);
+    tpp.paused = true;
+  }
+  c->tp = ggml_threadpool_new(&tpp);
+  if (!c->tp || (n_threads_batch != n_threads && !c->tp_batch)) {
+    enif_release_resource(c); // dtor frees the context and any pool
+    return lcx_error_str(env, ATOM_context_failed, "could not start the compute threads");
+  }
+  llama_attach_threadpool(c->ctx, c->tp, c->tp_batch);
   ERL_NIF_TERM t = enif_make_resource(env, c);
   enif_release_resource(c);
   return lcx_ok(env, t);

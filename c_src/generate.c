@@ -7,7 +7,9 @@
 // token. Streams also send text chunks as they become safe to send: never
 // ending inside a UTF-8 character, never holding what may be the start of a
 // stop string, and only when the consumer has asked for them.
+#define _POSIX_C_SOURCE 200809L
 #include <string.h>
+#include <time.h>
 
 #include "lcx.h"
 
@@ -123,6 +125,13 @@ static void send_chunk(lcx_stream *st, ErlNifEnv *msg_env, const char *data, siz
   enif_clear_env(msg_env);
 }
 
+// enif_monotonic_time only works on scheduler threads; streams run on their own.
+static int64_t now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 // ---- the loop ------------------------------------------------------------------------------------
 
 typedef struct {
@@ -158,12 +167,12 @@ static ERL_NIF_TERM run_locked(ErlNifEnv *env, lcx_context *c, lcx_sampler *s, c
   long n_sent = 0;
   const struct llama_vocab *vocab = c->model->vocab;
   ERL_NIF_TERM finish = ATOM_max_tokens;
-  ErlNifTime decode_us = 0; // time in llama_decode during the token loop
+  int64_t decode_us = 0; // time in llama_decode during the token loop
   char piece_buf[256];
 
-  ErlNifTime t0 = enif_monotonic_time(ERL_NIF_USEC);
+  int64_t t0 = now_us();
   int32_t rc = lcx_abort_cb(c) ? 2 : lcx_decode_tokens(c, job->prompt, job->n_prompt);
-  ErlNifTime t1 = enif_monotonic_time(ERL_NIF_USEC);
+  int64_t t1 = now_us();
   while (rc == 0) {
     bool threw;
     llama_token tok = lcx_sampler_sample(s->chain, c->ctx, -1, &threw);
@@ -222,11 +231,11 @@ static ERL_NIF_TERM run_locked(ErlNifEnv *env, lcx_context *c, lcx_sampler *s, c
       rc = 2;
       break;
     }
-    ErlNifTime td = enif_monotonic_time(ERL_NIF_USEC);
+    int64_t td = now_us();
     rc = lcx_decode_tokens(c, &out[n_out - 1], 1);
-    decode_us += enif_monotonic_time(ERL_NIF_USEC) - td;
+    decode_us += now_us() - td;
   }
-  ErlNifTime t2 = enif_monotonic_time(ERL_NIF_USEC);
+  int64_t t2 = now_us();
   if (rc == 2) {
     finish = ATOM_cancelled;
     rc = 0;

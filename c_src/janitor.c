@@ -32,10 +32,6 @@ static void run_job(job *j) {
   case CALL:
     j->fn(j->ptr);
     break;
-  case LCX_FREE_CONTEXT:
-    llama_free(j->ptr);
-    atomic_fetch_sub(&lcx_live_contexts, 1);
-    break;
   case LCX_FREE_MODEL:
     llama_model_free(j->ptr);
     atomic_fetch_sub(&lcx_live_models, 1);

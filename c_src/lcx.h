@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ggml-cpu.h"
 #include "llama.h"
 
 // ---- resources ---------------------------------------------------------------
@@ -30,12 +31,14 @@ struct lcx_stream;
 typedef struct lcx_context {
   ErlNifMutex *lock; // serializes every use of `ctx`
   struct llama_context *ctx;
-  lcx_model *model;             // kept alive with enif_keep_resource
-  atomic_int abort_all;         // set by free/1: abort whatever runs now
-  _Atomic(atomic_int *) cancel; // cancel flag of the running stream, if any
-  bool has_logits;              // the last decode left logits to sample from
-  ErlNifMutex *owner_mu;        // guards the two fields below (never held across llama.cpp calls)
-  struct lcx_stream *stream;    // the stream holding `lock`, kept alive while set
+  struct ggml_threadpool *tp;       // compute threads for single tokens
+  struct ggml_threadpool *tp_batch; // and for batches (NULL: same as tp)
+  lcx_model *model;                 // kept alive with enif_keep_resource
+  atomic_int abort_all;             // set by free/1: abort whatever runs now
+  _Atomic(atomic_int *) cancel;     // cancel flag of the running stream, if any
+  bool has_logits;                  // the last decode left logits to sample from
+  ErlNifMutex *owner_mu;            // guards the two fields below (never held across llama.cpp calls)
+  struct lcx_stream *stream;        // the stream holding `lock`, kept alive while set
   ErlNifPid stream_consumer;
 } lcx_context;
 
@@ -119,14 +122,15 @@ extern atomic_long lcx_live_models, lcx_live_contexts, lcx_live_samplers;
   X(false)                                                                                                             \
   X(nil)                                                                                                               \
   X(closed)                                                                                                            \
-  X(undefined) X(eog) X(max_tokens) X(stop) X(cancelled) X(chunk) X(context_overflow) X(prompt_tokens) X(n_ctx)        \
-      X(max_tokens_key) X(invalid_token) X(decode_failed) X(no_kv_slot) X(aborted) X(batch_too_large) X(empty_prompt)  \
-          X(model_mismatch) X(invalid_grammar) X(load_failed) X(load_cancelled) X(context_failed) X(sampler_failed)    \
-              X(exception) X(template_failed) X(unknown_template) X(no_template) X(invalid_utf8) X(tokenize_failed)    \
-                  X(llama_log) X(debug) X(info) X(warn) X(cont) X(text) X(tokens) X(finish_reason) X(generated_tokens) \
-                      X(prompt_ms) X(generation_ms) X(models) X(contexts) X(samplers) X(load_progress) X(n_batch)      \
-                          X(n_ubatch) X(n_seq_max) X(n_threads) X(n_threads_batch) X(embeddings) X(position) X(none)   \
-                              X(enabled) X(disabled) X(auto_) X(available) X(needed)
+  X(undefined)                                                                                                         \
+  X(eog) X(max_tokens) X(stop) X(cancelled) X(chunk) X(context_overflow) X(prompt_tokens) X(n_ctx) X(max_tokens_key)   \
+      X(invalid_token) X(decode_failed) X(no_kv_slot) X(aborted) X(batch_too_large) X(empty_prompt) X(model_mismatch)  \
+          X(invalid_grammar) X(load_failed) X(load_cancelled) X(context_failed) X(sampler_failed) X(exception)         \
+              X(template_failed) X(unknown_template) X(no_template) X(invalid_utf8) X(tokenize_failed) X(llama_log)    \
+                  X(debug) X(info) X(warn) X(cont) X(text) X(tokens) X(finish_reason) X(generated_tokens) X(prompt_ms) \
+                      X(generation_ms) X(models) X(contexts) X(samplers) X(load_progress) X(n_batch) X(n_ubatch)       \
+                          X(n_seq_max) X(n_threads) X(n_threads_batch) X(embeddings) X(position) X(none) X(enabled)    \
+                              X(disabled) X(auto_) X(available) X(needed)
 
 #define LCX_DECLARE_ATOM(name) extern ERL_NIF_TERM ATOM_##name;
 LCX_ATOMS(LCX_DECLARE_ATOM)
@@ -166,7 +170,7 @@ lcx_sampler *lcx_get_sampler(ErlNifEnv *env, ERL_NIF_TERM t);
 
 // ---- freeing ------------------------------------------------------------------
 
-typedef enum { LCX_FREE_CONTEXT, LCX_FREE_MODEL, LCX_FREE_SAMPLER } lcx_free_kind;
+typedef enum { LCX_FREE_MODEL, LCX_FREE_SAMPLER } lcx_free_kind;
 // Joins a finished stream thread (from the janitor: a thread cannot join itself).
 void lcx_janitor_join(ErlNifTid tid);
 // Runs fn(arg) on the janitor thread.

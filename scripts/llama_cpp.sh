@@ -108,6 +108,12 @@ cmake_flags() {
     -DLLAMA_OPENSSL=OFF
     -DLLAMA_CURL=OFF
     -DGGML_BACKEND_DL=OFF
+    # ggml's own thread pools instead of OpenMP: the NIF gives every context a
+    # pool of its own. OpenMP keeps one team per calling thread, and with
+    # decodes coming from several dirty schedulers and stream threads, libgomp
+    # sees more threads than CPUs and throttles its spinning (5-10x slower
+    # tokens on small models).
+    -DGGML_OPENMP=OFF
   )
   if [ "${LLAMA_PORTABLE:-0}" = "1" ]; then flags+=(-DGGML_NATIVE=OFF); else flags+=(-DGGML_NATIVE=ON); fi
   case "$backend" in
