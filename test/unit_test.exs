@@ -40,6 +40,12 @@ defmodule LlamaCppEx.UnitTest do
     assert_raise ArgumentError, fn -> Chat.apply_template(nil, [{"user", <<0xFF>>}], template: "chatml") end
   end
 
+  test "default compute threads leave a core to the schedulers" do
+    n = LlamaCppEx.Context.default_threads()
+    assert is_integer(n) and n >= 1
+    assert n == 1 or n < System.schedulers_online()
+  end
+
   test "completion rates" do
     c = %Completion{prompt_tokens: 10, prompt_ms: 5.0, generated_tokens: 100, generation_ms: 50.0}
     assert Completion.prompt_tokens_per_second(c) == 2000.0

@@ -60,8 +60,8 @@ defmodule LlamaCppEx.Context do
       at most `n_ctx`).
     * `:n_ubatch` - physical micro-batch size (default `512`).
     * `:n_threads` / `:n_threads_batch` - CPU threads for generation and for
-      prompt processing (default: the number of online schedulers; at most
-      the number of available CPUs).
+      prompt processing (default: `default_threads/0`; at most the number of
+      available CPUs).
     * `:n_seq_max` - independent sequences (default `1`).
     * `:embeddings` - extract embeddings (default `false`).
     * `:flash_attn` - `:auto`, `true` or `false` (default `:auto`).
@@ -72,7 +72,7 @@ defmodule LlamaCppEx.Context do
   """
   @spec create(Model.t(), keyword()) :: {:ok, t()} | {:error, term()}
   def create(%Model{} = model, opts \\ []) do
-    threads = System.schedulers_online()
+    threads = default_threads()
 
     opts =
       Keyword.validate!(opts,
@@ -113,6 +113,41 @@ defmodule LlamaCppEx.Context do
          {:ok, info} <- NIF.context_info(ref) do
       {:ok, struct!(__MODULE__, Map.merge(info, %{ref: ref, model: model, embeddings: native.embeddings}))}
     end
+  end
+
+  @doc """
+  The default number of compute threads: the physical cores, less one left
+  to the BEAM's own schedulers (at least one).
+
+  llama.cpp's tools use every physical core. Inside a running system, compute
+  threads that occupy every core compete with the schedulers: a process on a
+  normal scheduler then waits for the OS to preempt a compute thread (several
+  milliseconds on a 2-core machine), and a stream's consumer delays every
+  token it is sent. Pass `n_threads:` explicitly to use every core.
+  """
+  @spec default_threads() :: pos_integer()
+  def default_threads do
+    cores =
+      case physical_cores(:erlang.system_info(:cpu_topology)) do
+        0 -> System.schedulers_online()
+        n -> n
+      end
+
+    max(1, min(cores, System.schedulers_online()) - 1)
+  end
+
+  # cpu_topology: nodes > processors > cores > threads; a core without
+  # threads is given as {:logical, id}.
+  defp physical_cores(:undefined), do: 0
+
+  defp physical_cores(topology) when is_list(topology) do
+    Enum.reduce(topology, 0, fn
+      {:core, _}, acc -> acc + 1
+      {:core, _info, _}, acc -> acc + 1
+      {_level, children}, acc when is_list(children) -> acc + physical_cores(children)
+      {_level, _info, children}, acc when is_list(children) -> acc + physical_cores(children)
+      _, acc -> acc
+    end)
   end
 
   @doc """
