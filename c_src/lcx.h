@@ -123,8 +123,10 @@ extern atomic_long lcx_live_models, lcx_live_contexts, lcx_live_samplers;
   X(nil)                                                                                                               \
   X(closed)                                                                                                            \
   X(undefined)                                                                                                         \
-  X(eog) X(max_tokens) X(stop) X(cancelled) X(chunk) X(context_overflow) X(prompt_tokens) X(n_ctx) X(max_tokens_key)   \
-      X(invalid_token) X(decode_failed) X(no_kv_slot) X(aborted) X(batch_too_large) X(empty_prompt) X(model_mismatch)  \
+  X(eog)                                                                                                               \
+  X(max_tokens)                                                                                                        \
+  X(stop) X(cancelled) X(chunk) X(context_overflow) X(prompt_tokens) X(n_ctx) X(max_tokens_key) X(invalid_token)       \
+      X(decode_failed) X(no_kv_slot) X(aborted) X(batch_too_large) X(empty_prompt) X(model_mismatch)                   \
           X(invalid_grammar) X(load_failed) X(load_cancelled) X(context_failed) X(sampler_failed) X(exception)         \
               X(template_failed) X(unknown_template) X(no_template) X(invalid_utf8) X(tokenize_failed) X(llama_log)    \
                   X(debug) X(info) X(warn) X(cont) X(text) X(tokens) X(finish_reason) X(generated_tokens) X(prompt_ms) \
@@ -157,6 +159,8 @@ bool lcx_get_double(ErlNifEnv *env, ERL_NIF_TERM t, double *out); // int or floa
 bool lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab, llama_token **out, unsigned *n_out,
                     ERL_NIF_TERM *bad);
 ERL_NIF_TERM lcx_make_tokens(ErlNifEnv *env, const llama_token *toks, size_t n);
+// A map with atom keys (at most 32).
+ERL_NIF_TERM lcx_make_map(ErlNifEnv *env, const char *const *keys, const ERL_NIF_TERM *vals, unsigned n);
 // {:error, {:invalid_token, {token_term, n_vocab}}}
 ERL_NIF_TERM lcx_invalid_token(ErlNifEnv *env, ERL_NIF_TERM token, int32_t n_vocab);
 
@@ -180,6 +184,10 @@ void lcx_janitor_call(void (*fn)(void *), void *arg);
 void lcx_dispose(lcx_free_kind kind, void *ptr, bool in_destructor);
 int lcx_janitor_load(void);
 void lcx_janitor_unload(void);
+
+// Read-locks a model for use; NULL (with *err: ArgumentError or {:error, :closed})
+// when the term is not a model or the model was freed. Unlock with enif_rwlock_runlock(m->lock).
+lcx_model *lcx_read_model(ErlNifEnv *env, ERL_NIF_TERM t, ERL_NIF_TERM *err);
 
 // Model dependants bookkeeping (contexts and samplers pin the llama_model).
 bool lcx_model_acquire(lcx_model *m); // false if the model is closed

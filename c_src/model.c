@@ -288,6 +288,21 @@ LCX_NIF(nif_model_free) {
   return ATOM_ok;
 }
 
+lcx_model *lcx_read_model(ErlNifEnv *env, ERL_NIF_TERM t, ERL_NIF_TERM *err) {
+  lcx_model *m = lcx_get_model(env, t);
+  if (!m) {
+    *err = lcx_raise(env, "expected a model reference");
+    return NULL;
+  }
+  enif_rwlock_rlock(m->lock);
+  if (!m->model || m->closed) {
+    enif_rwlock_runlock(m->lock);
+    *err = lcx_error(env, ATOM_closed);
+    return NULL;
+  }
+  return m;
+}
+
 // ---- introspection -------------------------------------------------------------------
 
 static ERL_NIF_TERM meta_string(ErlNifEnv *env, int32_t (*get)(const struct llama_model *, int32_t, char *, size_t),
@@ -306,13 +321,9 @@ static ERL_NIF_TERM meta_string(ErlNifEnv *env, int32_t (*get)(const struct llam
 
 // model_info(model) -> map of everything cheap to read once after load
 LCX_NIF(nif_model_info) {
-  lcx_model *m = lcx_get_model(env, argv[0]);
-  if (!m) return lcx_raise(env, "expected a model reference");
-  enif_rwlock_rlock(m->lock);
-  if (!m->model || m->closed) {
-    enif_rwlock_runlock(m->lock);
-    return lcx_error(env, ATOM_closed);
-  }
+  ERL_NIF_TERM err;
+  lcx_model *m = lcx_read_model(env, argv[0], &err);
+  if (!m) return err;
   const struct llama_model *model = m->model;
   char desc[256];
   llama_model_desc(model, desc, sizeof desc);
@@ -338,22 +349,14 @@ LCX_NIF(nif_model_info) {
       llama_model_has_decoder(model) ? ATOM_true : ATOM_false,
   };
   enif_rwlock_runlock(m->lock);
-  ERL_NIF_TERM kt[13], map;
-  for (int i = 0; i < 13; i++)
-    kt[i] = enif_make_atom(env, keys[i]);
-  enif_make_map_from_arrays(env, kt, vals, 13, &map);
-  return lcx_ok(env, map);
+  return lcx_ok(env, lcx_make_map(env, keys, vals, 13));
 }
 
 // model_metadata(model) -> %{key => value} (all GGUF key/values as strings)
 LCX_NIF(nif_model_metadata) {
-  lcx_model *m = lcx_get_model(env, argv[0]);
-  if (!m) return lcx_raise(env, "expected a model reference");
-  enif_rwlock_rlock(m->lock);
-  if (!m->model || m->closed) {
-    enif_rwlock_runlock(m->lock);
-    return lcx_error(env, ATOM_closed);
-  }
+  ERL_NIF_TERM err;
+  lcx_model *m = lcx_read_model(env, argv[0], &err);
+  if (!m) return err;
   int32_t n = llama_model_meta_count(m->model);
   ERL_NIF_TERM map = enif_make_new_map(env);
   for (int32_t i = 0; i < n; i++) {
@@ -367,8 +370,7 @@ LCX_NIF(nif_model_metadata) {
 
 // model_chat_template(model, name | nil) -> binary | nil
 LCX_NIF(nif_model_chat_template) {
-  lcx_model *m = lcx_get_model(env, argv[0]);
-  if (!m) return lcx_raise(env, "expected a model reference");
+  if (!lcx_get_model(env, argv[0])) return lcx_raise(env, "expected a model reference");
   char name[128];
   bool named = false;
   if (!enif_is_identical(argv[1], ATOM_nil)) {
@@ -379,11 +381,9 @@ LCX_NIF(nif_model_chat_template) {
     name[b.size] = '\0';
     named = true;
   }
-  enif_rwlock_rlock(m->lock);
-  if (!m->model || m->closed) {
-    enif_rwlock_runlock(m->lock);
-    return lcx_error(env, ATOM_closed);
-  }
+  ERL_NIF_TERM err;
+  lcx_model *m = lcx_read_model(env, argv[0], &err);
+  if (!m) return err;
   const char *t = llama_model_chat_template(m->model, named ? name : NULL);
   ERL_NIF_TERM r = t ? lcx_cstr(env, t) : ATOM_nil;
   enif_rwlock_runlock(m->lock);

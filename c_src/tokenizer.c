@@ -5,22 +5,6 @@
 
 #include "lcx.h"
 
-// Locks the model for reading; returns NULL (with *err set) when closed.
-static lcx_model *use_model(ErlNifEnv *env, ERL_NIF_TERM t, ERL_NIF_TERM *err) {
-  lcx_model *m = lcx_get_model(env, t);
-  if (!m) {
-    *err = lcx_raise(env, "expected a model reference");
-    return NULL;
-  }
-  enif_rwlock_rlock(m->lock);
-  if (!m->model || m->closed) {
-    enif_rwlock_runlock(m->lock);
-    *err = lcx_error(env, ATOM_closed);
-    return NULL;
-  }
-  return m;
-}
-
 // tokenize(model, text, add_special, parse_special)
 LCX_NIF(nif_tokenize) {
   ErlNifBinary text;
@@ -30,7 +14,7 @@ LCX_NIF(nif_tokenize) {
   if (!lcx_get_bool(env, argv[2], &add_special) || !lcx_get_bool(env, argv[3], &parse_special))
     return lcx_raise(env, "add_special and parse_special must be booleans");
   ERL_NIF_TERM err;
-  lcx_model *m = use_model(env, argv[0], &err);
+  lcx_model *m = lcx_read_model(env, argv[0], &err);
   if (!m) return err;
   int32_t cap = (int32_t)text.size + 8;
   llama_token stack_buf[512];
@@ -67,7 +51,7 @@ LCX_NIF(nif_detokenize) {
   if (!lcx_get_bool(env, argv[2], &remove_special) || !lcx_get_bool(env, argv[3], &unparse_special))
     return lcx_raise(env, "remove_special and unparse_special must be booleans");
   ERL_NIF_TERM err;
-  lcx_model *m = use_model(env, argv[0], &err);
+  lcx_model *m = lcx_read_model(env, argv[0], &err);
   if (!m) return err;
   llama_token *toks;
   unsigned n;
@@ -119,7 +103,7 @@ LCX_NIF(nif_token_to_piece) {
   if (!enif_get_int(env, argv[1], &token)) return lcx_raise(env, "token must be an integer");
   if (!lcx_get_bool(env, argv[2], &special)) return lcx_raise(env, "special must be a boolean");
   ERL_NIF_TERM err;
-  lcx_model *m = use_model(env, argv[0], &err);
+  lcx_model *m = lcx_read_model(env, argv[0], &err);
   if (!m) return err;
   if (token < 0 || token >= m->n_vocab) {
     int32_t n_vocab = m->n_vocab;
@@ -152,7 +136,7 @@ static ERL_NIF_TERM tok_or_nil(ErlNifEnv *env, llama_token t) {
 // vocab_info(model) -> %{bos:, eos:, eot:, sep:, nl:, pad:, n_vocab:, add_bos:, add_eos:, type:}
 LCX_NIF(nif_vocab_info) {
   ERL_NIF_TERM err;
-  lcx_model *m = use_model(env, argv[0], &err);
+  lcx_model *m = lcx_read_model(env, argv[0], &err);
   if (!m) return err;
   const struct llama_vocab *v = m->vocab;
   const char *keys[] = {"bos",     "eos",     "eot",     "sep",     "nl",      "pad", "fim_pre",
@@ -173,19 +157,15 @@ LCX_NIF(nif_vocab_info) {
       enif_make_int(env, (int)llama_vocab_type(v)),
   };
   enif_rwlock_runlock(m->lock);
-  ERL_NIF_TERM kt[13], map;
-  for (int i = 0; i < 13; i++)
-    kt[i] = enif_make_atom(env, keys[i]);
-  enif_make_map_from_arrays(env, kt, vals, 13, &map);
-  return lcx_ok(env, map);
+  return lcx_ok(env, lcx_make_map(env, keys, vals, 13));
 }
 
-// token_attrs(model, token) -> {:ok, {eog?, control?}}
+// token_is_eog(model, token) -> {:ok, boolean}
 LCX_NIF(nif_token_is_eog) {
   int token;
   if (!enif_get_int(env, argv[1], &token)) return lcx_raise(env, "token must be an integer");
   ERL_NIF_TERM err;
-  lcx_model *m = use_model(env, argv[0], &err);
+  lcx_model *m = lcx_read_model(env, argv[0], &err);
   if (!m) return err;
   ERL_NIF_TERM r;
   if (token < 0 || token >= m->n_vocab)

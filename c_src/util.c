@@ -111,6 +111,15 @@ ERL_NIF_TERM lcx_make_tokens(ErlNifEnv *env, const llama_token *toks, size_t n) 
   return list;
 }
 
+ERL_NIF_TERM lcx_make_map(ErlNifEnv *env, const char *const *keys, const ERL_NIF_TERM *vals, unsigned n) {
+  ERL_NIF_TERM kt[32], map;
+  if (n > 32) n = 32;
+  for (unsigned i = 0; i < n; i++)
+    kt[i] = enif_make_atom(env, keys[i]);
+  enif_make_map_from_arrays(env, kt, vals, n, &map);
+  return map;
+}
+
 ERL_NIF_TERM lcx_invalid_token(ErlNifEnv *env, ERL_NIF_TERM token, int32_t n_vocab) {
   return lcx_error2(env, ATOM_invalid_token, enif_make_tuple2(env, token, enif_make_int(env, n_vocab)));
 }

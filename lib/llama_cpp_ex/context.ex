@@ -13,6 +13,7 @@ defmodule LlamaCppEx.Context do
       completion.text
   """
 
+  import LlamaCppEx.Options
   alias LlamaCppEx.{Completion, Model, NIF, Sampler}
 
   @enforce_keys [:ref, :model]
@@ -240,27 +241,6 @@ defmodule LlamaCppEx.Context do
       do: raise(ArgumentError, "#{inspect(key)} must be at most the #{cpus} available CPUs, got: #{n}")
 
     n
-  end
-
-  defp pos!(opts, key) do
-    case opts[key] do
-      v when is_integer(v) and v > 0 and v < 2_147_483_648 -> v
-      v -> raise ArgumentError, "#{inspect(key)} must be a positive integer, got: #{inspect(v)}"
-    end
-  end
-
-  defp non_neg!(opts, key) do
-    case opts[key] do
-      v when is_integer(v) and v >= 0 and v < 2_147_483_648 -> v
-      v -> raise ArgumentError, "#{inspect(key)} must be a non-negative integer, got: #{inspect(v)}"
-    end
-  end
-
-  defp bool!(opts, key) do
-    case opts[key] do
-      v when is_boolean(v) -> v
-      v -> raise ArgumentError, "#{inspect(key)} must be a boolean, got: #{inspect(v)}"
-    end
   end
 
   defimpl Inspect do

@@ -12,6 +12,7 @@ defmodule LlamaCppEx.Model do
       LlamaCppEx.Model.architecture(model) #=> "llama"
   """
 
+  import LlamaCppEx.Options
   alias LlamaCppEx.NIF
 
   @enforce_keys [:ref, :path]
@@ -282,20 +283,6 @@ defmodule LlamaCppEx.Model do
   """
   @spec metadata(t()) :: {:ok, %{String.t() => String.t()}} | {:error, :closed}
   def metadata(%__MODULE__{ref: ref}), do: NIF.model_metadata(ref)
-
-  defp int!(opts, key) do
-    case opts[key] do
-      v when is_integer(v) -> v
-      v -> raise ArgumentError, "#{inspect(key)} must be an integer, got: #{inspect(v)}"
-    end
-  end
-
-  defp bool!(opts, key) do
-    case opts[key] do
-      v when is_boolean(v) -> v
-      v -> raise ArgumentError, "#{inspect(key)} must be a boolean, got: #{inspect(v)}"
-    end
-  end
 
   defimpl Inspect do
     def inspect(m, _opts) do

@@ -40,6 +40,7 @@ defmodule LlamaCppEx.Sampler do
       `:temperature` (default: that order, as llama.cpp).
   """
 
+  import LlamaCppEx.Options
   alias LlamaCppEx.{Context, Model, NIF}
 
   @enforce_keys [:ref, :model]
@@ -274,24 +275,10 @@ defmodule LlamaCppEx.Sampler do
   defp seed!(s) when is_integer(s) and s >= 0 and s <= 0xFFFFFFFF, do: s
   defp seed!(s), do: raise(ArgumentError, ":seed must be :random or an integer in 0..0xFFFFFFFF, got: #{inspect(s)}")
 
-  defp num!(opts, key) do
-    case opts[key] do
-      v when is_number(v) -> v / 1
-      v -> raise ArgumentError, "#{inspect(key)} must be a number, got: #{inspect(v)}"
-    end
-  end
-
   defp prob!(opts, key) do
     v = num!(opts, key)
     if v < 0.0 or v > 1.0, do: raise(ArgumentError, "#{inspect(key)} must be within 0.0..1.0, got: #{v}")
     v
-  end
-
-  defp int!(opts, key, min) do
-    case opts[key] do
-      v when is_integer(v) and v >= min and v < 2_147_483_648 -> v
-      v -> raise ArgumentError, "#{inspect(key)} must be an integer >= #{min}, got: #{inspect(v)}"
-    end
   end
 
   defimpl Inspect do

@@ -10,6 +10,7 @@ defmodule LlamaCppEx.Tokenizer do
   kilobytes go to a dirty scheduler so they never block the VM.
   """
 
+  import LlamaCppEx.Options
   alias LlamaCppEx.{Model, NIF}
 
   # Beyond this size tokenizing can take over ~1 ms: use a dirty scheduler.
@@ -116,11 +117,4 @@ defmodule LlamaCppEx.Tokenizer do
   @doc "Number of tokens in the vocabulary."
   @spec vocab_size(Model.t()) :: pos_integer()
   def vocab_size(%Model{n_vocab: n}), do: n
-
-  defp bool!(opts, key) do
-    case opts[key] do
-      v when is_boolean(v) -> v
-      v -> raise ArgumentError, "#{inspect(key)} must be a boolean, got: #{inspect(v)}"
-    end
-  end
 end

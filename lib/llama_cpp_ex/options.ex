@@ -1,0 +1,31 @@
+defmodule LlamaCppEx.Options do
+  @moduledoc false
+  # Type and range checks for option values, shared by the public modules.
+  # Each raises ArgumentError naming the option.
+
+  @int32_max 2_147_483_647
+
+  def bool!(opts, key) do
+    case opts[key] do
+      v when is_boolean(v) -> v
+      v -> raise ArgumentError, "#{inspect(key)} must be a boolean, got: #{inspect(v)}"
+    end
+  end
+
+  def int!(opts, key, min \\ -@int32_max - 1) do
+    case opts[key] do
+      v when is_integer(v) and v >= min and v <= @int32_max -> v
+      v -> raise ArgumentError, "#{inspect(key)} must be an integer >= #{min}, got: #{inspect(v)}"
+    end
+  end
+
+  def pos!(opts, key), do: int!(opts, key, 1)
+  def non_neg!(opts, key), do: int!(opts, key, 0)
+
+  def num!(opts, key) do
+    case opts[key] do
+      v when is_number(v) -> v / 1
+      v -> raise ArgumentError, "#{inspect(key)} must be a number, got: #{inspect(v)}"
+    end
+  end
+end
