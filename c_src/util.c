@@ -112,11 +112,13 @@ ERL_NIF_TERM lcx_make_tokens(ErlNifEnv *env, const llama_token *toks, size_t n) 
 }
 
 ERL_NIF_TERM lcx_make_map(ErlNifEnv *env, const char *const *keys, const ERL_NIF_TERM *vals, unsigned n) {
-  ERL_NIF_TERM kt[32], map;
+  ERL_NIF_TERM kt[32], vt[32], map;
   if (n > 32) n = 32;
-  for (unsigned i = 0; i < n; i++)
+  for (unsigned i = 0; i < n; i++) {
     kt[i] = enif_make_atom(env, keys[i]);
-  enif_make_map_from_arrays(env, kt, vals, n, &map);
+    vt[i] = vals[i];
+  }
+  enif_make_map_from_arrays(env, kt, vt, n, &map);
   return map;
 }
 
