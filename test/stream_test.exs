@@ -203,6 +203,43 @@ defmodule LlamaCppEx.StreamTest do
     assert eventually(fn -> LlamaCppEx.live_objects().contexts == 0 end)
   end
 
+  # PropEr (Debian's erlang-proper) drives random stop strings, seeds and lengths.
+  for dir <- Path.wildcard("/usr/lib/erlang/lib/proper-*/ebin"), do: Code.prepend_path(dir)
+  @proper_skip not Code.ensure_loaded?(:proper) && "PropEr is not available (Debian's erlang-proper)"
+
+  @tag skip: @proper_skip
+  test "property: chunks are valid UTF-8, join to the completion's text, and never show a stop string",
+       %{model: model} do
+    alphabet = String.graphemes("abdehilmnorstwy ,.")
+
+    stop =
+      :proper_types.bind(
+        :proper_types.non_empty(:proper_types.list(:proper_types.elements(alphabet))),
+        &Enum.join/1,
+        false
+      )
+
+    gen =
+      :proper_types.tuple([
+        :proper_types.integer(0, 1000),
+        :proper_types.integer(1, 60),
+        :proper_types.resize(3, :proper_types.list(stop))
+      ])
+
+    prop =
+      :proper.forall(gen, fn {seed, max_tokens, stops} ->
+        opts = [max_tokens: max_tokens, temp: 1.0, seed: seed, stop: stops, n_threads: 1]
+        {:ok, c} = LlamaCppEx.complete(model, @prompt, opts)
+        chunks = model |> LlamaCppEx.stream(@prompt, opts) |> Enum.to_list()
+        text = Enum.join(chunks)
+
+        text == c.text and Enum.all?(chunks, &(&1 != "" and String.valid?(&1))) and
+          not Enum.any?(stops, &String.contains?(text, &1))
+      end)
+
+    assert :proper.quickcheck(prop, [{:numtests, 60}, :quiet, :long_result]) == true
+  end
+
   test "many concurrent streams on one model", %{model: model} do
     tasks =
       for i <- 1..8 do
