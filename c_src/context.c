@@ -246,6 +246,7 @@ LCX_NIF(nif_context_create) {
     return lcx_error_str(env, ATOM_context_failed, "could not start the compute threads");
   }
   llama_attach_threadpool(c->ctx, c->tp, c->tp_batch);
+  c->embeddings = embeddings;
   ERL_NIF_TERM t = enif_make_resource(env, c);
   enif_release_resource(c);
   return lcx_ok(env, t);
@@ -424,5 +425,55 @@ LCX_NIF(nif_sampler_sample) {
   }
   enif_mutex_unlock(s->lock);
   enif_mutex_unlock(c->lock);
+  return r;
+}
+
+// context_embed(ctx, tokens) -> {:ok, [float]}: the pooled embedding of one
+// sequence. The context is cleared before and after.
+LCX_NIF(nif_context_embed) {
+  ERL_NIF_TERM err;
+  lcx_context *c = lcx_lock_context(env, argv[0], &err);
+  if (!c) return err;
+  llama_token *toks = NULL;
+  unsigned n = 0;
+  ERL_NIF_TERM bad, r;
+  enum llama_pooling_type pooling = llama_pooling_type(c->ctx);
+  if (!lcx_get_tokens(env, argv[1], c->model->n_vocab, &toks, &n, &bad)) {
+    r = lcx_raise(env, "tokens must be a list of integers");
+  } else if (bad) {
+    r = lcx_invalid_token(env, bad, c->model->n_vocab);
+  } else if (!c->embeddings) {
+    r = lcx_error(env, enif_make_atom(env, "embeddings_disabled"));
+  } else if (pooling != LLAMA_POOLING_TYPE_MEAN && pooling != LLAMA_POOLING_TYPE_CLS &&
+             pooling != LLAMA_POOLING_TYPE_LAST) {
+    r = lcx_error2(env, enif_make_atom(env, "unsupported_pooling"), enif_make_int(env, (int)pooling));
+  } else if (n == 0) {
+    r = lcx_error(env, ATOM_empty_prompt);
+  } else if (n > llama_n_ubatch(c->ctx) || n > llama_n_ctx_seq(c->ctx)) {
+    // a pooled sequence must fit in one micro-batch
+    r = lcx_overflow_error(env, 0, n, 0,
+                           llama_n_ubatch(c->ctx) < llama_n_ctx_seq(c->ctx) ? llama_n_ubatch(c->ctx)
+                                                                            : llama_n_ctx_seq(c->ctx));
+  } else if (!lcx_memory_clear(c->ctx)) {
+    r = lcx_error_str(env, ATOM_exception, lcx_last_exception());
+  } else {
+    int32_t rc = lcx_decode_tokens(c, toks, n);
+    const float *emb = rc == 0 ? llama_get_embeddings_seq(c->ctx, 0) : NULL;
+    if (rc != 0) {
+      r = lcx_decode_error(env, rc);
+    } else if (!emb) {
+      r = lcx_error(env, enif_make_atom(env, "no_embeddings"));
+    } else {
+      int32_t n_embd = llama_model_n_embd_out(c->model->model);
+      ERL_NIF_TERM list = enif_make_list(env, 0);
+      for (int32_t i = n_embd; i > 0; i--)
+        list = enif_make_list_cell(env, enif_make_double(env, emb[i - 1]), list);
+      r = lcx_ok(env, list);
+    }
+    lcx_memory_clear(c->ctx);
+    c->has_logits = false;
+  }
+  enif_mutex_unlock(c->lock);
+  if (toks) enif_free(toks);
   return r;
 }

@@ -37,6 +37,7 @@ typedef struct lcx_context {
   atomic_int abort_all;             // set by free/1: abort whatever runs now
   _Atomic(atomic_int *) cancel;     // cancel flag of the running stream, if any
   bool has_logits;                  // the last decode left logits to sample from
+  bool embeddings;                  // created with embeddings: true
   ErlNifMutex *owner_mu;            // guards the two fields below (never held across llama.cpp calls)
   struct lcx_stream *stream;        // the stream holding `lock`, kept alive while set
   ErlNifPid stream_consumer;
@@ -125,7 +126,8 @@ extern atomic_long lcx_live_models, lcx_live_contexts, lcx_live_samplers;
   X(undefined)                                                                                                         \
   X(eog)                                                                                                               \
   X(max_tokens)                                                                                                        \
-  X(stop) X(cancelled) X(chunk) X(context_overflow) X(prompt_tokens) X(n_ctx) X(max_tokens_key) X(invalid_token)       \
+  X(stop)                                                                                                              \
+  X(cancelled) X(chunk) X(context_overflow) X(prompt_tokens) X(n_ctx) X(max_tokens_key) X(invalid_token)               \
       X(decode_failed) X(no_kv_slot) X(aborted) X(batch_too_large) X(empty_prompt) X(model_mismatch)                   \
           X(invalid_grammar) X(load_failed) X(load_cancelled) X(context_failed) X(sampler_failed) X(exception)         \
               X(template_failed) X(unknown_template) X(no_template) X(invalid_utf8) X(tokenize_failed) X(llama_log)    \

@@ -34,6 +34,7 @@ LCX_NIF(nif_context_info);
 LCX_NIF(nif_context_position);
 LCX_NIF(nif_context_clear);
 LCX_NIF(nif_context_decode);
+LCX_NIF(nif_context_embed);
 LCX_NIF(nif_stream_start);
 LCX_NIF(nif_stream_cancel);
 LCX_NIF(nif_stream_demand);
@@ -90,6 +91,7 @@ static ErlNifFunc nif_funcs[] = {
     {"context_clear", 1, nif_context_clear, DIRTY_CPU},
     // Forward passes: dirty CPU.
     {"context_decode", 2, nif_context_decode, DIRTY_CPU},
+    {"context_embed", 2, nif_context_embed, DIRTY_CPU},
     {"generate", 4, nif_generate, DIRTY_CPU},
     // Copies the prompt and starts the stream's own thread (a long prompt
     // list takes a while to copy): dirty CPU.

@@ -128,6 +128,95 @@ defmodule LlamaCppEx do
   end
 
   @doc """
+  Embeds a text, or a list of texts, as vectors of `n_embd` floats.
+
+      {:ok, vector} = LlamaCppEx.embed(model, "Once upon a time")
+      {:ok, [v1, v2]} = LlamaCppEx.embed(model, ["a cat", "a dog"])
+
+  ## Options
+
+    * `:pooling` - how token embeddings become one vector: `:mean` (default),
+      `:cls` or `:last`.
+    * `:normalize` - scale each vector to unit length (default `true`).
+    * `:add_special` - tokenize with BOS/EOS as the model adds them (default `true`).
+    * `:n_threads` - compute threads (default `LlamaCppEx.Context.default_threads/0`).
+  """
+  @spec embed(Model.t(), String.t() | [String.t()], keyword()) ::
+          {:ok, [float()] | [[float()]]} | {:error, term()}
+  def embed(model, text_or_texts, opts \\ [])
+
+  def embed(%Model{} = model, text, opts) when is_binary(text) do
+    with {:ok, [vector]} <- embed(model, [text], opts), do: {:ok, vector}
+  end
+
+  def embed(%Model{} = model, texts, opts) when is_list(texts) do
+    opts =
+      Keyword.validate!(opts,
+        pooling: :mean,
+        normalize: true,
+        add_special: true,
+        n_threads: Context.default_threads()
+      )
+
+    unless opts[:pooling] in [:mean, :cls, :last],
+      do: raise(ArgumentError, ":pooling must be :mean, :cls or :last, got: #{inspect(opts[:pooling])}")
+
+    with {:ok, token_lists} <- encode_all(model, texts, opts[:add_special]) do
+      # one micro-batch must hold the longest text
+      longest = token_lists |> Enum.map(&length/1) |> Enum.max(fn -> 1 end) |> max(1)
+      size = div(longest + 255, 256) * 256
+
+      ctx_opts = [
+        n_ctx: size,
+        n_batch: size,
+        n_ubatch: size,
+        embeddings: true,
+        pooling: opts[:pooling],
+        n_threads: opts[:n_threads]
+      ]
+
+      with {:ok, ctx} <- Context.create(model, ctx_opts) do
+        try do
+          embed_each(ctx, token_lists, opts[:normalize], [])
+        after
+          Context.free(ctx)
+        end
+      end
+    end
+  end
+
+  defp encode_all(model, texts, add_special) do
+    Enum.reduce_while(texts, {:ok, []}, fn
+      text, {:ok, acc} when is_binary(text) ->
+        case Tokenizer.encode(model, text, add_special: add_special) do
+          {:ok, tokens} -> {:cont, {:ok, [tokens | acc]}}
+          error -> {:halt, error}
+        end
+
+      other, _ ->
+        raise ArgumentError, "texts must be strings, got: #{inspect(other)}"
+    end)
+    |> case do
+      {:ok, acc} -> {:ok, Enum.reverse(acc)}
+      error -> error
+    end
+  end
+
+  defp embed_each(_ctx, [], _normalize, acc), do: {:ok, Enum.reverse(acc)}
+
+  defp embed_each(ctx, [tokens | rest], normalize, acc) do
+    case Context.embed(ctx, tokens) do
+      {:ok, vector} -> embed_each(ctx, rest, normalize, [if(normalize, do: l2(vector), else: vector) | acc])
+      error -> error
+    end
+  end
+
+  defp l2(vector) do
+    norm = :math.sqrt(Enum.reduce(vector, 0.0, &(&1 * &1 + &2)))
+    if norm > 0, do: Enum.map(vector, &(&1 / norm)), else: vector
+  end
+
+  @doc """
   Counts of live native objects, `%{models: n, contexts: n, samplers: n}`:
   useful to check that nothing leaks.
   """

@@ -199,6 +199,18 @@ defmodule LlamaCppEx.Context do
     %{max_tokens: max, stop: stop}
   end
 
+  @doc """
+  The pooled embedding of `tokens` (a list of `n_embd` floats).
+
+  The context must have been created with `embeddings: true` and a pooling of
+  `:mean`, `:cls` or `:last` (or a model whose default pooling is one of
+  them), and `tokens` must fit in one micro-batch (`n_ubatch`). The context's
+  memory is cleared before and after. `LlamaCppEx.embed/3` does all of this
+  for you.
+  """
+  @spec embed(t(), [non_neg_integer()]) :: {:ok, [float()]} | {:error, term()}
+  def embed(%__MODULE__{ref: ref}, tokens) when is_list(tokens), do: NIF.context_embed(ref, tokens)
+
   @doc "Removes everything from the context's memory (KV cache)."
   @spec clear(t()) :: :ok | {:error, :closed}
   def clear(%__MODULE__{ref: ref}), do: NIF.context_clear(ref)
