@@ -13,6 +13,14 @@ C_SRCS = $(wildcard c_src/*.c)
 CXX_SRCS = $(wildcard c_src/*.cpp)
 OBJS = $(patsubst c_src/%.c,$(OBJ_DIR)/%.o,$(C_SRCS)) $(patsubst c_src/%.cpp,$(OBJ_DIR)/%.o,$(CXX_SRCS))
 
+# The same NIF built with AddressSanitizer (llama.cpp itself is not
+# instrumented), loaded instead of the normal one when LLAMA_CPP_EX_NIF is
+# llama_cpp_ex_nif_asan. See scripts/test_asan.sh.
+ASAN_SO = $(PRIV_DIR)/llama_cpp_ex_nif_asan.so
+ASAN_OBJ_DIR = $(MIX_APP_PATH)/obj_asan
+ASAN_OBJS = $(patsubst c_src/%.c,$(ASAN_OBJ_DIR)/%.o,$(C_SRCS)) $(patsubst c_src/%.cpp,$(ASAN_OBJ_DIR)/%.o,$(CXX_SRCS))
+ASAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
 WARN = -Wall -Wextra -Wno-unused-parameter
 COMMON_FLAGS = -fPIC -fvisibility=hidden -O2 -g -MMD -MP \
 	-I$(ERTS_INCLUDE_DIR) -I$(LLAMA_SRC)/include -I$(LLAMA_SRC)/ggml/include
@@ -26,7 +34,7 @@ else
 	SO_LDFLAGS = -shared -Wl,--exclude-libs,ALL
 endif
 
-.PHONY: nif demo test test-all bench clean format
+.PHONY: nif nif-asan demo test test-asan bench clean format
 
 nif: $(NIF_SO)
 
@@ -42,7 +50,21 @@ $(OBJ_DIR)/%.o: c_src/%.cpp
 	@mkdir -p $(OBJ_DIR)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
--include $(OBJS:.o=.d)
+nif-asan: $(ASAN_SO)
+
+$(ASAN_SO): $(ASAN_OBJS) $(LLAMA_LIBS)
+	@mkdir -p $(PRIV_DIR)
+	$(CXX) $(SO_LDFLAGS) $(ASAN_FLAGS) -o $@ $(ASAN_OBJS) $(LLAMA_LIBS) $(LLAMA_LDFLAGS)
+
+$(ASAN_OBJ_DIR)/%.o: c_src/%.c
+	@mkdir -p $(ASAN_OBJ_DIR)
+	$(CC) $(CFLAGS) $(ASAN_FLAGS) -c $< -o $@
+
+$(ASAN_OBJ_DIR)/%.o: c_src/%.cpp
+	@mkdir -p $(ASAN_OBJ_DIR)
+	$(CXX) $(CXXFLAGS) $(ASAN_FLAGS) -c $< -o $@
+
+-include $(OBJS:.o=.d) $(ASAN_OBJS:.o=.d)
 
 # ---- for people -------------------------------------------------------------
 
@@ -51,10 +73,16 @@ demo:
 	scripts/setup.sh
 	mix llama.generate --prompt "Once upon a time" -n 200
 
-# Every test suite that runs on this machine (what CI runs).
+# Every test suite that runs on this machine (what CI runs): all tests, then
+# the model tests again with the NIF built with AddressSanitizer + UBSan.
 test:
 	scripts/setup.sh
 	mix test --include model --include conformance --include slow
+	scripts/test_asan.sh
+
+test-asan:
+	scripts/setup.sh
+	scripts/test_asan.sh
 
 bench:
 	scripts/setup.sh

@@ -5,8 +5,14 @@ defmodule LlamaCppEx.NIF do
 
   @on_load :load_nif
 
+  # LLAMA_CPP_EX_NIF=llama_cpp_ex_nif_asan loads the AddressSanitizer build
+  # (scripts/test_asan.sh); any other value is ignored.
+  @variants ["llama_cpp_ex_nif", "llama_cpp_ex_nif_asan"]
+
   def load_nif do
-    path = :filename.join(:code.priv_dir(:llama_cpp_ex), ~c"llama_cpp_ex_nif")
+    name = System.get_env("LLAMA_CPP_EX_NIF", "llama_cpp_ex_nif")
+    name = if name in @variants, do: name, else: "llama_cpp_ex_nif"
+    path = :filename.join(:code.priv_dir(:llama_cpp_ex), String.to_charlist(name))
 
     case :erlang.load_nif(path, 0) do
       :ok ->
