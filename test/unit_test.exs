@@ -46,6 +46,29 @@ defmodule LlamaCppEx.UnitTest do
     assert n == 1 or n < System.schedulers_online()
   end
 
+  describe "build script" do
+    @script Path.expand("../scripts/llama_cpp.sh", __DIR__)
+
+    test "a tarball with the wrong checksum stops the build and is removed" do
+      cache = Path.join(System.tmp_dir!(), "lcx_cache_#{System.unique_integer([:positive])}")
+      tarball = Path.join([cache, "downloads", "node-llama-cpp-3.22.1.tgz"])
+      File.mkdir_p!(Path.dirname(tarball))
+      File.write!(tarball, "not the package")
+      {out, status} = System.cmd(@script, ["src"], env: [{"LLAMA_CPP_CACHE", cache}], stderr_to_stdout: true)
+      assert status != 0
+      assert out =~ "checksum mismatch for node-llama-cpp-3.22.1.tgz"
+      refute File.exists?(tarball)
+      File.rm_rf!(cache)
+    end
+
+    test "bad settings are refused with a clear message" do
+      {out, status} = System.cmd(@script, ["ensure"], env: [{"LLAMA_BACKEND", "bogus"}], stderr_to_stdout: true)
+      assert status != 0 and out =~ "LLAMA_BACKEND must be cpu, cuda, vulkan or metal"
+      {out, status} = System.cmd(@script, ["ensure"], env: [{"LLAMA_CPP_SRC", "/nonexistent"}], stderr_to_stdout: true)
+      assert status != 0 and out =~ "has no include/llama.h"
+    end
+  end
+
   test "completion rates" do
     c = %Completion{prompt_tokens: 10, prompt_ms: 5.0, generated_tokens: 100, generation_ms: 50.0}
     assert Completion.prompt_tokens_per_second(c) == 2000.0
