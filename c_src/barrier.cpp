@@ -143,4 +143,8 @@ bool lcx_memory_clear(struct llama_context *ctx) {
   });
 }
 
+struct ggml_threadpool *lcx_threadpool_new(struct ggml_threadpool_params *params) {
+  return guarded<struct ggml_threadpool *>(nullptr, nullptr, [&] { return ggml_threadpool_new(params); });
+}
+
 } // extern "C"

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ggml-cpu.h"
 #include "llama.h"
 
 #ifdef __cplusplus
@@ -41,6 +42,8 @@ int32_t lcx_chat_apply_template(const char *tmpl, const struct llama_chat_messag
 struct llama_model *lcx_model_load(const char *path, struct llama_model_params params);
 struct llama_context *lcx_init_from_model(struct llama_model *model, struct llama_context_params params);
 bool lcx_memory_clear(struct llama_context *ctx);
+// ggml_threadpool_new asserts when a thread cannot be created.
+struct ggml_threadpool *lcx_threadpool_new(struct ggml_threadpool_params *params);
 
 #ifdef __cplusplus
 }

@@ -20,16 +20,18 @@ atomic_long lcx_live_contexts;
 typedef struct {
   struct llama_context *ctx;
   struct ggml_threadpool *tp, *tp_batch;
+  lcx_model *model; // released after the context is gone
 } native_ctx;
 
 static void free_native(void *arg) {
   native_ctx *n = arg;
   if (n->ctx) {
-    llama_free(n->ctx); // before the pools it uses
+    llama_free(n->ctx); // before the pools it uses and the model it reads
     atomic_fetch_sub(&lcx_live_contexts, 1);
   }
   if (n->tp) ggml_threadpool_free(n->tp);
   if (n->tp_batch) ggml_threadpool_free(n->tp_batch);
+  if (n->model) lcx_model_release(n->model, false);
 }
 
 static void free_native_heap(void *arg) {
@@ -37,20 +39,20 @@ static void free_native_heap(void *arg) {
   enif_free(arg);
 }
 
+// Frees the llama_context, its pools, and then lets go of the model, in that
+// order: llama_free reads the model. From a destructor all of it happens on
+// the janitor thread, so a model free can never overtake a queued context.
 static void destroy_context(lcx_context *c, bool in_destructor) {
-  native_ctx n = {c->ctx, c->tp, c->tp_batch};
+  native_ctx n = {c->ctx, c->tp, c->tp_batch, c->model};
   c->ctx = NULL;
   c->tp = c->tp_batch = NULL;
-  native_ctx *heap = in_destructor && (n.ctx || n.tp) ? enif_alloc(sizeof n) : NULL;
-  if (heap) { // from a destructor: the janitor frees it
+  c->model = NULL;
+  native_ctx *heap = in_destructor && (n.ctx || n.tp || n.model) ? enif_alloc(sizeof n) : NULL;
+  if (heap) {
     *heap = n;
     lcx_janitor_call(free_native_heap, heap);
   } else {
     free_native(&n);
-  }
-  if (c->model) {
-    lcx_model_release(c->model, in_destructor);
-    c->model = NULL;
   }
 }
 
@@ -79,13 +81,12 @@ lcx_context *lcx_lock_context(ErlNifEnv *env, ERL_NIF_TERM t, ERL_NIF_TERM *err)
     *err = lcx_raise(env, "expected a context reference");
     return NULL;
   }
-  // The consumer of a stream running on this context would wait for itself:
-  // the stream holds the lock until the consumer asks for more.
-  ErlNifPid self;
+  // A stream holds the lock for as long as its consumer takes to ask for more
+  // (its own consumer would wait for itself): nobody waits for it.
   enif_mutex_lock(c->owner_mu);
-  bool own_stream = c->stream && enif_self(env, &self) && enif_compare_pids(&self, &c->stream_consumer) == 0;
+  bool streaming = c->stream != NULL;
   enif_mutex_unlock(c->owner_mu);
-  if (own_stream) {
+  if (streaming) {
     *err = lcx_error(env, enif_make_atom(env, "busy"));
     return NULL;
   }
@@ -237,10 +238,10 @@ LCX_NIF(nif_context_create) {
   struct ggml_threadpool_params tpp = ggml_threadpool_params_default(n_threads);
   if (n_threads_batch != n_threads) {
     struct ggml_threadpool_params tpp_batch = ggml_threadpool_params_default(n_threads_batch);
-    c->tp_batch = ggml_threadpool_new(&tpp_batch);
+    c->tp_batch = lcx_threadpool_new(&tpp_batch);
     tpp.paused = true;
   }
-  c->tp = ggml_threadpool_new(&tpp);
+  c->tp = lcx_threadpool_new(&tpp);
   if (!c->tp || (n_threads_batch != n_threads && !c->tp_batch)) {
     enif_release_resource(c); // dtor frees the context and any pool
     return lcx_error_str(env, ATOM_context_failed, "could not start the compute threads");
@@ -391,6 +392,10 @@ lcx_sampler *lcx_lock_sampler(ErlNifEnv *env, lcx_context *c, ERL_NIF_TERM t, ER
   lcx_sampler *s = lcx_get_sampler(env, t);
   if (!s) {
     *err = lcx_raise(env, "expected a sampler reference");
+    return NULL;
+  }
+  if (lcx_sampler_streaming(s)) {
+    *err = lcx_error(env, enif_make_atom(env, "busy"));
     return NULL;
   }
   enif_mutex_lock(s->lock);

@@ -346,6 +346,40 @@ LCX_NIF(nif_generate) {
   return result;
 }
 
+// ---- streams: ownership ----------------------------------------------------------------
+// From stream_start until its thread lets go, a stream owns its context and
+// sampler: other users get {:error, :busy} instead of waiting on locks the
+// stream may hold for as long as its consumer takes; free/1 cancels it.
+
+static bool register_stream(lcx_stream *st) {
+  lcx_context *c = st->c;
+  lcx_sampler *s = st->s;
+  enif_mutex_lock(c->owner_mu);
+  bool ok = c->stream == NULL;
+  if (ok) c->stream = st;
+  enif_mutex_unlock(c->owner_mu);
+  if (!ok) return false;
+  enif_mutex_lock(s->owner_mu);
+  ok = s->stream == NULL;
+  if (ok) s->stream = st;
+  enif_mutex_unlock(s->owner_mu);
+  if (!ok) {
+    enif_mutex_lock(c->owner_mu);
+    c->stream = NULL;
+    enif_mutex_unlock(c->owner_mu);
+  }
+  return ok;
+}
+
+static void unregister(lcx_stream *st) {
+  enif_mutex_lock(st->c->owner_mu);
+  if (st->c->stream == st) st->c->stream = NULL;
+  enif_mutex_unlock(st->c->owner_mu);
+  enif_mutex_lock(st->s->owner_mu);
+  if (st->s->stream == st) st->s->stream = NULL;
+  enif_mutex_unlock(st->s->owner_mu);
+}
+
 // ---- streams: the thread -------------------------------------------------------------------
 
 static void *stream_thread(void *arg) {
@@ -359,10 +393,6 @@ static void *stream_thread(void *arg) {
   if (!c->ctx) {
     result = lcx_error(env, ATOM_closed);
   } else {
-    enif_mutex_lock(c->owner_mu); // tell the context who holds it
-    c->stream = st;
-    c->stream_consumer = st->consumer;
-    enif_mutex_unlock(c->owner_mu);
     atomic_store(&c->cancel, &st->cancel);
 
     enif_mutex_lock(s->lock);
@@ -383,11 +413,9 @@ static void *stream_thread(void *arg) {
     enif_mutex_unlock(s->lock);
 
     atomic_store(&c->cancel, NULL);
-    enif_mutex_lock(c->owner_mu);
-    c->stream = NULL;
-    enif_mutex_unlock(c->owner_mu);
   }
   enif_mutex_unlock(c->lock);
+  unregister(st);
 
   ERL_NIF_TERM msg =
       enif_make_tuple2(env, enif_make_copy(env, st->ref), enif_make_tuple2(env, enif_make_atom(env, "done"), result));
@@ -457,11 +485,13 @@ LCX_NIF(nif_stream_start) {
 
   st->c = c;
   st->s = s;
+  if (!register_stream(st)) return lcx_error(env, enif_make_atom(env, "busy"));
   enif_keep_resource(c);
   enif_keep_resource(s);
   enif_keep_resource(st);
   ErlNifTid tid;
   if (enif_thread_create("lcx_stream", &tid, stream_thread, st, NULL) != 0) {
+    unregister(st);
     enif_release_resource(c);
     enif_release_resource(s);
     enif_release_resource(st);

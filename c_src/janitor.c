@@ -36,10 +36,6 @@ static void run_job(job *j) {
     llama_model_free(j->ptr);
     atomic_fetch_sub(&lcx_live_models, 1);
     break;
-  case LCX_FREE_SAMPLER:
-    llama_sampler_free(j->ptr);
-    atomic_fetch_sub(&lcx_live_samplers, 1);
-    break;
   }
 }
 

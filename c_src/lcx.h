@@ -46,8 +46,10 @@ typedef struct lcx_context {
 typedef struct lcx_sampler {
   ErlNifMutex *lock;
   struct llama_sampler *chain;
-  lcx_model *model; // kept alive: grammar, DRY and penalties use its vocab
-  bool has_grammar; // sampling with a grammar can be slow: dirty scheduler
+  lcx_model *model;          // kept alive: grammar, DRY and penalties use its vocab
+  bool has_grammar;          // sampling with a grammar can be slow: dirty scheduler
+  ErlNifMutex *owner_mu;     // guards `stream` (never held across llama.cpp calls)
+  struct lcx_stream *stream; // the stream using this sampler, if any (kept alive while set)
 } lcx_sampler;
 
 // A stream: one generation running on a thread of its own (so a slow
@@ -100,7 +102,8 @@ extern ErlNifResourceType *LCX_LOAD_RT;
 #define RC_SAMPLER_THREW (INT32_MIN + 1)
 bool lcx_abort_cb(void *data);
 // Locks a context for use: NULL (with *err) when the term is wrong, the context
-// is closed, or the caller is the consumer of a stream running on it (:busy).
+// is closed, or a stream is using it ({:error, :busy}: a stream holds the
+// lock for as long as its consumer takes, and a scheduler must not wait that long).
 lcx_context *lcx_lock_context(ErlNifEnv *env, ERL_NIF_TERM t, ERL_NIF_TERM *err);
 // Locks the sampler after the context; checks both belong to one model.
 lcx_sampler *lcx_lock_sampler(ErlNifEnv *env, lcx_context *c, ERL_NIF_TERM t, ERL_NIF_TERM *err);
@@ -110,6 +113,8 @@ int32_t lcx_decode_tokens(lcx_context *c, llama_token *toks, unsigned n);
 ERL_NIF_TERM lcx_decode_error(ErlNifEnv *env, int32_t rc);
 ERL_NIF_TERM lcx_overflow_error(ErlNifEnv *env, int32_t pos, unsigned n_prompt, int max_tokens, uint32_t n_ctx);
 void lcx_stream_cancel(lcx_stream *st);
+// Whether a stream is using the sampler (its lock may be held indefinitely).
+bool lcx_sampler_streaming(lcx_sampler *s);
 
 // live object counts (for tests and leak checks)
 extern atomic_long lcx_live_models, lcx_live_contexts, lcx_live_samplers;
@@ -127,14 +132,15 @@ extern atomic_long lcx_live_models, lcx_live_contexts, lcx_live_samplers;
   X(eog)                                                                                                               \
   X(max_tokens)                                                                                                        \
   X(stop)                                                                                                              \
-  X(cancelled) X(chunk) X(context_overflow) X(prompt_tokens) X(n_ctx) X(max_tokens_key) X(invalid_token)               \
-      X(decode_failed) X(no_kv_slot) X(aborted) X(batch_too_large) X(empty_prompt) X(model_mismatch)                   \
-          X(invalid_grammar) X(load_failed) X(load_cancelled) X(context_failed) X(sampler_failed) X(exception)         \
-              X(template_failed) X(unknown_template) X(no_template) X(invalid_utf8) X(tokenize_failed) X(llama_log)    \
-                  X(debug) X(info) X(warn) X(cont) X(text) X(tokens) X(finish_reason) X(generated_tokens) X(prompt_ms) \
-                      X(generation_ms) X(models) X(contexts) X(samplers) X(load_progress) X(n_batch) X(n_ubatch)       \
-                          X(n_seq_max) X(n_threads) X(n_threads_batch) X(embeddings) X(position) X(none) X(enabled)    \
-                              X(disabled) X(auto_) X(available) X(needed)
+  X(cancelled)                                                                                                         \
+  X(chunk)                                                                                                             \
+  X(context_overflow) X(prompt_tokens) X(n_ctx) X(max_tokens_key) X(invalid_token) X(decode_failed) X(no_kv_slot)      \
+      X(aborted) X(batch_too_large) X(empty_prompt) X(model_mismatch) X(invalid_grammar) X(load_failed)                \
+          X(load_cancelled) X(context_failed) X(sampler_failed) X(exception) X(template_failed) X(unknown_template)    \
+              X(no_template) X(invalid_utf8) X(tokenize_failed) X(llama_log) X(debug) X(info) X(warn) X(cont) X(text)  \
+                  X(tokens) X(finish_reason) X(generated_tokens) X(prompt_ms) X(generation_ms) X(models) X(contexts)   \
+                      X(samplers) X(load_progress) X(n_batch) X(n_ubatch) X(n_seq_max) X(n_threads) X(n_threads_batch) \
+                          X(embeddings) X(position) X(none) X(enabled) X(disabled) X(auto_) X(available) X(needed)
 
 #define LCX_DECLARE_ATOM(name) extern ERL_NIF_TERM ATOM_##name;
 LCX_ATOMS(LCX_DECLARE_ATOM)
@@ -176,7 +182,7 @@ lcx_sampler *lcx_get_sampler(ErlNifEnv *env, ERL_NIF_TERM t);
 
 // ---- freeing ------------------------------------------------------------------
 
-typedef enum { LCX_FREE_MODEL, LCX_FREE_SAMPLER } lcx_free_kind;
+typedef enum { LCX_FREE_MODEL } lcx_free_kind;
 // Joins a finished stream thread (from the janitor: a thread cannot join itself).
 void lcx_janitor_join(ErlNifTid tid);
 // Runs fn(arg) on the janitor thread.

@@ -9,21 +9,52 @@
 ErlNifResourceType *LCX_SAMPLER_RT;
 atomic_long lcx_live_samplers;
 
+typedef struct {
+  struct llama_sampler *chain;
+  lcx_model *model; // released after the chain (grammar and DRY read the vocab)
+} native_sampler;
+
+static void free_native(void *arg) {
+  native_sampler *n = arg;
+  if (n->chain) {
+    llama_sampler_free(n->chain);
+    atomic_fetch_sub(&lcx_live_samplers, 1);
+  }
+  if (n->model) lcx_model_release(n->model, false);
+}
+
+static void free_native_heap(void *arg) {
+  free_native(arg);
+  enif_free(arg);
+}
+
+// As for contexts: from a destructor, the chain and then the model reference
+// go on the janitor thread, in that order.
 static void destroy_sampler(lcx_sampler *s, bool in_destructor) {
-  if (s->chain) {
-    lcx_dispose(LCX_FREE_SAMPLER, s->chain, in_destructor);
-    s->chain = NULL;
+  native_sampler n = {s->chain, s->model};
+  s->chain = NULL;
+  s->model = NULL;
+  native_sampler *heap = in_destructor && (n.chain || n.model) ? enif_alloc(sizeof n) : NULL;
+  if (heap) {
+    *heap = n;
+    lcx_janitor_call(free_native_heap, heap);
+  } else {
+    free_native(&n);
   }
-  if (s->model) {
-    lcx_model_release(s->model, in_destructor);
-    s->model = NULL;
-  }
+}
+
+bool lcx_sampler_streaming(lcx_sampler *s) {
+  enif_mutex_lock(s->owner_mu);
+  bool streaming = s->stream != NULL;
+  enif_mutex_unlock(s->owner_mu);
+  return streaming;
 }
 
 static void sampler_dtor(ErlNifEnv *env, void *obj) {
   lcx_sampler *s = obj;
   destroy_sampler(s, true);
   if (s->lock) enif_mutex_destroy(s->lock);
+  if (s->owner_mu) enif_mutex_destroy(s->owner_mu);
 }
 
 int lcx_sampler_load_types(ErlNifEnv *env) {
@@ -283,13 +314,16 @@ LCX_NIF(nif_sampler_create) {
   lcx_sampler *s = enif_alloc_resource(LCX_SAMPLER_RT, sizeof(lcx_sampler));
   if (s) memset(s, 0, sizeof *s);
   ErlNifMutex *lock = s ? enif_mutex_create("lcx_sampler") : NULL;
-  if (!lock) {
+  ErlNifMutex *owner_mu = lock ? enif_mutex_create("lcx_sampler_owner") : NULL;
+  if (!owner_mu) {
+    if (lock) enif_mutex_destroy(lock);
     if (s) enif_release_resource(s); // empty: its destructor has nothing to free
     llama_sampler_free(chain);
     lcx_model_release(m, false);
     return lcx_raise(env, "out of memory");
   }
   s->lock = lock;
+  s->owner_mu = owner_mu;
   s->chain = chain;
   s->model = m;
   s->has_grammar = grammar;
@@ -305,6 +339,7 @@ LCX_NIF(nif_sampler_accept) {
   int token;
   if (!s) return lcx_raise(env, "expected a sampler reference");
   if (!enif_get_int(env, argv[1], &token)) return lcx_raise(env, "token must be an integer");
+  if (lcx_sampler_streaming(s)) return lcx_error(env, enif_make_atom(env, "busy"));
   enif_mutex_lock(s->lock);
   ERL_NIF_TERM r;
   if (!s->chain)
@@ -323,6 +358,7 @@ LCX_NIF(nif_sampler_accept) {
 LCX_NIF(nif_sampler_reset) {
   lcx_sampler *s = lcx_get_sampler(env, argv[0]);
   if (!s) return lcx_raise(env, "expected a sampler reference");
+  if (lcx_sampler_streaming(s)) return lcx_error(env, enif_make_atom(env, "busy"));
   enif_mutex_lock(s->lock);
   ERL_NIF_TERM r = !s->chain                     ? lcx_error(env, ATOM_closed)
                    : lcx_sampler_reset(s->chain) ? ATOM_ok
@@ -334,6 +370,9 @@ LCX_NIF(nif_sampler_reset) {
 LCX_NIF(nif_sampler_free) {
   lcx_sampler *s = lcx_get_sampler(env, argv[0]);
   if (!s) return lcx_raise(env, "expected a sampler reference");
+  enif_mutex_lock(s->owner_mu); // a stream using the sampler ends first
+  if (s->stream) lcx_stream_cancel(s->stream);
+  enif_mutex_unlock(s->owner_mu);
   enif_mutex_lock(s->lock);
   destroy_sampler(s, false);
   enif_mutex_unlock(s->lock);

@@ -339,7 +339,7 @@ defmodule LlamaCppEx do
   defp ok!({:ok, v}), do: v
   defp ok!({:error, reason}), do: raise(LlamaCppEx.Error, reason: reason)
 
-  defp next_chunk(%{done: true} = state), do: {:halt, state}
+  defp next_chunk(%{done: {:ok, _}} = state), do: {:halt, state}
 
   defp next_chunk(%{ref: ref, handle: handle} = state) do
     # Ask for exactly one more chunk: the native loop never runs more than one
@@ -351,8 +351,8 @@ defmodule LlamaCppEx do
         {[text], state}
 
       {^ref, {:done, {:ok, map}}} ->
-        completed(state, map)
-        {:halt, %{state | done: true}}
+        # on_complete runs in stop_stream/1, after this state is recorded as done
+        {:halt, %{state | done: {:ok, map}}}
 
       {^ref, {:done, {:error, reason}}} = done ->
         # stop_stream/1 runs next (with this state) and will look for it
@@ -363,18 +363,26 @@ defmodule LlamaCppEx do
 
   # After the last element, on halt (Enum.take/2) and after a raise above.
   defp stop_stream(%{ref: ref, handle: handle, done: done} = state) do
-    unless done do
-      NIF.stream_cancel(handle)
+    result =
+      case done do
+        {:ok, map} ->
+          {:ok, map}
 
-      # the native thread always reports, cancelled or not
-      receive do
-        {^ref, {:done, {:ok, map}}} -> completed(state, map)
-        {^ref, {:done, _}} -> :ok
+        false ->
+          NIF.stream_cancel(handle)
+
+          # the native thread always reports, cancelled or not
+          receive do
+            {^ref, {:done, result}} -> result
+          end
       end
-    end
 
-    release(state)
-    flush(ref)
+    try do
+      with {:ok, map} <- result, do: completed(state, map)
+    after
+      release(state)
+      flush(ref)
+    end
   end
 
   defp release(%{sampler: sampler, ctx: ctx, own_ctx?: own_ctx?}) do

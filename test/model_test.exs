@@ -385,4 +385,26 @@ defmodule LlamaCppEx.ModelTest do
       assert_raise ArgumentError, ~r/vocab_only/, fn -> Model.load(model_path(), vocab_only: nil) end
     end
   end
+
+  describe "free ordering" do
+    test "contexts and samplers released by GC are freed before the model they read" do
+      {:ok, m} = Model.load(model_path())
+      before = settled_live_objects()
+
+      # their only references die with this process: destructors queue them
+      Task.async(fn ->
+        for _ <- 1..20 do
+          {:ok, _} = LlamaCppEx.Context.create(m, n_ctx: 256, n_threads: 1)
+          {:ok, _} = LlamaCppEx.Sampler.create(m, temp: 0.0)
+        end
+
+        :ok
+      end)
+      |> Task.await()
+
+      # freed at once: the weights must outlive every queued context and sampler
+      assert :ok = Model.free(m)
+      assert eventually(fn -> LlamaCppEx.live_objects() == %{before | models: before.models - 1} end, 10_000)
+    end
+  end
 end

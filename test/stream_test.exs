@@ -159,6 +159,60 @@ defmodule LlamaCppEx.StreamTest do
     assert {:ok, _} = LlamaCppEx.Context.position(ctx)
   end
 
+  test "while a stream uses a context or sampler, everyone else gets :busy, not a blocked scheduler",
+       %{model: model} do
+    {:ok, ctx} = LlamaCppEx.Context.create(model, n_ctx: 1024)
+    {:ok, other} = LlamaCppEx.Context.create(model, n_ctx: 256)
+    test_pid = self()
+
+    consumer =
+      spawn(fn ->
+        model
+        |> LlamaCppEx.stream(@prompt, context: ctx, max_tokens: 500)
+        |> Enum.each(fn _ ->
+          send(test_pid, :streaming)
+
+          receive do
+            :stop -> exit(:normal)
+          end
+        end)
+      end)
+
+    assert_receive :streaming, 5000
+    # more callers than dirty schedulers: none of them may wait for the stream
+    callers =
+      for _ <- 1..(:erlang.system_info(:dirty_cpu_schedulers) + 2),
+          do: Task.async(fn -> LlamaCppEx.Context.position(ctx) end)
+
+    assert Enum.all?(Task.await_many(callers, 5000), &(&1 == {:error, :busy}))
+    assert {:ok, 0} = LlamaCppEx.Context.position(other)
+
+    assert_raise LlamaCppEx.Error, ~r/busy/, fn ->
+      model |> LlamaCppEx.stream(@prompt, context: ctx) |> Enum.to_list()
+    end
+
+    send(consumer, :stop)
+
+    assert eventually(fn ->
+             LlamaCppEx.Context.position(ctx) == {:ok, 0} or match?({:ok, _}, LlamaCppEx.Context.position(ctx))
+           end)
+  end
+
+  test "an on_complete callback that raises reaches the consumer and leaks nothing", %{model: model} do
+    before = settled_live_objects()
+
+    assert_raise RuntimeError, "boom", fn ->
+      model |> LlamaCppEx.stream(@prompt, max_tokens: 5, on_complete: fn _ -> raise "boom" end) |> Enum.to_list()
+    end
+
+    assert_raise RuntimeError, "boom", fn ->
+      model |> LlamaCppEx.stream(@prompt, max_tokens: 50, on_complete: fn _ -> raise "boom" end) |> Enum.take(2)
+    end
+
+    refute_received _
+    assert eventually(fn -> LlamaCppEx.live_objects() == before end)
+  end
+
   test "freeing the context ends a stream that waits for its consumer", %{model: model} do
     {:ok, ctx} = LlamaCppEx.Context.create(model, n_ctx: 1024)
     me = self()
