@@ -59,7 +59,7 @@ defmodule Mix.Tasks.Llama.Bench do
         Mix.shell().info("== #{name}, #{t} thread(s): #{path}")
         {native, ours} = interleaved(bin, path, t, rounds, reps)
         probe = probe_during_generation(path, t)
-        {name, path, t, native, Map.put(ours, :probe_max_ms, probe)}
+        {name, path, t, native, Map.put(ours, :probe, probe)}
       end
 
     memory = if opts[:skip_memory], do: nil, else: memory_check(model_path(root, hd(models)))
@@ -203,16 +203,22 @@ defmodule Mix.Tasks.Llama.Bench do
     bias = for t <- eog_tokens(model), into: %{}, do: {t, :neg_infinity}
     opts = [max_tokens: 128, temp: 0.0, logit_bias: bias, n_threads: threads]
 
-    {worst, _} =
+    {during, us} =
       with_probe(fn ->
+        t0 = System.monotonic_time(:microsecond)
+
         for _ <- 1..3 do
           {:ok, _} = LlamaCppEx.complete(model, "", opts)
           model |> LlamaCppEx.stream("", opts) |> Stream.run()
         end
+
+        System.monotonic_time(:microsecond) - t0
       end)
 
     Model.free(model)
-    worst
+    # the same probe for as long, with nothing running: this VM's own noise
+    {idle, _} = with_probe(fn -> Process.sleep(max(div(us, 1000), 100)) end)
+    %{during: during, idle: idle}
   end
 
   defp bos(model), do: Tokenizer.bos(model) || 0
@@ -248,26 +254,29 @@ defmodule Mix.Tasks.Llama.Bench do
 
   # A process on a normal scheduler that sleeps 1 ms at a time and records how
   # late it wakes up. Native work that blocked a normal scheduler would show here.
+  # Returns %{worst: ms, p99: ms} of the wake-up delays, and fun's result.
   defp with_probe(fun) do
     parent = self()
-    probe = spawn(fn -> probe_loop(parent, 0) end)
+    probe = spawn(fn -> probe_loop(parent, []) end)
     result = fun.()
     send(probe, :stop)
 
     receive do
-      {:probe, max_us} -> {max_us / 1000, result}
+      {:probe, delays} ->
+        sorted = Enum.sort(delays)
+        n = length(sorted)
+        p99 = if n == 0, do: 0, else: Enum.at(sorted, min(n - 1, trunc(n * 0.99)))
+        {%{worst: (List.last(sorted) || 0) / 1000, p99: p99 / 1000}, result}
     end
   end
 
-  defp probe_loop(parent, worst) do
+  defp probe_loop(parent, delays) do
     t0 = System.monotonic_time(:microsecond)
 
     receive do
-      :stop -> send(parent, {:probe, worst})
+      :stop -> send(parent, {:probe, delays})
     after
-      1 ->
-        late = System.monotonic_time(:microsecond) - t0 - 1000
-        probe_loop(parent, max(worst, late))
+      1 -> probe_loop(parent, [System.monotonic_time(:microsecond) - t0 - 1000 | delays])
     end
   end
 
@@ -351,7 +360,9 @@ defmodule Mix.Tasks.Llama.Bench do
         |---|---|---|---|---|---|
         #{Enum.join(lines, "\n")}
 
-        Worst wake-up delay of a 1 ms timer on a normal scheduler during generation: #{fmt(ours.probe_max_ms, 2)} ms.
+        Wake-up delay of a 1 ms timer on a normal scheduler during generation: worst #{fmt(ours.probe.during.worst, 2)} ms,
+        p99 #{fmt(ours.probe.during.p99, 2)} ms (the same probe with nothing running: worst #{fmt(ours.probe.idle.worst, 2)} ms,
+        p99 #{fmt(ours.probe.idle.p99, 2)} ms).
         """
       end)
 
