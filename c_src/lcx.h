@@ -47,7 +47,6 @@ typedef struct lcx_sampler {
   ErlNifMutex *lock;
   struct llama_sampler *chain;
   lcx_model *model;          // kept alive: grammar, DRY and penalties use its vocab
-  bool has_grammar;          // sampling with a grammar can be slow: dirty scheduler
   ErlNifMutex *owner_mu;     // guards `stream` (never held across llama.cpp calls)
   struct lcx_stream *stream; // the stream using this sampler, if any (kept alive while set)
 } lcx_sampler;
@@ -128,19 +127,20 @@ extern atomic_long lcx_live_models, lcx_live_contexts, lcx_live_samplers;
   X(false)                                                                                                             \
   X(nil)                                                                                                               \
   X(closed)                                                                                                            \
-  X(undefined)                                                                                                         \
+                                                                                                                       \
   X(eog)                                                                                                               \
   X(max_tokens)                                                                                                        \
   X(stop)                                                                                                              \
   X(cancelled)                                                                                                         \
   X(chunk)                                                                                                             \
-  X(context_overflow) X(prompt_tokens) X(n_ctx) X(max_tokens_key) X(invalid_token) X(decode_failed) X(no_kv_slot)      \
-      X(aborted) X(batch_too_large) X(empty_prompt) X(model_mismatch) X(invalid_grammar) X(load_failed)                \
-          X(load_cancelled) X(context_failed) X(sampler_failed) X(exception) X(template_failed) X(unknown_template)    \
-              X(no_template) X(invalid_utf8) X(tokenize_failed) X(llama_log) X(debug) X(info) X(warn) X(cont) X(text)  \
-                  X(tokens) X(finish_reason) X(generated_tokens) X(prompt_ms) X(generation_ms) X(models) X(contexts)   \
-                      X(samplers) X(load_progress) X(n_batch) X(n_ubatch) X(n_seq_max) X(n_threads) X(n_threads_batch) \
-                          X(embeddings) X(position) X(none) X(enabled) X(disabled) X(auto_) X(available) X(needed)
+  X(context_overflow)                                                                                                  \
+  X(prompt_tokens)                                                                                                     \
+  X(n_ctx) X(max_tokens_key) X(invalid_token) X(decode_failed) X(no_kv_slot) X(aborted) X(empty_prompt)                \
+      X(model_mismatch) X(invalid_grammar) X(load_failed) X(load_cancelled) X(context_failed) X(sampler_failed)        \
+          X(exception) X(template_failed) X(unknown_template) X(invalid_utf8) X(tokenize_failed) X(llama_log) X(debug) \
+              X(info) X(warn) X(cont) X(text) X(tokens) X(finish_reason) X(generated_tokens) X(prompt_ms)              \
+                  X(generation_ms) X(models) X(contexts) X(samplers) X(load_progress) X(n_batch) X(n_ubatch)           \
+                      X(n_seq_max) X(n_threads) X(n_threads_batch) X(position) X(available) X(needed)
 
 #define LCX_DECLARE_ATOM(name) extern ERL_NIF_TERM ATOM_##name;
 LCX_ATOMS(LCX_DECLARE_ATOM)

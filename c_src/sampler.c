@@ -136,8 +136,7 @@ static bool is_tag(ErlNifEnv *env, ERL_NIF_TERM t, const char *name) {
 }
 
 // Builds one stage. Returns NULL and sets *err (an exception or error term).
-static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_TERM stage, bool *grammar,
-                                         ERL_NIF_TERM *err) {
+static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_TERM stage, ERL_NIF_TERM *err) {
   int arity;
   const ERL_NIF_TERM *a;
   if (!enif_get_tuple(env, stage, &arity, &a) || arity < 1) {
@@ -146,7 +145,7 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
   }
   float f1, f2, f3;
   int32_t i1, i2;
-  uint32_t u1, seed;
+  uint32_t seed;
   size_t min_keep;
   unsigned mk;
 #define BAD(msg)                                                                                                       \
@@ -279,8 +278,6 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
     }
     if (g) enif_free(g);
     if (root) enif_free(root);
-    *grammar = true;
-    (void)u1;
     return smpl;
   }
 #undef BAD
@@ -299,11 +296,10 @@ LCX_NIF(nif_sampler_create) {
   struct llama_sampler_chain_params cp = llama_sampler_chain_default_params();
   cp.no_perf = false;
   struct llama_sampler *chain = llama_sampler_chain_init(cp);
-  bool grammar = false;
   ERL_NIF_TERM head, tail = argv[1], err;
   for (unsigned i = 0; i < n; i++) {
     enif_get_list_cell(env, tail, &head, &tail);
-    struct llama_sampler *stage = build_stage(env, m, head, &grammar, &err);
+    struct llama_sampler *stage = build_stage(env, m, head, &err);
     if (!stage) {
       llama_sampler_free(chain);
       lcx_model_release(m, false);
@@ -326,11 +322,10 @@ LCX_NIF(nif_sampler_create) {
   s->owner_mu = owner_mu;
   s->chain = chain;
   s->model = m;
-  s->has_grammar = grammar;
   atomic_fetch_add(&lcx_live_samplers, 1);
   ERL_NIF_TERM t = enif_make_resource(env, s);
   enif_release_resource(s);
-  return lcx_ok(env, enif_make_tuple2(env, t, grammar ? ATOM_true : ATOM_false));
+  return lcx_ok(env, t);
 }
 
 // sampler_accept(sampler, token)

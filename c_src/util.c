@@ -15,7 +15,6 @@ void lcx_init_atoms(ErlNifEnv *env) {
 #undef LCX_MAKE_ATOM
   // atoms whose C names differ from their Elixir names
   ATOM_max_tokens_key = enif_make_atom(env, "max_tokens");
-  ATOM_auto_ = enif_make_atom(env, "auto");
 }
 
 ERL_NIF_TERM lcx_ok(ErlNifEnv *env, ERL_NIF_TERM t) { return enif_make_tuple2(env, ATOM_ok, t); }

@@ -93,7 +93,7 @@ defmodule LlamaCppEx.Sampler do
     stages = stages(model, opts)
     grammar? = opts[:grammar] != nil
 
-    with {:ok, {ref, _}} <- NIF.sampler_create(model.ref, stages) do
+    with {:ok, ref} <- NIF.sampler_create(model.ref, stages) do
       {:ok, %__MODULE__{ref: ref, model: model, grammar?: grammar?, options: opts}}
     end
   end
