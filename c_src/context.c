@@ -1,5 +1,5 @@
-// Contexts: creation, decode, clear, sampling, and the generation loop used by
-// Context.generate/4 and by streams.
+// Contexts: creation (with a ggml thread pool each), decode, clear, sampling,
+// embeddings, free. The generation loop is in generate.c.
 //
 // A llama_context is not thread-safe: every use holds the context's mutex (and,
 // when sampling, the sampler's mutex after it, always in that order). Long work

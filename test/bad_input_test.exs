@@ -20,19 +20,7 @@ defmodule LlamaCppEx.BadInputTest do
   @n_ctx 256
 
   # A valid options map for NIF.context_create/2.
-  @native_ctx %{
-    n_ctx: @n_ctx,
-    n_batch: 64,
-    n_ubatch: 64,
-    n_threads: 1,
-    n_threads_batch: 1,
-    n_seq_max: 1,
-    embeddings: false,
-    flash_attn: -1,
-    type_k: :f16,
-    type_v: :f16,
-    pooling: -1
-  }
+  @native_ctx LlamaCppEx.TestHelpers.native_ctx_opts(%{n_ctx: @n_ctx})
 
   setup_all do
     %{model: load_model!()}

@@ -288,21 +288,7 @@ defmodule LlamaCppEx.ModelTest do
         assert Tokenizer.special_tokens(v).eos == 2
         assert_raise ArgumentError, ~r/vocab_only/, fn -> Context.create(v) end
         # the native layer refuses too
-        native = %{
-          n_ctx: 256,
-          n_batch: 64,
-          n_ubatch: 64,
-          n_threads: 1,
-          n_threads_batch: 1,
-          n_seq_max: 1,
-          embeddings: false,
-          flash_attn: -1,
-          type_k: :f16,
-          type_v: :f16,
-          pooling: -1
-        }
-
-        assert_raise ArgumentError, fn -> NIF.context_create(v.ref, native) end
+        assert_raise ArgumentError, fn -> NIF.context_create(v.ref, native_ctx_opts()) end
         assert_raise ArgumentError, fn -> LlamaCppEx.generate(v, "Once", max_tokens: 2) end
       after
         Model.free(v)

@@ -27,6 +27,26 @@ defmodule LlamaCppEx.TestHelpers do
     end
   end
 
+  @doc "A valid options map for LlamaCppEx.NIF.context_create/2 (merged with overrides)."
+  def native_ctx_opts(overrides \\ %{}) do
+    Map.merge(
+      %{
+        n_ctx: 256,
+        n_batch: 64,
+        n_ubatch: 64,
+        n_threads: 1,
+        n_threads_batch: 1,
+        n_seq_max: 1,
+        embeddings: false,
+        flash_attn: -1,
+        type_k: :f16,
+        type_v: :f16,
+        pooling: -1
+      },
+      overrides
+    )
+  end
+
   @doc "Loads the test model once per test module."
   def load_model!(path \\ model_path(), opts \\ []) do
     {:ok, model} = LlamaCppEx.Model.load(path, opts)
