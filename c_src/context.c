@@ -1,12 +1,13 @@
-// Contexts: creation (with a ggml thread pool each), decode, clear, sampling,
-// embeddings, free. The generation loop is in generate.c.
+// Contexts: creation (with a ggml thread pool each), free, introspection,
+// decode, sampling and embeddings. The generation loop is in generate.c.
 //
-// A llama_context is not thread-safe: every use holds the context's mutex (and,
-// when sampling, the sampler's mutex after it, always in that order). Long work
-// runs on dirty CPU schedulers and can be interrupted: free/1 sets `abort_all`,
-// and a stream's cancel flag (set by the consumer, or by the consumer's death
-// through a monitor) is checked between tokens and, through llama.cpp's abort
-// callback, inside llama_decode.
+// A llama_context is not thread-safe: every use is a claim on the context's
+// owner (owner.h), and sampling claims the sampler after the context, always
+// in that order. Long work runs on dirty CPU schedulers and can be interrupted:
+// free/1 cancels the holder, a stream's consumer cancels its stream, and a NIF
+// call stops when its calling process dies; llama.cpp's abort callback checks
+// all of it inside llama_decode.
+#include <math.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -23,6 +24,8 @@ typedef struct {
   lcx_model *model; // released after the context is gone
 } native_ctx;
 
+// Frees the llama_context, its pools, and then lets go of the model, in that
+// order: llama_free reads the model.
 static void free_native(void *arg) {
   native_ctx *n = arg;
   if (n->ctx) {
@@ -34,33 +37,20 @@ static void free_native(void *arg) {
   if (n->model) lcx_model_release(n->model, false);
 }
 
-static void free_native_heap(void *arg) {
-  free_native(arg);
-  enif_free(arg);
-}
-
-// Frees the llama_context, its pools, and then lets go of the model, in that
-// order: llama_free reads the model. From a destructor all of it happens on
-// the janitor thread, so a model free can never overtake a queued context.
-static void destroy_context(lcx_context *c, bool in_destructor) {
+static void destroy_context(lcx_context *c, bool from_destructor) {
   native_ctx n = {c->ctx, c->tp, c->tp_batch, c->model};
   c->ctx = NULL;
   c->tp = c->tp_batch = NULL;
   c->model = NULL;
-  native_ctx *heap = in_destructor && (n.ctx || n.tp || n.model) ? enif_alloc(sizeof n) : NULL;
-  if (heap) {
-    *heap = n;
-    lcx_janitor_call(free_native_heap, heap);
-  } else {
-    free_native(&n);
-  }
+  if (n.ctx || n.tp || n.tp_batch || n.model) lcx_dispose(free_native, &n, sizeof n, from_destructor);
 }
+
+static void destroy_now(void *c) { destroy_context(c, false); }
 
 static void context_dtor(ErlNifEnv *env, void *obj) {
   lcx_context *c = obj;
-  destroy_context(c, true);
-  if (c->lock) enif_mutex_destroy(c->lock);
-  if (c->owner_mu) enif_mutex_destroy(c->owner_mu);
+  destroy_context(c, true); // nobody holds it: users keep references
+  lcx_owner_destroy(&c->owner);
 }
 
 int lcx_context_load_types(ErlNifEnv *env) {
@@ -68,40 +58,122 @@ int lcx_context_load_types(ErlNifEnv *env) {
   return LCX_CONTEXT_RT ? 0 : -1;
 }
 
-bool lcx_abort_cb(void *data) {
-  lcx_context *c = data;
-  if (atomic_load(&c->abort_all)) return true;
-  atomic_int *flag = atomic_load(&c->cancel);
-  return flag && atomic_load(flag);
+bool lcx_abort_cb(void *data) { return lcx_owner_cancelled(&((lcx_context *)data)->owner); }
+
+// ---- claims ---------------------------------------------------------------------------------
+
+static ERL_NIF_TERM claim_error(ErlNifEnv *env, lcx_claim_result r) {
+  return lcx_err(env, r == LCX_CLAIM_BUSY ? LCX_E_busy : LCX_E_closed);
 }
 
-lcx_context *lcx_lock_context(ErlNifEnv *env, ERL_NIF_TERM t, ERL_NIF_TERM *err) {
+lcx_context *lcx_context_claim(ErlNifEnv *env, ERL_NIF_TERM t, lcx_claim *who, ERL_NIF_TERM *err) {
   lcx_context *c = lcx_get_context(env, t);
   if (!c) {
     *err = lcx_raise(env, "expected a context reference");
     return NULL;
   }
-  // A stream holds the lock for as long as its consumer takes to ask for more
-  // (its own consumer would wait for itself): nobody waits for it.
-  enif_mutex_lock(c->owner_mu);
-  bool streaming = c->stream != NULL;
-  enif_mutex_unlock(c->owner_mu);
-  if (streaming) {
-    *err = lcx_error(env, enif_make_atom(env, "busy"));
-    return NULL;
-  }
-  enif_mutex_lock(c->lock);
-  if (!c->ctx) {
-    enif_mutex_unlock(c->lock);
-    *err = lcx_error(env, ATOM_closed);
+  lcx_claim_result r = lcx_owner_claim(&c->owner, who);
+  if (r != LCX_CLAIM_OK) {
+    *err = claim_error(env, r);
     return NULL;
   }
   return c;
 }
 
+void lcx_context_release(lcx_context *c, lcx_claim *who) { lcx_owner_release(&c->owner, who); }
+
+bool lcx_claim_context_sampler(ErlNifEnv *env, ERL_NIF_TERM ct, ERL_NIF_TERM st, lcx_claim *who, lcx_context **cp,
+                               lcx_sampler **sp, ERL_NIF_TERM *err) {
+  lcx_context *c = lcx_get_context(env, ct);
+  lcx_sampler *s = lcx_get_sampler(env, st);
+  if (!c) {
+    *err = lcx_raise(env, "expected a context reference");
+    return false;
+  }
+  if (!s) {
+    *err = lcx_raise(env, "expected a sampler reference");
+    return false;
+  }
+  lcx_claim_result r = lcx_owner_claim_pair(&c->owner, lcx_sampler_owner(s), who);
+  if (r != LCX_CLAIM_OK) {
+    *err = claim_error(env, r);
+    return false;
+  }
+  if (lcx_sampler_model(s) != c->model) {
+    lcx_release_context_sampler(c, s, who);
+    *err = lcx_err(env, LCX_E_model_mismatch);
+    return false;
+  }
+  *cp = c;
+  *sp = s;
+  return true;
+}
+
+void lcx_release_context_sampler(lcx_context *c, lcx_sampler *s, lcx_claim *who) {
+  lcx_owner_release(lcx_sampler_owner(s), who);
+  lcx_owner_release(&c->owner, who);
+}
+
+// ---- positions and decoding ----------------------------------------------------------------
+
 int32_t lcx_next_position(lcx_context *c) {
   llama_pos p = llama_memory_seq_pos_max(llama_get_memory(c->ctx), 0);
   return p < 0 ? 0 : p + 1;
+}
+
+uint32_t lcx_context_seq_size(lcx_context *c) { return llama_n_ctx_seq(c->ctx); }
+
+// Decodes tokens into sequence 0 in n_ubatch chunks (what llama_decode would
+// split them into anyway), so that a cancelled claim or a dead caller stops it
+// between chunks as well as inside one (the abort callback).
+lcx_decode_status lcx_decode_tokens(lcx_context *c, const llama_token *toks, unsigned n, int32_t *code) {
+  uint32_t step = llama_n_ubatch(c->ctx);
+  c->has_logits = false;
+  *code = 0;
+  for (unsigned off = 0; off < n; off += step) {
+    unsigned len = n - off < step ? n - off : step;
+    bool threw;
+    if (lcx_owner_stopped(&c->owner)) return LCX_DECODE_ABORTED;
+    llama_pos before = lcx_next_position(c);
+    lcx_log_quiet_when(lcx_abort_cb, c);
+    int32_t rc = lcx_decode(c->ctx, llama_batch_get_one((llama_token *)toks + off, (int32_t)len), &threw);
+    lcx_log_quiet_when(NULL, NULL);
+    if (threw) {
+      // the exception skipped llama_decode's own clean-up of the failed batch
+      llama_memory_seq_rm(llama_get_memory(c->ctx), -1, before, -1);
+      return LCX_DECODE_THREW;
+    }
+    if (rc == 1) return LCX_DECODE_NO_KV_SLOT;
+    if (rc == 2) return LCX_DECODE_ABORTED;
+    if (rc != 0) {
+      *code = rc;
+      return LCX_DECODE_ERROR;
+    }
+  }
+  c->has_logits = n > 0;
+  return LCX_DECODE_OK;
+}
+
+ERL_NIF_TERM lcx_decode_error(ErlNifEnv *env, lcx_decode_status st, int32_t code) {
+  switch (st) {
+  case LCX_DECODE_THREW:
+    return lcx_err_msg(env, LCX_E_decode_failed, lcx_last_exception());
+  case LCX_DECODE_NO_KV_SLOT:
+    return lcx_err(env, LCX_E_no_kv_slot);
+  case LCX_DECODE_ABORTED:
+    return lcx_err(env, LCX_E_aborted);
+  default:
+    return lcx_err_detail(env, LCX_E_decode_failed, enif_make_int(env, code));
+  }
+}
+
+ERL_NIF_TERM lcx_overflow_error(ErlNifEnv *env, int32_t pos, unsigned n_prompt, int max_tokens, uint32_t n_ctx) {
+  ERL_NIF_TERM keys[4] = {ATOM_position, ATOM_prompt_tokens, ATOM_max_tokens_key, ATOM_n_ctx};
+  ERL_NIF_TERM vals[4] = {enif_make_int(env, pos), enif_make_uint(env, n_prompt), enif_make_int(env, max_tokens),
+                          enif_make_uint(env, n_ctx)};
+  ERL_NIF_TERM map;
+  enif_make_map_from_arrays(env, keys, vals, 4, &map);
+  return lcx_err_detail(env, LCX_E_context_overflow, map);
 }
 
 static bool map_int(ErlNifEnv *env, ERL_NIF_TERM map, const char *key, int *out) {
@@ -196,7 +268,7 @@ LCX_NIF(nif_context_create) {
   p.embeddings = embeddings;
   p.no_perf = false;
 
-  if (!lcx_model_acquire(m)) return lcx_error(env, ATOM_closed);
+  if (!lcx_model_acquire(m)) return lcx_err(env, LCX_E_closed);
   // llama.cpp allocates the KV cache and the logits buffer up front; an absurd
   // n_ctx or n_batch would have the kernel kill the whole VM instead of failing.
   uint64_t need = estimate_bytes(m->model, m->n_vocab, &p);
@@ -207,19 +279,19 @@ LCX_NIF(nif_context_create) {
     ERL_NIF_TERM vals[2] = {enif_make_uint64(env, need), enif_make_uint64(env, ram)};
     ERL_NIF_TERM map;
     enif_make_map_from_arrays(env, keys, vals, 2, &map);
-    return lcx_error2(env, enif_make_atom(env, "context_too_large"), map);
+    return lcx_err_detail(env, LCX_E_context_too_large, map);
   }
   lcx_context *c = enif_alloc_resource(LCX_CONTEXT_RT, sizeof(lcx_context));
   if (!c) {
     lcx_model_release(m, false);
-    return lcx_raise(env, "out of memory");
+    return lcx_err(env, LCX_E_out_of_memory);
   }
   memset(c, 0, sizeof *c);
-  atomic_init(&c->abort_all, 0);
-  atomic_init(&c->cancel, NULL);
-  c->lock = enif_mutex_create("lcx_context");
-  c->owner_mu = enif_mutex_create("lcx_context_owner");
   c->model = m;
+  if (!lcx_owner_init(&c->owner, "lcx_context")) {
+    enif_release_resource(c); // dtor releases the model
+    return lcx_err(env, LCX_E_out_of_memory);
+  }
   p.abort_callback = lcx_abort_cb;
   p.abort_callback_data = c;
 
@@ -227,7 +299,7 @@ LCX_NIF(nif_context_create) {
   c->ctx = lcx_init_from_model(m->model, p);
   const char *why = lcx_log_capture_end();
   if (!c->ctx) {
-    ERL_NIF_TERM err = lcx_error_str(env, ATOM_context_failed, why[0] ? why : lcx_last_exception());
+    ERL_NIF_TERM err = lcx_err_msg(env, LCX_E_context_failed, why[0] ? why : lcx_last_exception());
     enif_release_resource(c); // dtor releases the model
     return err;
   }
@@ -244,7 +316,7 @@ LCX_NIF(nif_context_create) {
   c->tp = lcx_threadpool_new(&tpp);
   if (!c->tp || (n_threads_batch != n_threads && !c->tp_batch)) {
     enif_release_resource(c); // dtor frees the context and any pool
-    return lcx_error_str(env, ATOM_context_failed, "could not start the compute threads");
+    return lcx_err_msg(env, LCX_E_context_failed, "could not start the compute threads");
   }
   llama_attach_threadpool(c->ctx, c->tp, c->tp_batch);
   c->embeddings = embeddings;
@@ -253,24 +325,20 @@ LCX_NIF(nif_context_create) {
   return lcx_ok(env, t);
 }
 
-// context_free(ctx): aborts running work, then frees. Dirty: may wait for the lock.
+// context_free(ctx): cancels whatever runs on the context, waits for it to
+// let go, then frees. Dirty: the wait is one token or one decode.
 LCX_NIF(nif_context_free) {
   lcx_context *c = lcx_get_context(env, argv[0]);
   if (!c) return lcx_raise(env, "expected a context reference");
-  atomic_store(&c->abort_all, 1);
-  enif_mutex_lock(c->owner_mu); // wake a stream waiting for its consumer
-  if (c->stream) lcx_stream_cancel(c->stream);
-  enif_mutex_unlock(c->owner_mu);
-  enif_mutex_lock(c->lock);
-  destroy_context(c, false);
-  enif_mutex_unlock(c->lock);
+  lcx_owner_close(&c->owner, destroy_now, c);
   return ATOM_ok;
 }
 
-// context_info(ctx) -> %{n_ctx, n_batch, n_ubatch, n_seq_max, n_threads, n_threads_batch, embeddings}
+// context_info(ctx) -> %{n_ctx, n_batch, n_ubatch, n_seq_max, n_threads, n_threads_batch}
 LCX_NIF(nif_context_info) {
   ERL_NIF_TERM err;
-  lcx_context *c = lcx_lock_context(env, argv[0], &err);
+  lcx_claim me = LCX_CALL_CLAIM(env);
+  lcx_context *c = lcx_context_claim(env, argv[0], &me, &err);
   if (!c) return err;
   ERL_NIF_TERM keys[6] = {ATOM_n_ctx,     ATOM_n_batch,   ATOM_n_ubatch,
                           ATOM_n_seq_max, ATOM_n_threads, ATOM_n_threads_batch};
@@ -278,7 +346,7 @@ LCX_NIF(nif_context_info) {
       enif_make_uint(env, llama_n_ctx(c->ctx)),    enif_make_uint(env, llama_n_batch(c->ctx)),
       enif_make_uint(env, llama_n_ubatch(c->ctx)), enif_make_uint(env, llama_n_seq_max(c->ctx)),
       enif_make_int(env, llama_n_threads(c->ctx)), enif_make_int(env, llama_n_threads_batch(c->ctx))};
-  enif_mutex_unlock(c->lock);
+  lcx_context_release(c, &me);
   ERL_NIF_TERM map;
   enif_make_map_from_arrays(env, keys, vals, 6, &map);
   return lcx_ok(env, map);
@@ -286,69 +354,32 @@ LCX_NIF(nif_context_info) {
 
 LCX_NIF(nif_context_position) {
   ERL_NIF_TERM err;
-  lcx_context *c = lcx_lock_context(env, argv[0], &err);
+  lcx_claim me = LCX_CALL_CLAIM(env);
+  lcx_context *c = lcx_context_claim(env, argv[0], &me, &err);
   if (!c) return err;
   int32_t pos = lcx_next_position(c);
-  enif_mutex_unlock(c->lock);
+  lcx_context_release(c, &me);
   return lcx_ok(env, enif_make_int(env, pos));
 }
 
 LCX_NIF(nif_context_clear) {
   ERL_NIF_TERM err;
-  lcx_context *c = lcx_lock_context(env, argv[0], &err);
+  lcx_claim me = LCX_CALL_CLAIM(env);
+  lcx_context *c = lcx_context_claim(env, argv[0], &me, &err);
   if (!c) return err;
   bool ok = lcx_memory_clear(c->ctx);
   c->has_logits = false;
-  enif_mutex_unlock(c->lock);
-  return ok ? ATOM_ok : lcx_error_str(env, ATOM_exception, lcx_last_exception());
-}
-
-ERL_NIF_TERM lcx_overflow_error(ErlNifEnv *env, int32_t pos, unsigned n_prompt, int max_tokens, uint32_t n_ctx) {
-  ERL_NIF_TERM keys[4] = {ATOM_position, ATOM_prompt_tokens, ATOM_max_tokens_key, ATOM_n_ctx};
-  ERL_NIF_TERM vals[4] = {enif_make_int(env, pos), enif_make_uint(env, n_prompt), enif_make_int(env, max_tokens),
-                          enif_make_uint(env, n_ctx)};
-  ERL_NIF_TERM map;
-  enif_make_map_from_arrays(env, keys, vals, 4, &map);
-  return lcx_error2(env, ATOM_context_overflow, map);
-}
-
-// Decodes tokens in n_batch chunks. Returns 0, or the llama_decode code
-// (2 = aborted), or RC_DECODE_THREW when llama.cpp threw (or asserted).
-int32_t lcx_decode_tokens(lcx_context *c, llama_token *toks, unsigned n) {
-  uint32_t n_batch = llama_n_batch(c->ctx);
-  c->has_logits = false;
-  for (unsigned off = 0; off < n; off += n_batch) {
-    unsigned len = n - off < n_batch ? n - off : n_batch;
-    bool threw;
-    llama_pos before = lcx_next_position(c);
-    lcx_log_quiet_when(lcx_abort_cb, c);
-    int32_t rc = lcx_decode(c->ctx, llama_batch_get_one(toks + off, (int32_t)len), &threw);
-    lcx_log_quiet_when(NULL, NULL);
-    if (threw) {
-      // the exception skipped llama_decode's own clean-up of the failed batch
-      llama_memory_seq_rm(llama_get_memory(c->ctx), -1, before, -1);
-      return RC_DECODE_THREW;
-    }
-    if (rc != 0) return rc;
-  }
-  c->has_logits = n > 0;
-  return 0;
-}
-
-ERL_NIF_TERM lcx_decode_error(ErlNifEnv *env, int32_t rc) {
-  if (rc == RC_DECODE_THREW) return lcx_error_str(env, ATOM_decode_failed, lcx_last_exception());
-  if (rc == RC_SAMPLER_THREW) return lcx_error_str(env, ATOM_sampler_failed, lcx_last_exception());
-  if (rc == 1) return lcx_error(env, ATOM_no_kv_slot);
-  if (rc == 2) return lcx_error(env, ATOM_aborted);
-  return lcx_error2(env, ATOM_decode_failed, enif_make_int(env, rc));
+  lcx_context_release(c, &me);
+  return ok ? ATOM_ok : lcx_err_msg(env, LCX_E_exception, lcx_last_exception());
 }
 
 // Reads and validates a token list against the context's model.
-static bool get_prompt(ErlNifEnv *env, lcx_context *c, ERL_NIF_TERM list, llama_token **toks, unsigned *n,
+static bool get_tokens(ErlNifEnv *env, lcx_context *c, ERL_NIF_TERM list, llama_token **toks, unsigned *n,
                        ERL_NIF_TERM *err) {
   ERL_NIF_TERM bad;
-  if (!lcx_get_tokens(env, list, c->model->n_vocab, toks, n, &bad)) {
-    *err = lcx_raise(env, "tokens must be a list of integers");
+  lcx_tokens_result r = lcx_get_tokens(env, list, c->model->n_vocab, toks, n, &bad);
+  if (r != LCX_TOKENS_OK) {
+    *err = r == LCX_TOKENS_NOMEM ? lcx_err(env, LCX_E_out_of_memory) : lcx_raise(env, "tokens must be a list of integers");
     return false;
   }
   if (bad) {
@@ -363,122 +394,176 @@ static bool get_prompt(ErlNifEnv *env, lcx_context *c, ERL_NIF_TERM list, llama_
 // context_decode(ctx, tokens) -> :ok | {:error, reason}
 LCX_NIF(nif_context_decode) {
   ERL_NIF_TERM err;
-  lcx_context *c = lcx_lock_context(env, argv[0], &err);
+  lcx_claim me = LCX_CALL_CLAIM(env);
+  lcx_context *c = lcx_context_claim(env, argv[0], &me, &err);
   if (!c) return err;
-  llama_token *toks;
+  llama_token *toks = NULL;
   unsigned n;
-  if (!get_prompt(env, c, argv[1], &toks, &n, &err)) {
-    enif_mutex_unlock(c->lock);
-    return err;
-  }
   ERL_NIF_TERM r;
-  int32_t pos = lcx_next_position(c);
-  uint32_t n_ctx = llama_n_ctx(c->ctx);
-  if (n == 0)
-    r = lcx_error(env, ATOM_empty_prompt);
-  else if ((uint64_t)pos + n > n_ctx)
-    r = lcx_overflow_error(env, pos, n, 0, n_ctx);
-  else {
-    int32_t rc = lcx_decode_tokens(c, toks, n);
-    r = rc == 0 ? ATOM_ok : lcx_decode_error(env, rc);
+  if (!get_tokens(env, c, argv[1], &toks, &n, &err)) {
+    r = err;
+  } else {
+    int32_t pos = lcx_next_position(c), code;
+    uint32_t n_ctx = lcx_context_seq_size(c); // what one sequence can hold
+    if (n == 0) {
+      r = lcx_err(env, LCX_E_empty_prompt);
+    } else if ((uint64_t)pos + n > n_ctx) {
+      r = lcx_overflow_error(env, pos, n, 0, n_ctx);
+    } else {
+      lcx_decode_status st = lcx_decode_tokens(c, toks, n, &code);
+      r = st == LCX_DECODE_OK ? ATOM_ok : lcx_decode_error(env, st, code);
+    }
   }
-  enif_mutex_unlock(c->lock);
-  enif_free(toks);
+  lcx_context_release(c, &me);
+  if (toks) enif_free(toks);
   return r;
-}
-
-// Locks the sampler after the context; checks that both belong to one model.
-lcx_sampler *lcx_lock_sampler(ErlNifEnv *env, lcx_context *c, ERL_NIF_TERM t, ERL_NIF_TERM *err) {
-  lcx_sampler *s = lcx_get_sampler(env, t);
-  if (!s) {
-    *err = lcx_raise(env, "expected a sampler reference");
-    return NULL;
-  }
-  if (lcx_sampler_streaming(s)) {
-    *err = lcx_error(env, enif_make_atom(env, "busy"));
-    return NULL;
-  }
-  enif_mutex_lock(s->lock);
-  if (!s->chain)
-    *err = lcx_error(env, ATOM_closed);
-  else if (s->model != c->model)
-    *err = lcx_error(env, ATOM_model_mismatch);
-  else
-    return s;
-  enif_mutex_unlock(s->lock);
-  return NULL;
 }
 
 // sampler_sample(sampler, ctx) -> {:ok, token} | {:error, reason}
 LCX_NIF(nif_sampler_sample) {
-  ERL_NIF_TERM err;
-  lcx_context *c = lcx_lock_context(env, argv[1], &err);
-  if (!c) return err;
-  lcx_sampler *s = lcx_lock_sampler(env, c, argv[0], &err);
-  if (!s) {
-    enif_mutex_unlock(c->lock);
-    return err;
-  }
-  ERL_NIF_TERM r;
+  ERL_NIF_TERM err, r;
+  lcx_claim me = LCX_CALL_CLAIM(env);
+  lcx_context *c;
+  lcx_sampler *s;
+  if (!lcx_claim_context_sampler(env, argv[1], argv[0], &me, &c, &s, &err)) return err;
   // llama_sampler_sample asserts that logits exist: check first.
-  if (!c->has_logits || llama_get_logits_ith(c->ctx, -1) == NULL)
-    r = lcx_error(env, enif_make_atom(env, "no_logits"));
-  else {
+  if (!c->has_logits || llama_get_logits_ith(c->ctx, -1) == NULL) {
+    r = lcx_err(env, LCX_E_no_logits);
+  } else {
     bool threw;
-    llama_token t = lcx_sampler_sample(s->chain, c->ctx, -1, &threw);
-    r = threw ? lcx_error_str(env, ATOM_sampler_failed, lcx_last_exception()) : lcx_ok(env, enif_make_int(env, t));
+    llama_token t = lcx_sampler_sample(lcx_sampler_chain(s), c->ctx, -1, &threw);
+    r = threw ? lcx_err_msg(env, LCX_E_sampler_failed, lcx_last_exception()) : lcx_ok(env, enif_make_int(env, t));
   }
-  enif_mutex_unlock(s->lock);
-  enif_mutex_unlock(c->lock);
+  lcx_release_context_sampler(c, s, &me);
   return r;
 }
 
-// context_embed(ctx, tokens) -> {:ok, [float]}: the pooled embedding of one
-// sequence. The context is cleared before and after.
+// ---- embeddings ----------------------------------------------------------------------------
+
+// A vector as a list of floats; false if an element is not finite (a broken
+// model or input), which enif_make_double cannot represent.
+static bool make_vector(ErlNifEnv *env, const float *v, int32_t n, ERL_NIF_TERM *out) {
+  ERL_NIF_TERM list = enif_make_list(env, 0);
+  for (int32_t i = n; i > 0; i--) {
+    if (!isfinite(v[i - 1])) return false;
+    list = enif_make_list_cell(env, enif_make_double(env, v[i - 1]), list);
+  }
+  *out = list;
+  return true;
+}
+
+static ERL_NIF_TERM vector_result(ErlNifEnv *env, const float *v, int32_t n) {
+  ERL_NIF_TERM list;
+  if (!make_vector(env, v, n, &list)) return lcx_err(env, LCX_E_no_embeddings);
+  return lcx_ok(env, list);
+}
+
+// A context with its own pooling (mean, cls, last): the whole sequence in one micro-batch.
+static ERL_NIF_TERM embed_pooled(ErlNifEnv *env, lcx_context *c, const llama_token *toks, unsigned n) {
+  int32_t code;
+  lcx_decode_status st = lcx_decode_tokens(c, toks, n, &code);
+  const float *emb = st == LCX_DECODE_OK ? llama_get_embeddings_seq(c->ctx, 0) : NULL;
+  if (st != LCX_DECODE_OK) return lcx_decode_error(env, st, code);
+  if (!emb) return lcx_err(env, LCX_E_no_embeddings);
+  return vector_result(env, emb, llama_model_n_embd_out(c->model->model));
+}
+
+// A context without pooling (per-token embeddings): the text is decoded in
+// n_ubatch steps (a causal model's token embeddings do not depend on how the
+// sequence is split) and pooled here, so a long text never makes one huge
+// micro-batch, and every step can be interrupted.
+static ERL_NIF_TERM embed_stepwise(ErlNifEnv *env, lcx_context *c, const llama_token *toks, unsigned n,
+                                   enum llama_pooling_type pooling) {
+  int32_t n_embd = llama_model_n_embd_out(c->model->model), code;
+  uint32_t step = llama_n_ubatch(c->ctx);
+  double *acc = enif_alloc(sizeof(double) * (size_t)n_embd);
+  float *out = enif_alloc(sizeof(float) * (size_t)n_embd);
+  if (!acc || !out) {
+    if (acc) enif_free(acc);
+    if (out) enif_free(out);
+    return lcx_err(env, LCX_E_out_of_memory);
+  }
+  memset(acc, 0, sizeof(double) * (size_t)n_embd);
+  ERL_NIF_TERM r = 0;
+  for (unsigned off = 0; off < n && !r; off += step) {
+    unsigned len = n - off < step ? n - off : step;
+    lcx_decode_status st = lcx_decode_tokens(c, toks + off, len, &code);
+    if (st != LCX_DECODE_OK) {
+      r = lcx_decode_error(env, st, code);
+      break;
+    }
+    for (unsigned i = 0; i < len; i++) {
+      unsigned at = off + i;
+      bool wanted = pooling == LLAMA_POOLING_TYPE_MEAN || (pooling == LLAMA_POOLING_TYPE_CLS && at == 0) ||
+                    (pooling == LLAMA_POOLING_TYPE_LAST && at == n - 1);
+      if (!wanted) continue;
+      const float *e = llama_get_embeddings_ith(c->ctx, (int32_t)i);
+      if (!e) {
+        r = lcx_err(env, LCX_E_no_embeddings);
+        break;
+      }
+      for (int32_t k = 0; k < n_embd; k++)
+        acc[k] += e[k];
+    }
+  }
+  if (!r) {
+    double div = pooling == LLAMA_POOLING_TYPE_MEAN ? (double)n : 1.0;
+    for (int32_t k = 0; k < n_embd; k++)
+      out[k] = (float)(acc[k] / div);
+    r = vector_result(env, out, n_embd);
+  }
+  enif_free(acc);
+  enif_free(out);
+  return r;
+}
+
+static bool pooling_from_atom(ErlNifEnv *env, ERL_NIF_TERM t, enum llama_pooling_type *out) {
+  char name[16];
+  if (!enif_get_atom(env, t, name, sizeof name, ERL_NIF_LATIN1)) return false;
+  if (strcmp(name, "nil") == 0) *out = LLAMA_POOLING_TYPE_UNSPECIFIED;
+  else if (strcmp(name, "mean") == 0) *out = LLAMA_POOLING_TYPE_MEAN;
+  else if (strcmp(name, "cls") == 0) *out = LLAMA_POOLING_TYPE_CLS;
+  else if (strcmp(name, "last") == 0) *out = LLAMA_POOLING_TYPE_LAST;
+  else return false;
+  return true;
+}
+
+// context_embed(ctx, tokens, pooling) -> {:ok, [float]}: the pooled embedding of
+// one sequence. `pooling` (nil, :mean, :cls, :last) is for a context made with
+// pooling: :none; nil uses the context's own. The memory is cleared before and after.
 LCX_NIF(nif_context_embed) {
-  ERL_NIF_TERM err;
-  lcx_context *c = lcx_lock_context(env, argv[0], &err);
+  ERL_NIF_TERM err, r;
+  enum llama_pooling_type asked;
+  if (!pooling_from_atom(env, argv[2], &asked)) return lcx_raise(env, "pooling must be nil, :mean, :cls or :last");
+  lcx_claim me = LCX_CALL_CLAIM(env);
+  lcx_context *c = lcx_context_claim(env, argv[0], &me, &err);
   if (!c) return err;
   llama_token *toks = NULL;
   unsigned n = 0;
-  ERL_NIF_TERM bad, r;
-  enum llama_pooling_type pooling = llama_pooling_type(c->ctx);
-  if (!lcx_get_tokens(env, argv[1], c->model->n_vocab, &toks, &n, &bad)) {
-    r = lcx_raise(env, "tokens must be a list of integers");
-  } else if (bad) {
-    r = lcx_invalid_token(env, bad, c->model->n_vocab);
+  enum llama_pooling_type own = llama_pooling_type(c->ctx);
+  bool stepwise = own == LLAMA_POOLING_TYPE_NONE && asked != LLAMA_POOLING_TYPE_UNSPECIFIED;
+  bool causal = llama_model_has_decoder(c->model->model) && !llama_model_has_encoder(c->model->model);
+  uint32_t n_seq = lcx_context_seq_size(c), n_ubatch = llama_n_ubatch(c->ctx);
+  if (!get_tokens(env, c, argv[1], &toks, &n, &err)) {
+    r = err;
   } else if (!c->embeddings) {
-    r = lcx_error(env, enif_make_atom(env, "embeddings_disabled"));
-  } else if (pooling != LLAMA_POOLING_TYPE_MEAN && pooling != LLAMA_POOLING_TYPE_CLS &&
-             pooling != LLAMA_POOLING_TYPE_LAST) {
-    r = lcx_error2(env, enif_make_atom(env, "unsupported_pooling"), enif_make_int(env, (int)pooling));
+    r = lcx_err(env, LCX_E_embeddings_disabled);
+  } else if (!stepwise && own != LLAMA_POOLING_TYPE_MEAN && own != LLAMA_POOLING_TYPE_CLS &&
+             own != LLAMA_POOLING_TYPE_LAST) {
+    r = lcx_err_detail(env, LCX_E_unsupported_pooling, enif_make_int(env, (int)own));
   } else if (n == 0) {
-    r = lcx_error(env, ATOM_empty_prompt);
-  } else if (n > llama_n_ubatch(c->ctx) || n > llama_n_ctx_seq(c->ctx)) {
-    // a pooled sequence must fit in one micro-batch
-    r = lcx_overflow_error(env, 0, n, 0,
-                           llama_n_ubatch(c->ctx) < llama_n_ctx_seq(c->ctx) ? llama_n_ubatch(c->ctx)
-                                                                            : llama_n_ctx_seq(c->ctx));
+    r = lcx_err(env, LCX_E_empty_prompt);
+  } else if (n > n_seq || (!(stepwise && causal) && n > n_ubatch)) {
+    // a pooled (or non-causal) sequence must fit in one micro-batch
+    r = lcx_overflow_error(env, 0, n, 0, stepwise && causal ? n_seq : (n_ubatch < n_seq ? n_ubatch : n_seq));
   } else if (!lcx_memory_clear(c->ctx)) {
-    r = lcx_error_str(env, ATOM_exception, lcx_last_exception());
+    r = lcx_err_msg(env, LCX_E_exception, lcx_last_exception());
   } else {
-    int32_t rc = lcx_decode_tokens(c, toks, n);
-    const float *emb = rc == 0 ? llama_get_embeddings_seq(c->ctx, 0) : NULL;
-    if (rc != 0) {
-      r = lcx_decode_error(env, rc);
-    } else if (!emb) {
-      r = lcx_error(env, enif_make_atom(env, "no_embeddings"));
-    } else {
-      int32_t n_embd = llama_model_n_embd_out(c->model->model);
-      ERL_NIF_TERM list = enif_make_list(env, 0);
-      for (int32_t i = n_embd; i > 0; i--)
-        list = enif_make_list_cell(env, enif_make_double(env, emb[i - 1]), list);
-      r = lcx_ok(env, list);
-    }
+    r = stepwise ? embed_stepwise(env, c, toks, n, asked) : embed_pooled(env, c, toks, n);
     lcx_memory_clear(c->ctx);
     c->has_logits = false;
   }
-  enif_mutex_unlock(c->lock);
+  lcx_context_release(c, &me);
   if (toks) enif_free(toks);
   return r;
 }

@@ -1,124 +1,92 @@
 // Generation: the native decode/sample loop behind Context.generate/4 (on a
 // dirty scheduler) and behind streams (on a thread of their own).
 //
-// One loop serves both: decode the prompt in n_batch chunks, then sample
-// (which accepts the token into the chain), stop on end-of-generation, append
-// the token's text, look for stop strings in the new tail only, decode the
-// token. Streams also send text chunks as they become safe to send: never
-// ending inside a UTF-8 character, never holding what may be the start of a
-// stop string, and only when the consumer has asked for them.
+// One loop serves both, in named steps: check the job, decode the prompt,
+// then per token: sample (which accepts the token into the chain), append its
+// text (text.h: UTF-8 and stop strings), deliver what is ready to a stream's
+// consumer, check for max_tokens and a full context, decode the token.
 #define _POSIX_C_SOURCE 200809L
 #include <string.h>
 #include <time.h>
 
 #include "lcx.h"
 
-ErlNifResourceType *LCX_STREAM_RT;
+// ---- streams: the resource ---------------------------------------------------------------
+//
+// A stream owns its context and sampler through one long-running claim from
+// stream_start until its thread ends. Flow control: the consumer asks for
+// chunks (stream_demand); the loop sends a chunk whenever one was asked for,
+// coalescing all the text ready since the last one, and otherwise runs on, at
+// most STREAM_WINDOW tokens past the last chunk it sent, before it waits. So a
+// consumer that keeps up never makes the loop wait, a slow one wakes once per
+// burst, and one that stops asking stops generation within STREAM_WINDOW + 1
+// tokens of the text it received.
 
-// ---- text buffer and stop strings ------------------------------------------------------
+#define STREAM_WINDOW 16
 
-typedef struct {
-  char *data;
-  size_t len, cap;
-} buf_t;
+typedef struct stream {
+  lcx_claim claim; // first: wake() gets back from the claim to the stream
+  ErlNifMutex *mu;
+  ErlNifCond *cv;
+  long demanded, sent; // chunks asked for and sent, under mu
+  ErlNifMonitor mon;
+  ErlNifPid consumer;
+  lcx_context *c; // kept while the thread runs
+  lcx_sampler *s; // kept while the thread runs
+  llama_token *prompt;
+  unsigned n_prompt;
+  int max_tokens;
+  lcx_stops stops;
+  ErlNifEnv *ref_env; // holds `ref`, the tag of every message
+  ERL_NIF_TERM ref;
+} stream_t;
 
-static bool buf_append(buf_t *b, const char *s, size_t n) {
-  if (b->len + n > b->cap) {
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + n)
-      cap *= 2;
-    char *d = enif_realloc(b->data, cap);
-    if (!d) return false;
-    b->data = d;
-    b->cap = cap;
-  }
-  memcpy(b->data + b->len, s, n);
-  b->len += n;
-  return true;
-}
+static ErlNifResourceType *STREAM_RT;
 
-typedef struct {
-  const ErlNifBinary *stops;
-  unsigned n;
-  size_t max_len;
-} stops_t;
-
-// Earliest occurrence of any stop string starting at or after `from`.
-static bool find_stop(const stops_t *st, const buf_t *text, size_t from, size_t *at) {
-  bool found = false;
-  for (unsigned i = 0; i < st->n; i++) {
-    const ErlNifBinary *s = &st->stops[i];
-    if (s->size == 0 || s->size > text->len) continue;
-    for (size_t p = from; p + s->size <= text->len; p++) {
-      if (memcmp(text->data + p, s->data, s->size) == 0) {
-        if (!found || p < *at) *at = p;
-        found = true;
-        break;
-      }
-    }
-  }
-  return found;
-}
-
-// Bytes at the end of text that could be the start of a stop string.
-static size_t stop_prefix_hold(const stops_t *st, const buf_t *text, size_t emitted) {
-  size_t hold = 0;
-  for (unsigned i = 0; i < st->n; i++) {
-    const ErlNifBinary *s = &st->stops[i];
-    size_t kmax = s->size > 0 ? s->size - 1 : 0;
-    if (kmax > text->len - emitted) kmax = text->len - emitted;
-    for (size_t k = kmax; k > hold; k--) {
-      if (memcmp(text->data + text->len - k, s->data, k) == 0) {
-        hold = k;
-        break;
-      }
-    }
-  }
-  return hold;
-}
-
-// ---- streams: resource, flow control ------------------------------------------------------
-
-void lcx_stream_cancel(lcx_stream *st) {
+static void stream_wake(lcx_claim *claim) {
+  stream_t *st = (stream_t *)claim;
   enif_mutex_lock(st->mu);
-  atomic_store(&st->cancel, 1);
   enif_cond_broadcast(st->cv);
   enif_mutex_unlock(st->mu);
 }
 
-static void stream_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon) { lcx_stream_cancel(obj); }
+static void stream_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon) {
+  lcx_claim_cancel(&((stream_t *)obj)->claim);
+}
 
 static void stream_dtor(ErlNifEnv *env, void *obj) {
-  lcx_stream *st = obj;
+  stream_t *st = obj;
   if (st->cv) enif_cond_destroy(st->cv);
   if (st->mu) enif_mutex_destroy(st->mu);
   if (st->prompt) enif_free(st->prompt);
-  for (unsigned i = 0; i < st->n_stops; i++)
-    enif_free(st->stops[i].data);
-  if (st->stops) enif_free(st->stops);
+  lcx_stops_free(&st->stops);
   if (st->ref_env) enif_free_env(st->ref_env);
 }
 
 int lcx_generate_load_types(ErlNifEnv *env) {
   ErlNifResourceTypeInit init = {.dtor = stream_dtor, .stop = NULL, .down = stream_down};
-  LCX_STREAM_RT = enif_open_resource_type_x(env, "lcx_stream", &init, ERL_NIF_RT_CREATE, NULL);
-  return LCX_STREAM_RT ? 0 : -1;
+  STREAM_RT = enif_open_resource_type_x(env, "lcx_stream", &init, ERL_NIF_RT_CREATE, NULL);
+  return STREAM_RT ? 0 : -1;
 }
 
-// Blocks until the consumer has asked for chunk number `n` (1-based) or the
-// stream is cancelled. Returns false when cancelled.
-static bool wait_demand(lcx_stream *st, long n) {
+typedef enum { TURN_NOT_YET, TURN_SEND, TURN_CANCELLED } turn_t;
+
+// Whether a chunk may go now; with `wait`, blocks until one may (or the stream is cancelled).
+static turn_t stream_turn(stream_t *st, bool wait) {
   enif_mutex_lock(st->mu);
-  while (st->demanded < n && !atomic_load(&st->cancel))
+  while (wait && st->demanded <= st->sent && !atomic_load(&st->claim.cancel))
     enif_cond_wait(st->cv, st->mu);
-  bool ok = !atomic_load(&st->cancel);
+  turn_t t = atomic_load(&st->claim.cancel) ? TURN_CANCELLED : st->demanded > st->sent ? TURN_SEND : TURN_NOT_YET;
   enif_mutex_unlock(st->mu);
-  return ok;
+  return t;
 }
 
 // {ref, {:chunk, text}} to the consumer, from the stream's own thread.
-static void send_chunk(lcx_stream *st, ErlNifEnv *msg_env, const char *data, size_t len) {
+static void send_chunk(stream_t *st, ErlNifEnv *msg_env, const char *data, size_t len) {
   if (len == 0) return;
+  enif_mutex_lock(st->mu);
+  st->sent++;
+  enif_mutex_unlock(st->mu);
   ERL_NIF_TERM msg = enif_make_tuple2(msg_env, enif_make_copy(msg_env, st->ref),
                                       enif_make_tuple2(msg_env, ATOM_chunk, lcx_binary(msg_env, data, len)));
   enif_send(NULL, &st->consumer, msg_env, msg);
@@ -132,191 +100,284 @@ static int64_t now_us(void) {
   return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-// ---- the loop ------------------------------------------------------------------------------------
+// ---- one generation --------------------------------------------------------------------------
+
+typedef enum { FINISH_MAX_TOKENS, FINISH_EOG, FINISH_STOP, FINISH_CONTEXT_FULL, FINISH_CANCELLED } finish_t;
+
+typedef enum {
+  FAIL_NONE,
+  FAIL_DECODE,  // llama_decode failed (dst, dcode)
+  FAIL_SAMPLER, // llama.cpp threw while sampling
+  FAIL_TEXT,    // llama.cpp could not render a token
+  FAIL_NOMEM,
+} fail_t;
 
 typedef struct {
-  llama_token *prompt;
+  // the job
+  lcx_context *c;
+  lcx_sampler *s;
+  lcx_claim *claim;
+  const llama_token *prompt;
   unsigned n_prompt;
   int max_tokens;
-  stops_t stops;
-  lcx_stream *stream; // NULL for Context.generate/4
-} job_t;
+  const lcx_stops *stops;
+  stream_t *stream; // NULL for Context.generate/4
+  // progress
+  lcx_text text;
+  llama_token *out;
+  unsigned n_out;
+  int32_t pos0;   // where the prompt starts
+  uint32_t n_seq; // cells one sequence can hold
+  unsigned unsent; // tokens since the last chunk (streams)
+  ErlNifEnv *msg_env;
+  finish_t finish;
+  fail_t fail;
+  lcx_decode_status dst;
+  int32_t dcode;
+  int64_t t0, t1, t2, decode_us;
+} gen_t;
 
-// Runs one generation with c->lock and s->lock held; builds the result in env.
-static ERL_NIF_TERM run_locked(ErlNifEnv *env, lcx_context *c, lcx_sampler *s, const job_t *job) {
-  const int32_t n_vocab = c->model->n_vocab;
-  for (unsigned i = 0; i < job->n_prompt; i++)
-    if (job->prompt[i] < 0 || job->prompt[i] >= n_vocab)
-      return lcx_invalid_token(env, enif_make_int(env, job->prompt[i]), n_vocab);
-  int32_t pos = lcx_next_position(c);
-  uint32_t n_ctx = llama_n_ctx_seq(c->ctx); // what one sequence can hold
-  if (job->n_prompt == 0) return lcx_error(env, ATOM_empty_prompt);
-  if ((uint64_t)pos + job->n_prompt + (uint64_t)job->max_tokens > n_ctx)
-    return lcx_overflow_error(env, pos, job->n_prompt, job->max_tokens, n_ctx);
-
-  llama_token *out = enif_alloc(sizeof(llama_token) * (size_t)job->max_tokens);
-  ErlNifEnv *msg_env = job->stream ? enif_alloc_env() : NULL;
-  if (!out || (job->stream && !msg_env)) {
-    if (out) enif_free(out);
-    if (msg_env) enif_free_env(msg_env);
-    return lcx_error(env, enif_make_atom(env, "out_of_memory"));
+static ERL_NIF_TERM finish_atom(finish_t f) {
+  switch (f) {
+  case FINISH_EOG:
+    return ATOM_eog;
+  case FINISH_STOP:
+    return ATOM_stop;
+  case FINISH_CONTEXT_FULL:
+    return ATOM_context_full;
+  case FINISH_CANCELLED:
+    return ATOM_cancelled;
+  default:
+    return ATOM_max_tokens;
   }
-  buf_t text = {0};
-  unsigned n_out = 0;
-  size_t emitted = 0;
-  long n_sent = 0;
-  const struct llama_vocab *vocab = c->model->vocab;
-  ERL_NIF_TERM finish = ATOM_max_tokens;
-  int64_t decode_us = 0; // time in llama_decode during the token loop
-  char piece_buf[256];
-
-  int64_t t0 = now_us();
-  int32_t rc = lcx_abort_cb(c) ? 2 : lcx_decode_tokens(c, job->prompt, job->n_prompt);
-  int64_t t1 = now_us();
-  while (rc == 0) {
-    bool threw;
-    llama_token tok = lcx_sampler_sample(s->chain, c->ctx, -1, &threw);
-    if (threw) {
-      rc = RC_SAMPLER_THREW;
-      break;
-    }
-    if (llama_vocab_is_eog(vocab, tok)) {
-      finish = ATOM_eog;
-      break;
-    }
-    out[n_out++] = tok;
-    int32_t n = lcx_token_to_piece(vocab, tok, piece_buf, sizeof piece_buf, 0, false, &threw);
-    if (threw) {
-      rc = RC_SAMPLER_THREW;
-      break;
-    }
-    size_t before = text.len;
-    bool ok = true;
-    if (n > 0)
-      ok = buf_append(&text, piece_buf, (size_t)n);
-    else if (n < 0) {
-      char *big = enif_alloc((size_t)-n);
-      int32_t n2 = big ? lcx_token_to_piece(vocab, tok, big, -n, 0, false, &threw) : -1;
-      ok = big && !threw && n2 >= 0 && buf_append(&text, big, (size_t)n2);
-      if (big) enif_free(big);
-    }
-    if (!ok) {
-      rc = RC_SAMPLER_THREW;
-      break;
-    }
-    if (job->stops.n > 0) {
-      size_t from = before >= job->stops.max_len ? before - job->stops.max_len + 1 : 0;
-      size_t at = 0;
-      if (find_stop(&job->stops, &text, from, &at)) {
-        text.len = at;
-        finish = ATOM_stop;
-        break;
-      }
-    }
-    if (job->stream) {
-      size_t safe = text.len - stop_prefix_hold(&job->stops, &text, emitted);
-      safe -= lcx_utf8_incomplete_tail(text.data, safe);
-      if (safe > emitted) {
-        if (!wait_demand(job->stream, n_sent + 1)) {
-          rc = 2;
-          break;
-        }
-        send_chunk(job->stream, msg_env, text.data + emitted, safe - emitted);
-        n_sent++;
-        emitted = safe;
-      }
-    }
-    if (n_out >= (unsigned)job->max_tokens) break;
-    if (lcx_abort_cb(c)) {
-      rc = 2;
-      break;
-    }
-    int64_t td = now_us();
-    rc = lcx_decode_tokens(c, &out[n_out - 1], 1);
-    decode_us += now_us() - td;
-  }
-  int64_t t2 = now_us();
-  if (rc == 2) {
-    finish = ATOM_cancelled;
-    rc = 0;
-  }
-  ERL_NIF_TERM result;
-  if (rc != 0) {
-    result = lcx_decode_error(env, rc);
-  } else {
-    if (job->stream && text.len > emitted && finish != ATOM_cancelled && wait_demand(job->stream, n_sent + 1))
-      send_chunk(job->stream, msg_env, text.data + emitted, text.len - emitted);
-    ERL_NIF_TERM keys[8] = {ATOM_text,
-                            ATOM_tokens,
-                            ATOM_finish_reason,
-                            ATOM_prompt_tokens,
-                            ATOM_generated_tokens,
-                            ATOM_prompt_ms,
-                            ATOM_generation_ms,
-                            enif_make_atom(env, "sample_ms")};
-    ERL_NIF_TERM vals[8] = {lcx_binary(env, text.data, text.len),
-                            lcx_make_tokens(env, out, n_out),
-                            finish,
-                            enif_make_uint(env, job->n_prompt),
-                            enif_make_uint(env, n_out),
-                            enif_make_double(env, (double)(t1 - t0) / 1000.0),
-                            enif_make_double(env, (double)(t2 - t1) / 1000.0),
-                            enif_make_double(env, (double)(t2 - t1 - decode_us) / 1000.0)};
-    ERL_NIF_TERM map;
-    enif_make_map_from_arrays(env, keys, vals, 8, &map);
-    result = lcx_ok(env, map);
-  }
-  enif_free(out);
-  if (text.data) enif_free(text.data);
-  if (msg_env) enif_free_env(msg_env);
-  return result;
 }
 
-// Reads options shared by generate and stream_start: max_tokens and stops.
-// Stops point into the caller's binaries (generate) until copied (streams).
-static bool read_options(ErlNifEnv *env, ERL_NIF_TERM opts, job_t *job, ERL_NIF_TERM *err) {
-  ERL_NIF_TERM v;
-  int max_tokens;
-  if (!enif_is_map(env, opts) || !lcx_map_get(env, opts, "max_tokens", &v) || !enif_get_int(env, v, &max_tokens) ||
-      max_tokens < 1) {
-    *err = lcx_raise(env, "max_tokens must be a positive integer");
-    return false;
-  }
-  job->max_tokens = max_tokens;
-  if (lcx_map_get(env, opts, "stop", &v)) {
-    unsigned n;
-    if (!enif_get_list_length(env, v, &n) || n > 64) {
-      *err = lcx_raise(env, "stop must be a list of at most 64 binaries");
+// Only a prompt that does not fit is an error; generation itself ends when
+// the context is full (FINISH_CONTEXT_FULL).
+static bool check_job(ErlNifEnv *env, gen_t *g, ERL_NIF_TERM *err) {
+  const int32_t n_vocab = g->c->model->n_vocab;
+  for (unsigned i = 0; i < g->n_prompt; i++) {
+    if (g->prompt[i] < 0 || g->prompt[i] >= n_vocab) {
+      *err = lcx_invalid_token(env, enif_make_int(env, g->prompt[i]), n_vocab);
       return false;
     }
-    ErlNifBinary *stops = n ? enif_alloc(sizeof(ErlNifBinary) * n) : NULL;
-    ERL_NIF_TERM head, tail = v;
-    for (unsigned i = 0; i < n; i++) {
-      enif_get_list_cell(env, tail, &head, &tail);
-      if (!enif_inspect_binary(env, head, &stops[i]) || stops[i].size == 0) {
-        enif_free(stops);
-        *err = lcx_raise(env, "stop strings must be non-empty binaries");
-        return false;
-      }
-      if (stops[i].size > job->stops.max_len) job->stops.max_len = stops[i].size;
-    }
-    job->stops.stops = stops;
-    job->stops.n = n;
+  }
+  if (g->n_prompt == 0) {
+    *err = lcx_err(env, LCX_E_empty_prompt);
+    return false;
+  }
+  g->pos0 = lcx_next_position(g->c);
+  g->n_seq = lcx_context_seq_size(g->c);
+  if ((uint64_t)g->pos0 + g->n_prompt > g->n_seq) {
+    *err = lcx_overflow_error(env, g->pos0, g->n_prompt, g->max_tokens, g->n_seq);
+    return false;
+  }
+  g->out = enif_alloc(sizeof(llama_token) * (size_t)g->max_tokens);
+  g->msg_env = g->stream ? enif_alloc_env() : NULL;
+  if (!g->out || (g->stream && !g->msg_env)) {
+    *err = lcx_err(env, LCX_E_out_of_memory);
+    return false;
   }
   return true;
 }
 
-static bool read_prompt(ErlNifEnv *env, ERL_NIF_TERM list, job_t *job, ERL_NIF_TERM *err) {
+static bool stopped(gen_t *g) {
+  if (!lcx_claim_stopped(g->claim)) return false;
+  g->finish = FINISH_CANCELLED;
+  return true;
+}
+
+// A failed decode; one that was cancelled ends the generation normally.
+static bool decode_failed(gen_t *g, lcx_decode_status st, int32_t code) {
+  if (st == LCX_DECODE_ABORTED) {
+    g->finish = FINISH_CANCELLED;
+  } else {
+    g->fail = FAIL_DECODE;
+    g->dst = st;
+    g->dcode = code;
+  }
+  return false;
+}
+
+static bool decode_prompt(gen_t *g) {
+  int32_t code;
+  lcx_decode_status st = lcx_decode_tokens(g->c, g->prompt, g->n_prompt, &code);
+  return st == LCX_DECODE_OK || decode_failed(g, st, code);
+}
+
+// Samples the next token; false at the end of generation or on failure.
+static bool sample_next(gen_t *g, llama_token *tok) {
+  bool threw;
+  *tok = lcx_sampler_sample(lcx_sampler_chain(g->s), g->c->ctx, -1, &threw);
+  if (threw) {
+    g->fail = FAIL_SAMPLER;
+    return false;
+  }
+  if (llama_vocab_is_eog(g->c->model->vocab, *tok)) {
+    g->finish = FINISH_EOG;
+    return false;
+  }
+  return true;
+}
+
+static bool append_token(gen_t *g, llama_token tok) {
+  g->out[g->n_out++] = tok;
+  switch (lcx_text_push(&g->text, g->c->model->vocab, tok)) {
+  case LCX_TEXT_MORE:
+    return true;
+  case LCX_TEXT_STOP:
+    g->finish = FINISH_STOP;
+    return false;
+  case LCX_TEXT_NOMEM:
+    g->fail = FAIL_NOMEM;
+    return false;
+  default:
+    g->fail = FAIL_TEXT;
+    return false;
+  }
+}
+
+// Streams: sends the ready text if a chunk was asked for; waits for that only
+// once STREAM_WINDOW tokens went unsent. False when the stream was cancelled.
+static bool deliver(gen_t *g) {
+  stream_t *st = g->stream;
+  if (!st) return true;
+  g->unsent++;
+  if (lcx_text_ready(&g->text) == 0) return true;
+  switch (stream_turn(st, g->unsent >= STREAM_WINDOW)) {
+  case TURN_CANCELLED:
+    g->finish = FINISH_CANCELLED;
+    return false;
+  case TURN_SEND: {
+    size_t len;
+    const char *data = lcx_text_take(&g->text, &len);
+    send_chunk(st, g->msg_env, data, len);
+    g->unsent = 0;
+    return true;
+  }
+  default:
+    return true;
+  }
+}
+
+// The newest token goes to position pos0 + n_prompt + n_out - 1.
+static bool room_for_next(gen_t *g) {
+  if ((uint64_t)g->pos0 + g->n_prompt + g->n_out - 1 < g->n_seq) return true;
+  g->finish = FINISH_CONTEXT_FULL;
+  return false;
+}
+
+static bool decode_next(gen_t *g) {
+  int32_t code;
+  int64_t t = now_us();
+  lcx_decode_status st = lcx_decode_tokens(g->c, &g->out[g->n_out - 1], 1, &code);
+  g->decode_us += now_us() - t;
+  return st == LCX_DECODE_OK || decode_failed(g, st, code);
+}
+
+static void run(gen_t *g) {
+  llama_token tok;
+  g->t0 = now_us();
+  bool go = !stopped(g) && decode_prompt(g);
+  g->t1 = now_us();
+  while (go && sample_next(g, &tok) && append_token(g, tok) && deliver(g)) {
+    if (g->n_out >= (unsigned)g->max_tokens) break; // FINISH_MAX_TOKENS
+    go = room_for_next(g) && !stopped(g) && decode_next(g);
+  }
+  g->t2 = now_us();
+  if (g->fail == FAIL_NONE && !lcx_text_finish(&g->text)) g->fail = FAIL_NOMEM;
+  // the rest of the text, without waiting to be asked: it is the last chunk
+  if (g->stream && g->fail == FAIL_NONE && g->finish != FINISH_CANCELLED) {
+    size_t len;
+    const char *data = lcx_text_take(&g->text, &len);
+    send_chunk(g->stream, g->msg_env, data, len);
+  }
+}
+
+static ERL_NIF_TERM result(ErlNifEnv *env, gen_t *g) {
+  switch (g->fail) {
+  case FAIL_DECODE:
+    return lcx_decode_error(env, g->dst, g->dcode);
+  case FAIL_SAMPLER:
+  case FAIL_TEXT:
+    return lcx_err_msg(env, LCX_E_sampler_failed, lcx_last_exception());
+  case FAIL_NOMEM:
+    return lcx_err(env, LCX_E_out_of_memory);
+  default:
+    break;
+  }
+  ERL_NIF_TERM keys[8] = {ATOM_text,          ATOM_tokens,   ATOM_finish_reason, ATOM_prompt_tokens,
+                          ATOM_generated_tokens, ATOM_prompt_ms, ATOM_generation_ms, ATOM_sample_ms};
+  ERL_NIF_TERM vals[8] = {lcx_binary(env, g->text.data ? g->text.data : "", g->text.len),
+                          lcx_make_tokens(env, g->out, g->n_out),
+                          finish_atom(g->finish),
+                          enif_make_uint(env, g->n_prompt),
+                          enif_make_uint(env, g->n_out),
+                          enif_make_double(env, (double)(g->t1 - g->t0) / 1000.0),
+                          enif_make_double(env, (double)(g->t2 - g->t1) / 1000.0),
+                          enif_make_double(env, (double)(g->t2 - g->t1 - g->decode_us) / 1000.0)};
+  ERL_NIF_TERM map;
+  enif_make_map_from_arrays(env, keys, vals, 8, &map);
+  return lcx_ok(env, map);
+}
+
+// Runs a claimed job to its end; the result is built in env.
+static ERL_NIF_TERM generate(ErlNifEnv *env, gen_t *g) {
+  ERL_NIF_TERM err, r;
+  lcx_text_init(&g->text, g->stops);
+  if (check_job(env, g, &err)) {
+    run(g);
+    r = result(env, g);
+  } else {
+    r = err;
+  }
+  lcx_text_free(&g->text);
+  if (g->out) enif_free(g->out);
+  if (g->msg_env) enif_free_env(g->msg_env);
+  return r;
+}
+
+// ---- reading a job from Elixir ----------------------------------------------------------------
+
+// %{max_tokens, stop} (checked in Elixir too).
+static bool read_options(ErlNifEnv *env, ERL_NIF_TERM opts, int *max_tokens, lcx_stops *stops, ERL_NIF_TERM *err) {
+  ERL_NIF_TERM v;
+  *stops = (lcx_stops){0};
+  if (!enif_is_map(env, opts) || !lcx_map_get(env, opts, "max_tokens", &v) || !enif_get_int(env, v, max_tokens) ||
+      *max_tokens < 1) {
+    *err = lcx_raise(env, "max_tokens must be a positive integer");
+    return false;
+  }
+  if (!lcx_map_get(env, opts, "stop", &v)) return true;
+  switch (lcx_stops_read(env, v, stops)) {
+  case LCX_STOPS_OK:
+    return true;
+  case LCX_STOPS_NOMEM:
+    *err = lcx_err(env, LCX_E_out_of_memory);
+    return false;
+  default:
+    *err = lcx_raise(env, "stop must be a list of at most %d non-empty binaries", LCX_MAX_STOPS);
+    return false;
+  }
+}
+
+// A list of token ids (the range check against the vocabulary is check_job's).
+static bool read_prompt(ErlNifEnv *env, ERL_NIF_TERM list, llama_token **toks, unsigned *n, ERL_NIF_TERM *err) {
   ERL_NIF_TERM bad;
-  // the range check against the vocabulary happens under the context lock
-  if (!lcx_get_tokens(env, list, INT32_MAX, &job->prompt, &job->n_prompt, &bad)) {
+  switch (lcx_get_tokens(env, list, INT32_MAX, toks, n, &bad)) {
+  case LCX_TOKENS_OK:
+    break;
+  case LCX_TOKENS_NOMEM:
+    *err = lcx_err(env, LCX_E_out_of_memory);
+    return false;
+  default:
     *err = lcx_raise(env, "tokens must be a list of integers");
     return false;
   }
   if (bad) {
     *err = lcx_invalid_token(env, bad, 0);
-    enif_free(job->prompt);
-    job->prompt = NULL;
+    enif_free(*toks);
+    *toks = NULL;
     return false;
   }
   return true;
@@ -324,194 +385,120 @@ static bool read_prompt(ErlNifEnv *env, ERL_NIF_TERM list, job_t *job, ERL_NIF_T
 
 // generate(ctx, sampler, tokens, %{max_tokens, stop})
 //   -> {:ok, %{text, tokens, finish_reason, prompt_tokens, generated_tokens, prompt_ms, generation_ms, sample_ms}}
+// The calling process dying, Context.free/1 or Sampler.free/1 cancel it.
 LCX_NIF(nif_generate) {
-  job_t job = {0};
-  ERL_NIF_TERM err, result;
-  if (!read_options(env, argv[3], &job, &err)) return err;
-  if (!read_prompt(env, argv[2], &job, &err)) {
-    if (job.stops.stops) enif_free((void *)job.stops.stops);
-    return err;
+  gen_t g = {0};
+  lcx_stops stops;
+  llama_token *prompt = NULL;
+  ERL_NIF_TERM r;
+  if (!read_options(env, argv[3], &g.max_tokens, &stops, &r)) return r;
+  if (read_prompt(env, argv[2], &prompt, &g.n_prompt, &r)) {
+    lcx_claim me = LCX_CALL_CLAIM(env);
+    if (lcx_claim_context_sampler(env, argv[0], argv[1], &me, &g.c, &g.s, &r)) {
+      g.claim = &me;
+      g.prompt = prompt;
+      g.stops = &stops;
+      r = generate(env, &g);
+      lcx_release_context_sampler(g.c, g.s, &me);
+    }
   }
-  lcx_context *c = lcx_lock_context(env, argv[0], &err);
-  lcx_sampler *s = c ? lcx_lock_sampler(env, c, argv[1], &err) : NULL;
-  if (c && s) {
-    result = run_locked(env, c, s, &job);
-    enif_mutex_unlock(s->lock);
-  } else {
-    result = err;
-  }
-  if (c) enif_mutex_unlock(c->lock);
-  enif_free(job.prompt);
-  if (job.stops.stops) enif_free((void *)job.stops.stops);
-  return result;
-}
-
-// ---- streams: ownership ----------------------------------------------------------------
-// From stream_start until its thread lets go, a stream owns its context and
-// sampler: other users get {:error, :busy} instead of waiting on locks the
-// stream may hold for as long as its consumer takes; free/1 cancels it.
-
-static bool register_stream(lcx_stream *st) {
-  lcx_context *c = st->c;
-  lcx_sampler *s = st->s;
-  enif_mutex_lock(c->owner_mu);
-  bool ok = c->stream == NULL;
-  if (ok) c->stream = st;
-  enif_mutex_unlock(c->owner_mu);
-  if (!ok) return false;
-  enif_mutex_lock(s->owner_mu);
-  ok = s->stream == NULL;
-  if (ok) s->stream = st;
-  enif_mutex_unlock(s->owner_mu);
-  if (!ok) {
-    enif_mutex_lock(c->owner_mu);
-    c->stream = NULL;
-    enif_mutex_unlock(c->owner_mu);
-  }
-  return ok;
-}
-
-static void unregister(lcx_stream *st) {
-  enif_mutex_lock(st->c->owner_mu);
-  if (st->c->stream == st) st->c->stream = NULL;
-  enif_mutex_unlock(st->c->owner_mu);
-  enif_mutex_lock(st->s->owner_mu);
-  if (st->s->stream == st) st->s->stream = NULL;
-  enif_mutex_unlock(st->s->owner_mu);
+  if (prompt) enif_free(prompt);
+  lcx_stops_free(&stops);
+  return r;
 }
 
 // ---- streams: the thread -------------------------------------------------------------------
 
 static void *stream_thread(void *arg) {
-  lcx_stream *st = arg;
-  lcx_context *c = st->c;
-  lcx_sampler *s = st->s;
+  stream_t *st = arg;
   ErlNifEnv *env = enif_alloc_env();
-  ERL_NIF_TERM result;
+  gen_t g = {.c = st->c,
+             .s = st->s,
+             .claim = &st->claim,
+             .prompt = st->prompt,
+             .n_prompt = st->n_prompt,
+             .max_tokens = st->max_tokens,
+             .stops = &st->stops,
+             .stream = st};
+  ERL_NIF_TERM r = generate(env, &g);
+  // let go first: the consumer may use the context as soon as it hears of the end
+  lcx_release_context_sampler(st->c, st->s, &st->claim);
 
-  enif_mutex_lock(c->lock);
-  if (!c->ctx) {
-    result = lcx_error(env, ATOM_closed);
-  } else {
-    atomic_store(&c->cancel, &st->cancel);
-
-    enif_mutex_lock(s->lock);
-    if (!s->chain)
-      result = lcx_error(env, ATOM_closed);
-    else if (s->model != c->model)
-      result = lcx_error(env, ATOM_model_mismatch);
-    else {
-      job_t job = {.prompt = st->prompt,
-                   .n_prompt = st->n_prompt,
-                   .max_tokens = st->max_tokens,
-                   .stops = {.stops = st->stops, .n = st->n_stops},
-                   .stream = st};
-      for (unsigned i = 0; i < st->n_stops; i++)
-        if (st->stops[i].size > job.stops.max_len) job.stops.max_len = st->stops[i].size;
-      result = run_locked(env, c, s, &job);
-    }
-    enif_mutex_unlock(s->lock);
-
-    atomic_store(&c->cancel, NULL);
-  }
-  enif_mutex_unlock(c->lock);
-  unregister(st);
-
-  ERL_NIF_TERM msg =
-      enif_make_tuple2(env, enif_make_copy(env, st->ref), enif_make_tuple2(env, enif_make_atom(env, "done"), result));
+  ERL_NIF_TERM msg = enif_make_tuple2(env, enif_make_copy(env, st->ref), enif_make_tuple2(env, ATOM_done, r));
   enif_send(NULL, &st->consumer, env, msg);
   enif_free_env(env);
 
   ErlNifTid self = enif_thread_self();
-  enif_release_resource(c);
-  enif_release_resource(s);
+  enif_release_resource(st->c);
+  enif_release_resource(st->s);
   enif_release_resource(st);
   lcx_janitor_join(self);
   return NULL;
 }
 
-// stream_start(ctx, sampler, tokens, %{max_tokens, stop}, consumer_pid, ref) -> {:ok, handle}
-// Starts the generation on its own thread and returns at once. The consumer
-// receives {ref, {:chunk, text}} for each chunk it asked for (stream_demand/1)
-// and finally {ref, {:done, {:ok, map} | {:error, reason}}}.
-LCX_NIF(nif_stream_start) {
-  lcx_context *c = lcx_get_context(env, argv[0]);
-  lcx_sampler *s = lcx_get_sampler(env, argv[1]);
-  ErlNifPid consumer;
-  if (!c) return lcx_raise(env, "expected a context reference");
-  if (!s) return lcx_raise(env, "expected a sampler reference");
-  if (!enif_get_local_pid(env, argv[4], &consumer)) return lcx_raise(env, "expected a local pid");
-  job_t job = {0};
-  ERL_NIF_TERM err;
-  if (!read_options(env, argv[3], &job, &err)) return err;
-  if (!read_prompt(env, argv[2], &job, &err)) {
-    if (job.stops.stops) enif_free((void *)job.stops.stops);
-    return err;
-  }
-
-  lcx_stream *st = enif_alloc_resource(LCX_STREAM_RT, sizeof(lcx_stream));
-  if (!st) {
-    enif_free(job.prompt);
-    if (job.stops.stops) enif_free((void *)job.stops.stops);
-    return lcx_raise(env, "out of memory");
-  }
+static stream_t *stream_new(ErlNifPid consumer) {
+  stream_t *st = enif_alloc_resource(STREAM_RT, sizeof(stream_t));
+  if (!st) return NULL;
   memset(st, 0, sizeof *st);
-  atomic_init(&st->cancel, 0);
+  atomic_init(&st->claim.cancel, 0);
+  st->claim.long_running = true;
+  st->claim.wake = stream_wake;
   st->mu = enif_mutex_create("lcx_stream");
   st->cv = enif_cond_create("lcx_stream");
   st->ref_env = enif_alloc_env();
-  st->prompt = job.prompt;
-  st->n_prompt = job.n_prompt;
-  st->max_tokens = job.max_tokens;
   st->consumer = consumer;
-  if (job.stops.n > 0) { // the caller's binaries do not outlive this call
-    st->stops = enif_alloc(sizeof(ErlNifBinary) * job.stops.n);
-    for (unsigned i = 0; st->stops && i < job.stops.n; i++) {
-      st->stops[i].size = job.stops.stops[i].size;
-      st->stops[i].data = enif_alloc(job.stops.stops[i].size);
-      if (st->stops[i].data) memcpy(st->stops[i].data, job.stops.stops[i].data, job.stops.stops[i].size);
-      st->n_stops = i + 1;
-    }
-    enif_free((void *)job.stops.stops);
-  }
+  return st;
+}
+
+// stream_start(ctx, sampler, tokens, %{max_tokens, stop}, consumer_pid, ref) -> {:ok, handle}
+// Claims the context and the sampler, starts the generation on its own thread
+// and returns at once. The consumer receives {ref, {:chunk, text}} for chunks
+// it asked for (stream_demand/1), a last chunk unasked, and finally
+// {ref, {:done, {:ok, map} | {:error, reason}}}.
+LCX_NIF(nif_stream_start) {
+  ErlNifPid consumer;
+  ERL_NIF_TERM err;
+  if (!enif_get_local_pid(env, argv[4], &consumer)) return lcx_raise(env, "expected a local pid");
+  stream_t *st = stream_new(consumer);
+  if (!st) return lcx_err(env, LCX_E_out_of_memory);
   ERL_NIF_TERM handle = enif_make_resource(env, st);
   enif_release_resource(st); // the term (and, below, the thread) keep it
-  bool ok = st->mu && st->cv && st->ref_env && (job.stops.n == 0 || st->n_stops == job.stops.n);
-  for (unsigned i = 0; ok && i < st->n_stops; i++)
-    ok = st->stops[i].data != NULL;
-  if (!ok) return lcx_raise(env, "out of memory");
+  if (!st->mu || !st->cv || !st->ref_env) return lcx_err(env, LCX_E_out_of_memory);
+  if (!read_options(env, argv[3], &st->max_tokens, &st->stops, &err)) return err;
+  if (!read_prompt(env, argv[2], &st->prompt, &st->n_prompt, &err)) return err;
   st->ref = enif_make_copy(st->ref_env, argv[5]);
-  if (enif_monitor_process(env, st, &consumer, &st->mon) != 0) atomic_store(&st->cancel, 1);
-
-  st->c = c;
-  st->s = s;
-  if (!register_stream(st)) return lcx_error(env, enif_make_atom(env, "busy"));
-  enif_keep_resource(c);
-  enif_keep_resource(s);
+  if (!lcx_claim_context_sampler(env, argv[0], argv[1], &st->claim, &st->c, &st->s, &err)) return err;
+  if (enif_monitor_process(env, st, &consumer, &st->mon) != 0) atomic_store(&st->claim.cancel, 1);
+  enif_keep_resource(st->c);
+  enif_keep_resource(st->s);
   enif_keep_resource(st);
   ErlNifTid tid;
   if (enif_thread_create("lcx_stream", &tid, stream_thread, st, NULL) != 0) {
-    unregister(st);
-    enif_release_resource(c);
-    enif_release_resource(s);
+    lcx_release_context_sampler(st->c, st->s, &st->claim);
+    enif_release_resource(st->c);
+    enif_release_resource(st->s);
     enif_release_resource(st);
-    return lcx_error(env, enif_make_atom(env, "thread_failed"));
+    return lcx_err(env, LCX_E_thread_failed);
   }
   return lcx_ok(env, handle);
 }
 
-LCX_NIF(nif_stream_cancel) {
+static stream_t *get_stream(ErlNifEnv *env, ERL_NIF_TERM t) {
   void *p;
-  if (!enif_get_resource(env, argv[0], LCX_STREAM_RT, &p)) return lcx_raise(env, "expected a stream handle");
-  lcx_stream_cancel(p);
+  return enif_get_resource(env, t, STREAM_RT, &p) ? p : NULL;
+}
+
+LCX_NIF(nif_stream_cancel) {
+  stream_t *st = get_stream(env, argv[0]);
+  if (!st) return lcx_raise(env, "expected a stream handle");
+  lcx_claim_cancel(&st->claim);
   return ATOM_ok;
 }
 
 // stream_demand(handle): the consumer asks for one more chunk
 LCX_NIF(nif_stream_demand) {
-  void *p;
-  if (!enif_get_resource(env, argv[0], LCX_STREAM_RT, &p)) return lcx_raise(env, "expected a stream handle");
-  lcx_stream *st = p;
+  stream_t *st = get_stream(env, argv[0]);
+  if (!st) return lcx_raise(env, "expected a stream handle");
   enif_mutex_lock(st->mu);
   st->demanded++;
   enif_cond_signal(st->cv);

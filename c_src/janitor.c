@@ -1,22 +1,15 @@
-// The janitor: frees llama.cpp objects whose last reference was dropped by
-// the garbage collector. Resource destructors run on whatever scheduler did
-// the GC, often a normal one, and freeing a context or a model can take a
-// while (large buffers, munmap, GPU memory), so destructors hand the object to
-// this thread instead. Jobs run in order, so a context queued before its
-// model is always freed first. Explicit free/1 calls run on dirty schedulers
-// and free inline.
-#include "lcx.h"
+// See janitor.h. Explicit free/1 calls run on dirty schedulers and free inline.
+#include <string.h>
+
+#include "janitor.h"
 
 typedef struct job {
   struct job *next;
-  int kind; // an lcx_free_kind, or JOIN_THREAD
-  void *ptr;
+  void (*fn)(void *); // NULL: join `tid`
+  void *arg;
+  bool free_arg; // arg is a heap copy made by lcx_dispose
   ErlNifTid tid;
-  void (*fn)(void *);
 } job;
-
-#define JOIN_THREAD -1
-#define CALL -2
 
 static ErlNifMutex *mu;
 static ErlNifCond *cv;
@@ -25,18 +18,12 @@ static bool started, stopping;
 static job *head, *tail;
 
 static void run_job(job *j) {
-  switch (j->kind) {
-  case JOIN_THREAD:
+  if (!j->fn) {
     enif_thread_join(j->tid, NULL);
-    break;
-  case CALL:
-    j->fn(j->ptr);
-    break;
-  case LCX_FREE_MODEL:
-    llama_model_free(j->ptr);
-    atomic_fetch_sub(&lcx_live_models, 1);
-    break;
+    return;
   }
+  j->fn(j->arg);
+  if (j->free_arg) enif_free(j->arg);
 }
 
 static void *janitor_main(void *arg) {
@@ -57,7 +44,12 @@ static void *janitor_main(void *arg) {
   return NULL;
 }
 
-static void enqueue(job *j) {
+// false when the job cannot be queued (not started, or out of memory)
+static bool enqueue(job proto) {
+  job *j = started ? enif_alloc(sizeof(job)) : NULL;
+  if (!j) return false;
+  *j = proto;
+  j->next = NULL;
   enif_mutex_lock(mu);
   if (tail)
     tail->next = j;
@@ -66,35 +58,26 @@ static void enqueue(job *j) {
   tail = j;
   enif_cond_signal(cv);
   enif_mutex_unlock(mu);
+  return true;
 }
 
-void lcx_dispose(lcx_free_kind kind, void *ptr, bool in_destructor) {
-  if (!ptr) return;
-  job *j = in_destructor && started ? enif_alloc(sizeof(job)) : NULL;
-  if (!j) {
-    job now = {.kind = (int)kind, .ptr = ptr};
-    run_job(&now);
-    return;
+void lcx_janitor_run(void (*fn)(void *), void *arg) {
+  if (!enqueue((job){.fn = fn, .arg = arg})) fn(arg);
+}
+
+void lcx_dispose(void (*fn)(void *), const void *native, size_t size, bool from_destructor) {
+  void *copy = from_destructor && started ? enif_alloc(size) : NULL;
+  if (copy) {
+    memcpy(copy, native, size);
+    if (enqueue((job){.fn = fn, .arg = copy, .free_arg = true})) return;
+    enif_free(copy);
   }
-  *j = (job){.kind = (int)kind, .ptr = ptr};
-  enqueue(j);
+  fn((void *)native);
 }
 
-void lcx_janitor_join(ErlNifTid tid) {
-  job *j = enif_alloc(sizeof(job));
-  if (!j) return; // leaks a finished thread's stack rather than blocking
-  *j = (job){.kind = JOIN_THREAD, .tid = tid};
-  enqueue(j);
-}
-
-void lcx_janitor_call(void (*fn)(void *), void *arg) {
-  job *j = started ? enif_alloc(sizeof(job)) : NULL;
-  if (!j) {
-    fn(arg);
-    return;
-  }
-  *j = (job){.kind = CALL, .fn = fn, .ptr = arg};
-  enqueue(j);
+void lcx_janitor_join(ErlNifTid t) {
+  // on failure a finished thread's stack leaks rather than anything blocking
+  enqueue((job){.fn = NULL, .tid = t});
 }
 
 int lcx_janitor_load(void) {

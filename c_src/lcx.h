@@ -10,8 +10,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "errors.h"
 #include "ggml-cpu.h"
+#include "janitor.h"
 #include "llama.h"
+#include "owner.h"
+#include "text.h"
 
 // ---- resources ---------------------------------------------------------------
 
@@ -26,57 +30,21 @@ typedef struct lcx_model {
   bool vocab_only;     // no weights: no contexts
 } lcx_model;
 
-struct lcx_stream;
-
 typedef struct lcx_context {
-  ErlNifMutex *lock; // serializes every use of `ctx`
+  lcx_owner owner; // who uses `ctx` (owner.h)
   struct llama_context *ctx;
   struct ggml_threadpool *tp;       // compute threads for single tokens
   struct ggml_threadpool *tp_batch; // and for batches (NULL: same as tp)
   lcx_model *model;                 // kept alive with enif_keep_resource
-  atomic_int abort_all;             // set by free/1: abort whatever runs now
-  _Atomic(atomic_int *) cancel;     // cancel flag of the running stream, if any
   bool has_logits;                  // the last decode left logits to sample from
   bool embeddings;                  // created with embeddings: true
-  ErlNifMutex *owner_mu;            // guards the two fields below (never held across llama.cpp calls)
-  struct lcx_stream *stream;        // the stream holding `lock`, kept alive while set
-  ErlNifPid stream_consumer;
 } lcx_context;
 
 typedef struct lcx_sampler {
-  ErlNifMutex *lock;
+  lcx_owner owner; // who uses `chain`
   struct llama_sampler *chain;
-  lcx_model *model;          // kept alive: grammar, DRY and penalties use its vocab
-  ErlNifMutex *owner_mu;     // guards `stream` (never held across llama.cpp calls)
-  struct lcx_stream *stream; // the stream using this sampler, if any (kept alive while set)
+  lcx_model *model; // kept alive: grammar, DRY and penalties use its vocab
 } lcx_sampler;
-
-// A stream: one generation running on a thread of its own (so a slow
-// consumer never holds a scheduler), sending text chunks to its consumer.
-// Flow control: the loop may compute one token ahead but sends chunk k only
-// once the consumer has asked for k chunks (`demanded`), so a consumer that
-// stops asking stops generation within one token and never has more than one
-// chunk waiting. `cancel` is set by the consumer (halt), by its death (a
-// monitor) or by Context.free/1; the loop checks it between tokens and
-// llama_decode's abort callback checks it inside a decode.
-typedef struct lcx_stream {
-  atomic_int cancel;
-  ErlNifMutex *mu;
-  ErlNifCond *cv;
-  long demanded; // under mu
-  ErlNifMonitor mon;
-  ErlNifPid consumer;
-  // the job, owned by the stream
-  lcx_context *c; // kept while the thread runs
-  lcx_sampler *s; // kept while the thread runs
-  llama_token *prompt;
-  unsigned n_prompt;
-  int max_tokens;
-  ErlNifBinary *stops; // owned copies
-  unsigned n_stops;
-  ErlNifEnv *ref_env; // holds `ref`, the tag of every message
-  ERL_NIF_TERM ref;
-} lcx_stream;
 
 // A model load in progress. With a progress function, each progress report
 // waits for the function's answer (continue or cancel), so cancelling is exact;
@@ -92,28 +60,36 @@ typedef struct lcx_load {
 extern ErlNifResourceType *LCX_MODEL_RT;
 extern ErlNifResourceType *LCX_CONTEXT_RT;
 extern ErlNifResourceType *LCX_SAMPLER_RT;
-extern ErlNifResourceType *LCX_STREAM_RT;
 extern ErlNifResourceType *LCX_LOAD_RT;
 
-// ---- context internals shared by context.c and generate.c ------------------------
+// ---- contexts and samplers, as generate.c (and later the server) uses them ----------
 
-#define RC_DECODE_THREW INT32_MIN
-#define RC_SAMPLER_THREW (INT32_MIN + 1)
 bool lcx_abort_cb(void *data);
-// Locks a context for use: NULL (with *err) when the term is wrong, the context
-// is closed, or a stream is using it ({:error, :busy}: a stream holds the
-// lock for as long as its consumer takes, and a scheduler must not wait that long).
-lcx_context *lcx_lock_context(ErlNifEnv *env, ERL_NIF_TERM t, ERL_NIF_TERM *err);
-// Locks the sampler after the context; checks both belong to one model.
-lcx_sampler *lcx_lock_sampler(ErlNifEnv *env, lcx_context *c, ERL_NIF_TERM t, ERL_NIF_TERM *err);
+// Claims a context for a NIF call: NULL with *err (ArgumentError, :busy, :closed).
+lcx_context *lcx_context_claim(ErlNifEnv *env, ERL_NIF_TERM t, lcx_claim *who, ERL_NIF_TERM *err);
+void lcx_context_release(lcx_context *c, lcx_claim *who);
+// The one lock-pair helper: claims a context, then a sampler of the same model, or neither.
+bool lcx_claim_context_sampler(ErlNifEnv *env, ERL_NIF_TERM ct, ERL_NIF_TERM st, lcx_claim *who, lcx_context **c,
+                               lcx_sampler **s, ERL_NIF_TERM *err);
+void lcx_release_context_sampler(lcx_context *c, lcx_sampler *s, lcx_claim *who);
 int32_t lcx_next_position(lcx_context *c);
-// Decodes in n_batch chunks: 0, llama_decode's code (2 = aborted), or RC_DECODE_THREW.
-int32_t lcx_decode_tokens(lcx_context *c, llama_token *toks, unsigned n);
-ERL_NIF_TERM lcx_decode_error(ErlNifEnv *env, int32_t rc);
+uint32_t lcx_context_seq_size(lcx_context *c); // cells one sequence can hold
+typedef enum {
+  LCX_DECODE_OK,
+  LCX_DECODE_ABORTED,    // cancelled (abort callback)
+  LCX_DECODE_NO_KV_SLOT, // no room in the KV cache
+  LCX_DECODE_ERROR,      // another llama_decode code (in *code)
+  LCX_DECODE_THREW,      // llama.cpp threw or asserted (lcx_last_exception)
+} lcx_decode_status;
+// Decodes tokens into sequence 0 in n_batch chunks.
+lcx_decode_status lcx_decode_tokens(lcx_context *c, const llama_token *toks, unsigned n, int32_t *code);
+ERL_NIF_TERM lcx_decode_error(ErlNifEnv *env, lcx_decode_status st, int32_t code);
+// {:error, {:context_overflow, %{position, prompt_tokens, max_tokens, n_ctx}}}: the
+// prompt does not fit (max_tokens is the request's, for information)
 ERL_NIF_TERM lcx_overflow_error(ErlNifEnv *env, int32_t pos, unsigned n_prompt, int max_tokens, uint32_t n_ctx);
-void lcx_stream_cancel(lcx_stream *st);
-// Whether a stream is using the sampler (its lock may be held indefinitely).
-bool lcx_sampler_streaming(lcx_sampler *s);
+lcx_owner *lcx_sampler_owner(lcx_sampler *s);
+struct llama_sampler *lcx_sampler_chain(lcx_sampler *s);
+lcx_model *lcx_sampler_model(lcx_sampler *s);
 
 // live object counts (for tests and leak checks)
 extern atomic_long lcx_live_models, lcx_live_contexts, lcx_live_samplers;
@@ -132,6 +108,9 @@ extern atomic_long lcx_live_models, lcx_live_contexts, lcx_live_samplers;
   X(max_tokens)                                                                                                        \
   X(stop)                                                                                                              \
   X(cancelled)                                                                                                         \
+  X(context_full)                                                                                                      \
+  X(done)                                                                                                              \
+  X(sample_ms)                                                                                                         \
   X(chunk)                                                                                                             \
   X(context_overflow)                                                                                                  \
   X(prompt_tokens)                                                                                                     \
@@ -164,8 +143,9 @@ bool lcx_get_double(ErlNifEnv *env, ERL_NIF_TERM t, double *out); // int or floa
 // Reads a list of token ids into a freshly enif_alloc'ed array (caller frees).
 // Returns false on a type error; *bad is set to the first id outside
 // [0, n_vocab) as the caller passed it (or 0 if all are in range).
-bool lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab, llama_token **out, unsigned *n_out,
-                    ERL_NIF_TERM *bad);
+typedef enum { LCX_TOKENS_OK, LCX_TOKENS_BADARG, LCX_TOKENS_NOMEM } lcx_tokens_result;
+lcx_tokens_result lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab, llama_token **out,
+                                 unsigned *n_out, ERL_NIF_TERM *bad);
 ERL_NIF_TERM lcx_make_tokens(ErlNifEnv *env, const llama_token *toks, size_t n);
 // A map with atom keys (at most 32).
 ERL_NIF_TERM lcx_make_map(ErlNifEnv *env, const char *const *keys, const ERL_NIF_TERM *vals, unsigned n);
@@ -180,19 +160,6 @@ lcx_model *lcx_get_model(ErlNifEnv *env, ERL_NIF_TERM t);
 lcx_context *lcx_get_context(ErlNifEnv *env, ERL_NIF_TERM t);
 lcx_sampler *lcx_get_sampler(ErlNifEnv *env, ERL_NIF_TERM t);
 
-// ---- freeing ------------------------------------------------------------------
-
-typedef enum { LCX_FREE_MODEL } lcx_free_kind;
-// Joins a finished stream thread (from the janitor: a thread cannot join itself).
-void lcx_janitor_join(ErlNifTid tid);
-// Runs fn(arg) on the janitor thread.
-void lcx_janitor_call(void (*fn)(void *), void *arg);
-// Frees a llama.cpp object and updates the live counts: inline, or, from a
-// resource destructor, on the janitor thread (see janitor.c).
-void lcx_dispose(lcx_free_kind kind, void *ptr, bool in_destructor);
-int lcx_janitor_load(void);
-void lcx_janitor_unload(void);
-
 // Read-locks a model for use; NULL (with *err: ArgumentError or {:error, :closed})
 // when the term is not a model or the model was freed. Unlock with enif_rwlock_runlock(m->lock).
 lcx_model *lcx_read_model(ErlNifEnv *env, ERL_NIF_TERM t, ERL_NIF_TERM *err);
@@ -200,12 +167,6 @@ lcx_model *lcx_read_model(ErlNifEnv *env, ERL_NIF_TERM t, ERL_NIF_TERM *err);
 // Model dependants bookkeeping (contexts and samplers pin the llama_model).
 bool lcx_model_acquire(lcx_model *m); // false if the model is closed
 void lcx_model_release(lcx_model *m, bool in_destructor);
-
-// ---- UTF-8 -------------------------------------------------------------------
-
-// Number of bytes at the end of buf[0..len) that form an incomplete UTF-8
-// sequence (0 when the buffer ends on a character boundary).
-size_t lcx_utf8_incomplete_tail(const char *buf, size_t len);
 
 // ---- logging --------------------------------------------------------------------
 

@@ -12,10 +12,15 @@ ErlNifResourceType *LCX_MODEL_RT;
 ErlNifResourceType *LCX_LOAD_RT;
 atomic_long lcx_live_models;
 
+static void free_llama_model(void *p) {
+  llama_model_free(*(struct llama_model **)p);
+  atomic_fetch_sub(&lcx_live_models, 1);
+}
+
 static void model_dtor(ErlNifEnv *env, void *obj) {
   lcx_model *m = obj;
   // Nothing can use the model now (users hold references): no lock needed.
-  if (m->model) lcx_dispose(LCX_FREE_MODEL, m->model, true);
+  if (m->model) lcx_dispose(free_llama_model, &m->model, sizeof m->model, true);
   if (m->lock) enif_rwlock_destroy(m->lock);
   if (m->dep_mu) enif_mutex_destroy(m->dep_mu);
 }
@@ -23,7 +28,7 @@ static void model_dtor(ErlNifEnv *env, void *obj) {
 // Frees the weights once readers (tokenize, introspection) are done.
 static void free_weights(lcx_model *m) {
   enif_rwlock_rwlock(m->lock);
-  if (m->model) lcx_dispose(LCX_FREE_MODEL, m->model, false);
+  if (m->model) lcx_dispose(free_llama_model, &m->model, sizeof m->model, false);
   m->model = NULL;
   m->vocab = NULL;
   enif_rwlock_rwunlock(m->lock);
@@ -51,7 +56,7 @@ void lcx_model_release(lcx_model *m, bool in_destructor) {
     // a destructor may run on a normal scheduler: waiting there for readers
     // to let go of the write lock would block it, so the janitor does it
     enif_keep_resource(m);
-    lcx_janitor_call(free_weights_and_release, m);
+    lcx_janitor_run(free_weights_and_release, m);
   } else if (last) {
     free_weights(m);
   }

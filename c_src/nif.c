@@ -91,7 +91,7 @@ static ErlNifFunc nif_funcs[] = {
     {"context_clear", 1, nif_context_clear, DIRTY_CPU},
     // Forward passes: dirty CPU.
     {"context_decode", 2, nif_context_decode, DIRTY_CPU},
-    {"context_embed", 2, nif_context_embed, DIRTY_CPU},
+    {"context_embed", 3, nif_context_embed, DIRTY_CPU},
     {"generate", 4, nif_generate, DIRTY_CPU},
     // Copies the prompt and starts the stream's own thread (a long prompt
     // list takes a while to copy): dirty CPU.
@@ -107,6 +107,7 @@ static ErlNifFunc nif_funcs[] = {
 
 static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   lcx_init_atoms(env);
+  lcx_init_reasons(env);
   if (lcx_model_load_types(env) || lcx_context_load_types(env) || lcx_sampler_load_types(env) ||
       lcx_generate_load_types(env))
     return -1;

@@ -23,38 +23,25 @@ static void free_native(void *arg) {
   if (n->model) lcx_model_release(n->model, false);
 }
 
-static void free_native_heap(void *arg) {
-  free_native(arg);
-  enif_free(arg);
-}
-
 // As for contexts: from a destructor, the chain and then the model reference
 // go on the janitor thread, in that order.
-static void destroy_sampler(lcx_sampler *s, bool in_destructor) {
+static void destroy_sampler(lcx_sampler *s, bool from_destructor) {
   native_sampler n = {s->chain, s->model};
   s->chain = NULL;
   s->model = NULL;
-  native_sampler *heap = in_destructor && (n.chain || n.model) ? enif_alloc(sizeof n) : NULL;
-  if (heap) {
-    *heap = n;
-    lcx_janitor_call(free_native_heap, heap);
-  } else {
-    free_native(&n);
-  }
+  if (n.chain || n.model) lcx_dispose(free_native, &n, sizeof n, from_destructor);
 }
 
-bool lcx_sampler_streaming(lcx_sampler *s) {
-  enif_mutex_lock(s->owner_mu);
-  bool streaming = s->stream != NULL;
-  enif_mutex_unlock(s->owner_mu);
-  return streaming;
-}
+static void destroy_now(void *s) { destroy_sampler(s, false); }
+
+lcx_owner *lcx_sampler_owner(lcx_sampler *s) { return &s->owner; }
+struct llama_sampler *lcx_sampler_chain(lcx_sampler *s) { return s->chain; }
+lcx_model *lcx_sampler_model(lcx_sampler *s) { return s->model; }
 
 static void sampler_dtor(ErlNifEnv *env, void *obj) {
   lcx_sampler *s = obj;
-  destroy_sampler(s, true);
-  if (s->lock) enif_mutex_destroy(s->lock);
-  if (s->owner_mu) enif_mutex_destroy(s->owner_mu);
+  destroy_sampler(s, true); // nobody holds it: users keep references
+  lcx_owner_destroy(&s->owner);
 }
 
 int lcx_sampler_load_types(ErlNifEnv *env) {
@@ -309,17 +296,12 @@ LCX_NIF(nif_sampler_create) {
   }
   lcx_sampler *s = enif_alloc_resource(LCX_SAMPLER_RT, sizeof(lcx_sampler));
   if (s) memset(s, 0, sizeof *s);
-  ErlNifMutex *lock = s ? enif_mutex_create("lcx_sampler") : NULL;
-  ErlNifMutex *owner_mu = lock ? enif_mutex_create("lcx_sampler_owner") : NULL;
-  if (!owner_mu) {
-    if (lock) enif_mutex_destroy(lock);
+  if (!s || !lcx_owner_init(&s->owner, "lcx_sampler")) {
     if (s) enif_release_resource(s); // empty: its destructor has nothing to free
     llama_sampler_free(chain);
     lcx_model_release(m, false);
-    return lcx_raise(env, "out of memory");
+    return lcx_err(env, LCX_E_out_of_memory);
   }
-  s->lock = lock;
-  s->owner_mu = owner_mu;
   s->chain = chain;
   s->model = m;
   atomic_fetch_add(&lcx_live_samplers, 1);
@@ -328,48 +310,56 @@ LCX_NIF(nif_sampler_create) {
   return lcx_ok(env, t);
 }
 
+// Claims a sampler alone (accept, reset).
+static lcx_sampler *claim_sampler(ErlNifEnv *env, ERL_NIF_TERM t, lcx_claim *who, ERL_NIF_TERM *err) {
+  lcx_sampler *s = lcx_get_sampler(env, t);
+  if (!s) {
+    *err = lcx_raise(env, "expected a sampler reference");
+    return NULL;
+  }
+  lcx_claim_result r = lcx_owner_claim(&s->owner, who);
+  if (r != LCX_CLAIM_OK) {
+    *err = lcx_err(env, r == LCX_CLAIM_BUSY ? LCX_E_busy : LCX_E_closed);
+    return NULL;
+  }
+  return s;
+}
+
 // sampler_accept(sampler, token)
 LCX_NIF(nif_sampler_accept) {
-  lcx_sampler *s = lcx_get_sampler(env, argv[0]);
   int token;
-  if (!s) return lcx_raise(env, "expected a sampler reference");
-  if (!enif_get_int(env, argv[1], &token)) return lcx_raise(env, "token must be an integer");
-  if (lcx_sampler_streaming(s)) return lcx_error(env, enif_make_atom(env, "busy"));
-  enif_mutex_lock(s->lock);
   ERL_NIF_TERM r;
-  if (!s->chain)
-    r = lcx_error(env, ATOM_closed);
-  else if (token < 0 || token >= s->model->n_vocab)
-    r = lcx_error2(env, ATOM_invalid_token,
-                   enif_make_tuple2(env, enif_make_int(env, token), enif_make_int(env, s->model->n_vocab)));
+  if (!lcx_get_sampler(env, argv[0])) return lcx_raise(env, "expected a sampler reference");
+  if (!enif_get_int(env, argv[1], &token)) return lcx_raise(env, "token must be an integer");
+  lcx_claim me = LCX_CALL_CLAIM(env);
+  lcx_sampler *s = claim_sampler(env, argv[0], &me, &r);
+  if (!s) return r;
+  if (token < 0 || token >= s->model->n_vocab)
+    r = lcx_err_detail(env, LCX_E_invalid_token,
+                       enif_make_tuple2(env, enif_make_int(env, token), enif_make_int(env, s->model->n_vocab)));
   else if (!lcx_sampler_accept(s->chain, token))
-    r = lcx_error_str(env, ATOM_sampler_failed, lcx_last_exception());
+    r = lcx_err_msg(env, LCX_E_sampler_failed, lcx_last_exception());
   else
     r = ATOM_ok;
-  enif_mutex_unlock(s->lock);
+  lcx_owner_release(&s->owner, &me);
   return r;
 }
 
 LCX_NIF(nif_sampler_reset) {
-  lcx_sampler *s = lcx_get_sampler(env, argv[0]);
-  if (!s) return lcx_raise(env, "expected a sampler reference");
-  if (lcx_sampler_streaming(s)) return lcx_error(env, enif_make_atom(env, "busy"));
-  enif_mutex_lock(s->lock);
-  ERL_NIF_TERM r = !s->chain                     ? lcx_error(env, ATOM_closed)
-                   : lcx_sampler_reset(s->chain) ? ATOM_ok
-                                                 : lcx_error_str(env, ATOM_sampler_failed, lcx_last_exception());
-  enif_mutex_unlock(s->lock);
+  ERL_NIF_TERM r;
+  lcx_claim me = LCX_CALL_CLAIM(env);
+  lcx_sampler *s = claim_sampler(env, argv[0], &me, &r);
+  if (!s) return r;
+  r = lcx_sampler_reset(s->chain) ? ATOM_ok : lcx_err_msg(env, LCX_E_sampler_failed, lcx_last_exception());
+  lcx_owner_release(&s->owner, &me);
   return r;
 }
 
+// sampler_free(sampler): cancels a generation or stream using it, waits for it
+// to let go (one token), then frees.
 LCX_NIF(nif_sampler_free) {
   lcx_sampler *s = lcx_get_sampler(env, argv[0]);
   if (!s) return lcx_raise(env, "expected a sampler reference");
-  enif_mutex_lock(s->owner_mu); // a stream using the sampler ends first
-  if (s->stream) lcx_stream_cancel(s->stream);
-  enif_mutex_unlock(s->owner_mu);
-  enif_mutex_lock(s->lock);
-  destroy_sampler(s, false);
-  enif_mutex_unlock(s->lock);
+  lcx_owner_close(&s->owner, destroy_now, s);
   return ATOM_ok;
 }

@@ -56,9 +56,11 @@ LCX_NIF(nif_detokenize) {
   llama_token *toks;
   unsigned n;
   ERL_NIF_TERM bad;
-  if (!lcx_get_tokens(env, argv[1], m->n_vocab, &toks, &n, &bad)) {
+  lcx_tokens_result tr = lcx_get_tokens(env, argv[1], m->n_vocab, &toks, &n, &bad);
+  if (tr != LCX_TOKENS_OK) {
     enif_rwlock_runlock(m->lock);
-    return lcx_raise(env, "tokens must be a list of integers");
+    return tr == LCX_TOKENS_NOMEM ? lcx_err(env, LCX_E_out_of_memory)
+                                  : lcx_raise(env, "tokens must be a list of integers");
   }
   if (bad) {
     int32_t n_vocab = m->n_vocab;

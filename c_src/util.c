@@ -74,15 +74,15 @@ bool lcx_get_double(ErlNifEnv *env, ERL_NIF_TERM t, double *out) {
   return false;
 }
 
-bool lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab, llama_token **out, unsigned *n_out,
-                    ERL_NIF_TERM *bad) {
+lcx_tokens_result lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab, llama_token **out,
+                                 unsigned *n_out, ERL_NIF_TERM *bad) {
   unsigned n;
   *out = NULL;
   *n_out = 0;
   *bad = 0;
-  if (!enif_get_list_length(env, list, &n)) return false;
+  if (!enif_get_list_length(env, list, &n)) return LCX_TOKENS_BADARG;
   llama_token *toks = enif_alloc(sizeof(llama_token) * (n > 0 ? n : 1));
-  if (!toks) return false;
+  if (!toks) return LCX_TOKENS_NOMEM;
   ERL_NIF_TERM head, tail = list;
   for (unsigned i = 0; i < n; i++) {
     int v;
@@ -91,7 +91,7 @@ bool lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab, llama_to
       ErlNifSInt64 big;
       if (!enif_get_int64(env, head, &big)) {
         enif_free(toks);
-        return false;
+        return LCX_TOKENS_BADARG;
       }
       v = -1; // an integer far out of range
     }
@@ -100,7 +100,7 @@ bool lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab, llama_to
   }
   *out = toks;
   *n_out = n;
-  return true;
+  return LCX_TOKENS_OK;
 }
 
 ERL_NIF_TERM lcx_make_tokens(ErlNifEnv *env, const llama_token *toks, size_t n) {
@@ -144,20 +144,4 @@ lcx_context *lcx_get_context(ErlNifEnv *env, ERL_NIF_TERM t) {
 lcx_sampler *lcx_get_sampler(ErlNifEnv *env, ERL_NIF_TERM t) {
   void *p;
   return enif_get_resource(env, t, LCX_SAMPLER_RT, &p) ? p : NULL;
-}
-
-size_t lcx_utf8_incomplete_tail(const char *buf, size_t len) {
-  // Walk back over at most 3 continuation bytes to the lead byte.
-  size_t i = len, back = 0;
-  while (i > 0 && back < 4) {
-    unsigned char c = (unsigned char)buf[i - 1];
-    back++;
-    if ((c & 0xC0) == 0x80) {
-      i--;
-      continue;
-    }
-    size_t need = (c & 0x80) == 0 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
-    return back < need ? back : 0;
-  }
-  return 0; // only continuation bytes (invalid anyway): nothing to wait for
 }

@@ -26,7 +26,8 @@ defmodule LlamaCppEx do
       `:grammar`, ...);
     * every `LlamaCppEx.Context` option (`:n_ctx`, `:n_threads`, ...). Without
       `:n_ctx` the context is sized to fit the prompt plus `:max_tokens`, up to
-      the model's training length;
+      the model's training length (beyond it, generation ends with
+      `:context_full`);
     * `:context` - an existing `LlamaCppEx.Context` to use (it is cleared first
       and not freed afterwards);
     * `:add_special` / `:parse_special` - how the prompt is tokenized (defaults
@@ -37,18 +38,28 @@ defmodule LlamaCppEx do
 
   ## Streams
 
-  `stream/3` and `stream_chat/3` return lazy streams of text chunks. Nothing
-  runs until the stream is consumed. Each chunk is valid UTF-8 up to its end
-  (a multi-byte character is never split), and text that could be the start of
-  a stop string is held back until it is known not to be one. Halting early
-  (`Enum.take/2`, `Stream.take_while/2`) stops generation within one token and
-  leaves no messages behind; if the consuming process dies, the native loop
-  notices and stops too.
+  `stream/3` and `stream_chat/3` return lazy streams of text chunks (see
+  `LlamaCppEx.Context.stream/4`). Nothing runs until the stream is consumed.
+  Each chunk is valid UTF-8 (a multi-byte character is never split), and text
+  that could be the start of a stop string is held back until it is known not
+  to be one. The native loop does not wait for a consumer that keeps up; text
+  made while the consumer is busy arrives coalesced in its next chunk. Halting
+  early (`Enum.take/2`, `Stream.take_while/2`) stops generation within
+  #{LlamaCppEx.Context.stream_window()} tokens and leaves no messages behind;
+  if the consuming process dies, the native loop notices and stops too.
+
+  ## Context size
+
+  Only a prompt that does not fit in the context is an error
+  (`{:context_overflow, info}`). Otherwise generation stops at end of
+  generation, a stop string, `:max_tokens`, or when the context is full
+  (`finish_reason: :context_full`), as llama-server and the OpenAI API do.
   """
 
-  alias LlamaCppEx.{Chat, Completion, Context, Model, NIF, Sampler, Tokenizer}
+  alias LlamaCppEx.{Chat, Completion, Context, Model, NIF, Options, Sampler, Tokenizer}
 
-  @gen_keys [max_tokens: 256, stop: [], context: nil, add_special: true, parse_special: false]
+  @gen_keys [max_tokens: 256, stop: []]
+  @call_keys [context: nil, add_special: true, parse_special: false]
   @chat_keys [template: nil, add_assistant: true]
   @stream_keys [on_complete: nil]
 
@@ -71,9 +82,9 @@ defmodule LlamaCppEx do
   """
   @spec complete(Model.t(), String.t(), keyword()) :: {:ok, Completion.t()} | {:error, term()}
   def complete(%Model{} = model, prompt, opts \\ []) when is_binary(prompt) do
-    opts = validate!(opts, [])
+    opts = split!(opts, [])
 
-    with {:ok, tokens} <- encode_prompt(model, prompt, opts) do
+    with {:ok, tokens} <- encode_prompt(model, prompt, opts.call) do
       run(model, tokens, opts)
     end
   end
@@ -92,9 +103,9 @@ defmodule LlamaCppEx do
   @doc "Like `chat/3`, returning a `LlamaCppEx.Completion`."
   @spec chat_complete(Model.t(), [Chat.message()], keyword()) :: {:ok, Completion.t()} | {:error, term()}
   def chat_complete(%Model{} = model, messages, opts \\ []) do
-    opts = validate!(opts, @chat_keys)
+    opts = split!(opts, chat: @chat_keys)
 
-    with {:ok, tokens} <- Chat.tokenize(model, messages, Keyword.take(opts, Keyword.keys(@chat_keys))) do
+    with {:ok, tokens} <- Chat.tokenize(model, messages, opts.chat) do
       run(model, tokens, opts)
     end
   end
@@ -116,15 +127,15 @@ defmodule LlamaCppEx do
   """
   @spec stream(Model.t(), String.t(), keyword()) :: Enumerable.t()
   def stream(%Model{} = model, prompt, opts \\ []) when is_binary(prompt) do
-    opts = validate!(opts, @stream_keys)
-    token_stream(model, fn -> encode_prompt(model, prompt, opts) end, opts)
+    opts = split!(opts, stream: @stream_keys)
+    token_stream(model, fn -> encode_prompt(model, prompt, opts.call) end, opts)
   end
 
   @doc "A lazy stream of the reply to a conversation (see `chat/3` and `stream/3`)."
   @spec stream_chat(Model.t(), [Chat.message()], keyword()) :: Enumerable.t()
   def stream_chat(%Model{} = model, messages, opts \\ []) do
-    opts = validate!(opts, @chat_keys ++ @stream_keys)
-    token_stream(model, fn -> Chat.tokenize(model, messages, Keyword.take(opts, Keyword.keys(@chat_keys))) end, opts)
+    opts = split!(opts, chat: @chat_keys, stream: @stream_keys)
+    token_stream(model, fn -> Chat.tokenize(model, messages, opts.chat) end, opts)
   end
 
   @doc """
@@ -133,16 +144,27 @@ defmodule LlamaCppEx do
       {:ok, vector} = LlamaCppEx.embed(model, "Once upon a time")
       {:ok, [v1, v2]} = LlamaCppEx.embed(model, ["a cat", "a dog"])
 
+  Each text is decoded in micro-batches of `:n_ubatch` tokens (causal models;
+  a model with an encoder takes each text in one micro-batch) and pooled
+  natively, so a long text costs what its length costs and nothing more. The
+  call stops if the calling process dies.
+
   ## Options
 
     * `:pooling` - how token embeddings become one vector: `:mean` (default),
       `:cls` or `:last`.
     * `:normalize` - scale each vector to unit length (default `true`).
     * `:add_special` - tokenize with BOS/EOS as the model adds them (default `true`).
+    * `:n_ctx` - the longest text, in tokens (default: the model's training
+      length, or 4096 when the model does not say).
+    * `:truncate` - a text longer than `:n_ctx` tokens is cut to its first
+      `:n_ctx` tokens (`true`) or the call returns
+      `{:error, {:too_long, %{tokens: n, max: n_ctx}}}` (`false`, the default).
+    * `:n_ubatch` - tokens per decode step (default `512`).
     * `:n_threads` - compute threads (default `LlamaCppEx.Context.default_threads/0`).
   """
   @spec embed(Model.t(), String.t() | [String.t()], keyword()) ::
-          {:ok, [float()] | [[float()]]} | {:error, term()}
+          {:ok, [float()] | [[float()]]} | {:error, LlamaCppEx.Error.reason()}
   def embed(model, text_or_texts, opts \\ [])
 
   def embed(%Model{} = model, text, opts) when is_binary(text) do
@@ -155,33 +177,50 @@ defmodule LlamaCppEx do
         pooling: :mean,
         normalize: true,
         add_special: true,
+        n_ctx: nil,
+        truncate: false,
+        n_ubatch: 512,
         n_threads: Context.default_threads()
       )
 
     unless opts[:pooling] in [:mean, :cls, :last],
       do: raise(ArgumentError, ":pooling must be :mean, :cls or :last, got: #{inspect(opts[:pooling])}")
 
-    with {:ok, token_lists} <- encode_all(model, texts, opts[:add_special]) do
-      # one micro-batch must hold the longest text
+    max = opts[:n_ctx] || if(model.n_ctx_train > 0, do: model.n_ctx_train, else: 4096)
+
+    unless is_integer(max) and max > 0,
+      do: raise(ArgumentError, ":n_ctx must be a positive integer, got: #{inspect(opts[:n_ctx])}")
+
+    with {:ok, token_lists} <- encode_all(model, texts, opts[:add_special]),
+         {:ok, token_lists} <- fit(token_lists, max, Options.bool!(opts, :truncate)) do
       longest = token_lists |> Enum.map(&length/1) |> Enum.max(fn -> 1 end) |> max(1)
-      size = div(longest + 255, 256) * 256
+      n_ctx = min(div(longest + 255, 256) * 256, max(max, longest))
+      n_ubatch = if model.causal, do: min(Options.pos!(opts, :n_ubatch), n_ctx), else: n_ctx
 
       ctx_opts = [
-        n_ctx: size,
-        n_batch: size,
-        n_ubatch: size,
+        n_ctx: n_ctx,
+        n_batch: n_ubatch,
+        n_ubatch: n_ubatch,
         embeddings: true,
-        pooling: opts[:pooling],
+        pooling: :none,
         n_threads: opts[:n_threads]
       ]
 
       with {:ok, ctx} <- Context.create(model, ctx_opts) do
         try do
-          embed_each(ctx, token_lists, opts[:normalize], [])
+          embed_each(ctx, token_lists, opts[:pooling], opts[:normalize], [])
         after
           Context.free(ctx)
         end
       end
+    end
+  end
+
+  defp fit(token_lists, max, truncate?) do
+    case Enum.find(token_lists, &(length(&1) > max)) do
+      nil -> {:ok, token_lists}
+      _ when truncate? -> {:ok, Enum.map(token_lists, &Enum.take(&1, max))}
+      long -> {:error, {:too_long, %{tokens: length(long), max: max}}}
     end
   end
 
@@ -202,11 +241,11 @@ defmodule LlamaCppEx do
     end
   end
 
-  defp embed_each(_ctx, [], _normalize, acc), do: {:ok, Enum.reverse(acc)}
+  defp embed_each(_ctx, [], _pooling, _normalize, acc), do: {:ok, Enum.reverse(acc)}
 
-  defp embed_each(ctx, [tokens | rest], normalize, acc) do
-    case Context.embed(ctx, tokens) do
-      {:ok, vector} -> embed_each(ctx, rest, normalize, [if(normalize, do: l2(vector), else: vector) | acc])
+  defp embed_each(ctx, [tokens | rest], pooling, normalize, acc) do
+    case Context.embed(ctx, tokens, pooling: pooling) do
+      {:ok, vector} -> embed_each(ctx, rest, pooling, normalize, [if(normalize, do: l2(vector), else: vector) | acc])
       error -> error
     end
   end
@@ -229,26 +268,24 @@ defmodule LlamaCppEx do
 
   # ---- internals ---------------------------------------------------------------------
 
-  defp validate!(opts, extra) do
-    keys = @gen_keys ++ extra ++ Enum.map(Sampler.option_keys() ++ Context.option_keys(), &{&1, :__default__})
-    opts = Keyword.validate!(opts, keys)
-    Enum.reject(opts, fn {_k, v} -> v == :__default__ end)
+  # Validates a call's options once, split by the layer that owns them.
+  defp split!(opts, extra) do
+    Options.split!(
+      opts,
+      [gen: @gen_keys, call: @call_keys, sampler: Sampler.option_keys(), context: Context.option_keys()] ++ extra
+    )
   end
 
-  defp encode_prompt(model, prompt, opts) do
-    Tokenizer.encode(model, prompt, add_special: opts[:add_special], parse_special: opts[:parse_special])
+  defp encode_prompt(model, prompt, call) do
+    Tokenizer.encode(model, prompt, add_special: call[:add_special], parse_special: call[:parse_special])
   end
 
   defp run(model, tokens, opts) do
-    gen = Context.generate_opts(opts)
-
-    with {:ok, ctx, own_ctx?} <- context_for(model, tokens, gen.max_tokens, opts) do
+    with {:ok, ctx, own_ctx?} <- context_for(model, tokens, opts) do
       try do
-        with {:ok, sampler} <- Sampler.create(model, Keyword.take(opts, Sampler.option_keys())) do
+        with {:ok, sampler} <- Sampler.create(model, opts.sampler) do
           try do
-            with {:ok, map} <- NIF.generate(ctx.ref, sampler.ref, tokens, gen) do
-              {:ok, Completion.from_native(map)}
-            end
+            Context.generate(ctx, sampler, tokens, opts.gen)
           after
             Sampler.free(sampler)
           end
@@ -259,8 +296,8 @@ defmodule LlamaCppEx do
     end
   end
 
-  defp context_for(model, tokens, max_tokens, opts) do
-    case opts[:context] do
+  defp context_for(model, tokens, opts) do
+    case opts.call[:context] do
       %Context{model: %Model{ref: ref}} = ctx when ref == model.ref ->
         with :ok <- Context.clear(ctx), do: {:ok, ctx, false}
 
@@ -268,9 +305,8 @@ defmodule LlamaCppEx do
         raise ArgumentError, ":context belongs to a different model"
 
       nil ->
-        ctx_opts = Keyword.take(opts, Context.option_keys())
-        ctx_opts = Keyword.put_new_lazy(ctx_opts, :n_ctx, fn -> default_n_ctx(model, length(tokens) + max_tokens) end)
-
+        needed = length(tokens) + opts.gen[:max_tokens]
+        ctx_opts = Keyword.put_new_lazy(opts.context, :n_ctx, fn -> default_n_ctx(model, needed) end)
         with {:ok, ctx} <- Context.create(model, ctx_opts), do: {:ok, ctx, true}
 
       other ->
@@ -279,126 +315,62 @@ defmodule LlamaCppEx do
   end
 
   # Fit the request, in steps of 256 to keep buffer sizes few, capped by the
-  # training length (beyond it, the request is a context overflow).
+  # training length (beyond it, generation ends with :context_full).
   defp default_n_ctx(model, needed) do
     rounded = div(needed + 255, 256) * 256
     if model.n_ctx_train > 0, do: max(min(rounded, model.n_ctx_train), min(needed, model.n_ctx_train)), else: rounded
   end
 
+  # The context and sampler are made when the stream starts and freed when it
+  # ends (after the native stream has let go of them); the stream itself is
+  # Context.stream/4's.
   defp token_stream(model, tokenize, opts) do
-    Stream.resource(
-      fn -> start_stream(model, tokenize, opts) end,
-      &next_chunk/1,
-      &stop_stream/1
-    )
-  end
-
-  defp start_stream(model, tokenize, opts) do
-    gen = Context.generate_opts(opts)
-    on_complete = opts[:on_complete]
+    Context.generate_opts(opts.gen)
+    on_complete = opts.stream[:on_complete]
 
     unless is_nil(on_complete) or is_function(on_complete, 1),
       do: raise(ArgumentError, ":on_complete must be a 1-arity function")
 
-    tokens = ok!(tokenize.())
-    {ctx, own_ctx?} = ok!(context_for(model, tokens, gen.max_tokens, opts))
+    Stream.resource(
+      fn -> {:start, tokenize} end,
+      fn
+        {:start, tokenize} ->
+          {ctx, own_ctx?, sampler, tokens} = prepare_stream(model, tokenize, opts)
+          inner = Context.stream(ctx, sampler, tokens, opts.gen ++ [on_complete: on_complete])
+          {[inner], {:running, ctx, own_ctx?, sampler}}
 
-    sampler =
-      case Sampler.create(model, Keyword.take(opts, Sampler.option_keys())) do
-        {:ok, s} ->
-          s
-
-        {:error, reason} ->
-          if own_ctx?, do: Context.free(ctx)
-          raise LlamaCppEx.Error, reason: reason
+        state ->
+          {:halt, state}
+      end,
+      fn
+        {:start, _} -> :ok
+        {:running, ctx, own_ctx?, sampler} -> release(ctx, own_ctx?, sampler)
       end
+    )
+    |> Stream.flat_map(& &1)
+  end
 
-    ref = make_ref()
-    # The generation runs on a native thread of its own; it sends
-    # {ref, {:chunk, text}} as chunks are asked for and {ref, {:done, result}} last.
-    case NIF.stream_start(ctx.ref, sampler.ref, tokens, gen, self(), ref) do
-      {:ok, handle} ->
-        %{
-          ref: ref,
-          handle: handle,
-          done: false,
-          ctx: ctx,
-          own_ctx?: own_ctx?,
-          sampler: sampler,
-          on_complete: on_complete
-        }
+  defp prepare_stream(model, tokenize, opts) do
+    tokens = ok!(tokenize.())
+    {ctx, own_ctx?} = ok!(context_for(model, tokens, opts))
+
+    case Sampler.create(model, opts.sampler) do
+      {:ok, sampler} ->
+        {ctx, own_ctx?, sampler, tokens}
 
       {:error, reason} ->
-        Sampler.free(sampler)
         if own_ctx?, do: Context.free(ctx)
         raise LlamaCppEx.Error, reason: reason
     end
   end
 
-  defp ok!({:ok, a, b}), do: {a, b}
-  defp ok!({:ok, v}), do: v
-  defp ok!({:error, reason}), do: raise(LlamaCppEx.Error, reason: reason)
-
-  defp next_chunk(%{done: {:ok, _}} = state), do: {:halt, state}
-
-  defp next_chunk(%{ref: ref, handle: handle} = state) do
-    # Ask for exactly one more chunk: the native loop never runs more than one
-    # token ahead of what the consumer has asked for.
-    NIF.stream_demand(handle)
-
-    receive do
-      {^ref, {:chunk, text}} ->
-        {[text], state}
-
-      {^ref, {:done, {:ok, map}}} ->
-        # on_complete runs in stop_stream/1, after this state is recorded as done
-        {:halt, %{state | done: {:ok, map}}}
-
-      {^ref, {:done, {:error, reason}}} = done ->
-        # stop_stream/1 runs next (with this state) and will look for it
-        send(self(), done)
-        raise LlamaCppEx.Error, reason: reason
-    end
-  end
-
-  # After the last element, on halt (Enum.take/2) and after a raise above.
-  defp stop_stream(%{ref: ref, handle: handle, done: done} = state) do
-    result =
-      case done do
-        {:ok, map} ->
-          {:ok, map}
-
-        false ->
-          NIF.stream_cancel(handle)
-
-          # the native thread always reports, cancelled or not
-          receive do
-            {^ref, {:done, result}} -> result
-          end
-      end
-
-    try do
-      with {:ok, map} <- result, do: completed(state, map)
-    after
-      release(state)
-      flush(ref)
-    end
-  end
-
-  defp release(%{sampler: sampler, ctx: ctx, own_ctx?: own_ctx?}) do
+  defp release(ctx, own_ctx?, sampler) do
     Sampler.free(sampler)
     if own_ctx?, do: Context.free(ctx)
     :ok
   end
 
-  defp completed(%{on_complete: nil}, _map), do: :ok
-  defp completed(%{on_complete: fun}, map), do: fun.(Completion.from_native(map))
-
-  defp flush(ref) do
-    receive do
-      {^ref, _} -> flush(ref)
-    after
-      0 -> :ok
-    end
-  end
+  defp ok!({:ok, a, b}), do: {a, b}
+  defp ok!({:ok, v}), do: v
+  defp ok!({:error, reason}), do: raise(LlamaCppEx.Error, reason: reason)
 end

@@ -216,18 +216,31 @@ defmodule LlamaCppEx.BadInputTest do
   end
 
   describe "Context.generate" do
-    test "prompt + max_tokens beyond n_ctx is an overflow before any work", %{ctx: ctx, sampler: sampler} do
-      assert Context.generate(ctx, sampler, @once, max_tokens: @n_ctx - 4) ==
-               {:error, {:context_overflow, %{position: 0, prompt_tokens: 5, max_tokens: @n_ctx - 4, n_ctx: @n_ctx}}}
+    test "max_tokens beyond the room left generates until the context is full", %{ctx: ctx, sampler: sampler} do
+      # 5 prompt tokens + 252 generated: the last one is sampled but needs no cell
+      assert {:ok, c} = Context.generate(ctx, sampler, @once, max_tokens: 100_000)
+      assert c.finish_reason == :context_full
+      assert c.generated_tokens == @n_ctx - 4
+      assert {:ok, @n_ctx} = Context.position(ctx)
 
-      assert {:ok, 0} = Context.position(ctx)
+      # max_tokens that lands exactly on the last token is :max_tokens
+      assert :ok = Context.clear(ctx)
+      assert {:ok, %{finish_reason: :max_tokens}} = Context.generate(ctx, sampler, @once, max_tokens: @n_ctx - 4)
 
       # counting what the context already holds
+      assert :ok = Context.clear(ctx)
+      assert :ok = Context.decode(ctx, List.duplicate(403, 250))
+      assert {:ok, %{finish_reason: :context_full, generated_tokens: 2}} =
+               Context.generate(ctx, sampler, @once, max_tokens: 10)
+
+      # only a prompt that does not fit is an error, before any work
+      assert :ok = Context.clear(ctx)
       assert :ok = Context.decode(ctx, List.duplicate(403, 250))
 
-      assert {:error, {:context_overflow, %{position: 250, prompt_tokens: 5, max_tokens: 2}}} =
-               Context.generate(ctx, sampler, @once, max_tokens: 2)
+      assert Context.generate(ctx, sampler, @once ++ [403, 403], max_tokens: 2) ==
+               {:error, {:context_overflow, %{position: 250, prompt_tokens: 7, max_tokens: 2, n_ctx: @n_ctx}}}
 
+      assert {:ok, 250} = Context.position(ctx)
       assert_works(ctx, sampler)
     end
 

@@ -32,7 +32,7 @@ defmodule LlamaCppEx.StreamTest do
     assert [_ | _] = Enum.to_list(stream)
   end
 
-  test "Enum.take stops generation within one token and leaves no messages", %{model: model} do
+  test "Enum.take stops generation within the stream window and leaves no messages", %{model: model} do
     me = self()
 
     # A slow consumer: without flow control the native loop would run far ahead.
@@ -51,9 +51,41 @@ defmodule LlamaCppEx.StreamTest do
     assert length(chunks) == 3
     assert_received {:done, completion}
     assert completion.finish_reason == :cancelled
-    assert completion.generated_tokens <= 4
+    # the documented bound: at most stream_window + 1 tokens past the text received
+    received = chunks |> Enum.join() |> byte_size()
+    covering = tokens_covering(model, completion.tokens, received)
+    assert completion.generated_tokens - covering <= LlamaCppEx.Context.stream_window() + 1, inspect(completion)
+    # a slow consumer gets coalesced chunks, not one per token
+    assert covering > 3
     refute_received _
     assert eventually(fn -> LlamaCppEx.live_objects().contexts == 0 end)
+  end
+
+  test "a consumer that keeps up gets every token without the loop waiting", %{model: model} do
+    {:ok, full} = LlamaCppEx.complete(model, @prompt, max_tokens: 200, n_ctx: 256, temp: 0.0)
+    chunks = model |> LlamaCppEx.stream(@prompt, max_tokens: 200, n_ctx: 256, temp: 0.0) |> Enum.to_list()
+    assert Enum.join(chunks) == full.text
+    assert length(chunks) > 1
+  end
+
+  test "a prompt that fits streams until the context is full", %{model: model} do
+    me = self()
+
+    text =
+      model
+      |> LlamaCppEx.stream(@prompt, max_tokens: 100_000, n_ctx: 256, temp: 0.0, on_complete: &send(me, {:done, &1}))
+      |> Enum.join()
+
+    assert_received {:done, %{finish_reason: :context_full, generated_tokens: 252} = completion}
+    assert text == completion.text
+  end
+
+  # The fewest leading tokens whose text is at least `bytes` long.
+  defp tokens_covering(model, tokens, bytes) do
+    Enum.find(1..length(tokens), length(tokens), fn k ->
+      {:ok, text} = LlamaCppEx.Tokenizer.decode(model, Enum.take(tokens, k))
+      byte_size(text) >= bytes
+    end)
   end
 
   test "on_complete reports the finish reason and counts", %{model: model} do
@@ -130,7 +162,7 @@ defmodule LlamaCppEx.StreamTest do
   end
 
   test "errors surface when the stream is consumed", %{model: model} do
-    stream = LlamaCppEx.stream(model, @prompt, max_tokens: 1000, n_ctx: 256)
+    stream = LlamaCppEx.stream(model, String.duplicate(@prompt, 100), max_tokens: 10, n_ctx: 256)
     assert_raise LlamaCppEx.Error, ~r/context_overflow/, fn -> Enum.to_list(stream) end
     refute_received _
   end
@@ -147,14 +179,15 @@ defmodule LlamaCppEx.StreamTest do
 
     results =
       model
-      |> LlamaCppEx.stream(@prompt, context: ctx, max_tokens: 5)
+      |> LlamaCppEx.stream(@prompt, context: ctx, max_tokens: 200)
       |> Enum.map(fn _ -> LlamaCppEx.Context.position(ctx) end)
 
-    # while the stream holds the context (all but possibly the last chunk,
-    # after which the native thread may already have let go), the consumer
-    # gets :busy instead of waiting for itself
+    # while the stream holds the context (all but possibly the last two
+    # chunks: the last asked for and the rest, sent unasked, after which the
+    # native thread may already have let go), the consumer gets :busy instead
+    # of waiting for itself
     assert length(results) >= 3
-    assert Enum.all?(Enum.drop(results, -1), &(&1 == {:error, :busy})), inspect(results)
+    assert Enum.all?(Enum.drop(results, -2), &(&1 == {:error, :busy})), inspect(results)
     # once the stream is over, the context is the consumer's again
     assert {:ok, _} = LlamaCppEx.Context.position(ctx)
   end

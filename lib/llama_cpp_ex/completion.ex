@@ -4,8 +4,12 @@ defmodule LlamaCppEx.Completion do
   token counts and timings.
 
     * `:finish_reason` - `:eog` (the model ended its turn), `:max_tokens`,
-      `:stop` (a stop string was produced; it is not part of `:text`) or
-      `:cancelled` (a stream consumer stopped early or the context was freed).
+      `:stop` (a stop string was produced; it is not part of `:text`),
+      `:context_full` (the context has no room for another token) or
+      `:cancelled` (a stream consumer stopped early, the caller died, or the
+      context or sampler was freed).
+    * `:text` - always valid UTF-8: bytes of the model's tokens that do not
+      form a character are replaced by U+FFFD (`:tokens` keeps the exact ids).
     * `:prompt_ms` / `:generation_ms` - wall time of prompt processing and of
       the token loop; `prompt_tokens_per_second/1` and
       `tokens_per_second/1` derive rates from them.
@@ -23,7 +27,7 @@ defmodule LlamaCppEx.Completion do
             generation_ms: 0.0,
             sample_ms: 0.0
 
-  @type finish_reason :: :eog | :max_tokens | :stop | :cancelled
+  @type finish_reason :: :eog | :max_tokens | :stop | :context_full | :cancelled
   @type t :: %__MODULE__{
           text: String.t(),
           tokens: [non_neg_integer()],

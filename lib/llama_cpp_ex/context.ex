@@ -16,6 +16,9 @@ defmodule LlamaCppEx.Context do
   import LlamaCppEx.Options
   alias LlamaCppEx.{Completion, Model, NIF, Sampler}
 
+  @typedoc "See `LlamaCppEx.Error`."
+  @type reason :: LlamaCppEx.Error.reason()
+
   @enforce_keys [:ref, :model]
   defstruct [:ref, :model, :n_ctx, :n_batch, :n_ubatch, :n_seq_max, :n_threads, :n_threads_batch, embeddings: false]
 
@@ -30,6 +33,12 @@ defmodule LlamaCppEx.Context do
           n_threads_batch: pos_integer(),
           embeddings: boolean()
         }
+
+  # tokens a stream's native loop may run past its last chunk (STREAM_WINDOW in c_src/generate.c)
+  @stream_window 16
+
+  @doc false
+  def stream_window, do: @stream_window
 
   @cache_types [:f32, :f16, :bf16, :q8_0, :q4_0, :q4_1, :q5_0, :q5_1, :iq4_nl]
   @pooling %{unspecified: -1, none: 0, mean: 1, cls: 2, last: 3, rank: 4}
@@ -166,8 +175,14 @@ defmodule LlamaCppEx.Context do
 
   The decode-sample loop runs natively on a dirty scheduler. `tokens` is
   appended to whatever the context holds already (call `clear/1` first for a
-  fresh start). Prompt plus `:max_tokens` must fit in the context's free space,
-  or `{:error, {:context_overflow, info}}` is returned before any work.
+  fresh start). Only a prompt that does not fit in the context's free space is
+  an error (`{:error, {:context_overflow, info}}`, before any work); otherwise
+  generation runs until end of generation, a stop string, `:max_tokens`, or
+  until the context is full (`finish_reason: :context_full`), as llama-server
+  and the OpenAI API do.
+
+  The call is cancelled (`finish_reason: :cancelled`) when the calling process
+  dies, or when the context or the sampler is freed meanwhile.
 
   ## Options
 
@@ -175,13 +190,45 @@ defmodule LlamaCppEx.Context do
     * `:stop` - list of strings; generation ends before the first occurrence of
       any of them (the stop string itself is not part of the text).
   """
-  @spec generate(t(), Sampler.t(), [non_neg_integer()], keyword()) :: {:ok, Completion.t()} | {:error, term()}
+  @spec generate(t(), Sampler.t(), [non_neg_integer()], keyword()) :: {:ok, Completion.t()} | {:error, reason()}
   def generate(%__MODULE__{} = ctx, %Sampler{} = sampler, tokens, opts \\ []) when is_list(tokens) do
-    opts = Keyword.validate!(opts, max_tokens: 256, stop: [])
+    gen = opts |> Keyword.validate!(max_tokens: 256, stop: []) |> generate_opts()
 
-    with {:ok, map} <- NIF.generate(ctx.ref, sampler.ref, tokens, generate_opts(opts)) do
+    with {:ok, map} <- NIF.generate(ctx.ref, sampler.ref, tokens, gen) do
       {:ok, Completion.from_native(map)}
     end
+  end
+
+  @doc """
+  Like `generate/4`, as a lazy stream of text chunks.
+
+  Nothing runs until the stream is consumed. The generation then runs on a
+  native thread of its own, which owns the context and the sampler until it
+  ends: any other use of them meanwhile returns `{:error, :busy}`.
+
+  Chunks are valid UTF-8 and never hold text that may be the start of a stop
+  string. The native loop does not wait for the consumer: text produced while
+  the consumer is busy is coalesced into the next chunk, and the loop runs at
+  most #{@stream_window} tokens past the last chunk it sent before it waits to be asked
+  again, so halting the stream (`Enum.take/2`) stops generation within that
+  window. Failures raise `LlamaCppEx.Error` when consumed.
+
+  ## Options
+
+    * `:max_tokens`, `:stop` - as for `generate/4`.
+    * `:on_complete` - a 1-arity function called in the consuming process with
+      the `LlamaCppEx.Completion` when generation ends, including when the
+      consumer halts early (`finish_reason: :cancelled`).
+  """
+  @spec stream(t(), Sampler.t(), [non_neg_integer()], keyword()) :: Enumerable.t()
+  def stream(%__MODULE__{} = ctx, %Sampler{} = sampler, tokens, opts \\ []) when is_list(tokens) do
+    opts = Keyword.validate!(opts, max_tokens: 256, stop: [], on_complete: nil)
+    on_complete = opts[:on_complete]
+
+    unless is_nil(on_complete) or is_function(on_complete, 1),
+      do: raise(ArgumentError, ":on_complete must be a 1-arity function")
+
+    LlamaCppEx.TokenStream.new(ctx.ref, sampler.ref, tokens, generate_opts(opts), on_complete)
   end
 
   @doc false
@@ -202,14 +249,25 @@ defmodule LlamaCppEx.Context do
   @doc """
   The pooled embedding of `tokens` (a list of `n_embd` floats).
 
-  The context must have been created with `embeddings: true` and a pooling of
-  `:mean`, `:cls` or `:last` (or a model whose default pooling is one of
-  them), and `tokens` must fit in one micro-batch (`n_ubatch`). The context's
-  memory is cleared before and after. `LlamaCppEx.embed/3` does all of this
-  for you.
+  The context must have been created with `embeddings: true`. With a context
+  pooling of `:mean`, `:cls` or `:last` (or a model whose default pooling is
+  one of them), `tokens` must fit in one micro-batch (`n_ubatch`). With
+  `pooling: :none`, pass the pooling here (`pooling: :mean`, `:cls` or
+  `:last`): the tokens are then decoded in `n_ubatch` steps and pooled
+  natively, so they only need to fit in the context (causal models; models
+  with an encoder still need one micro-batch). The context's memory is cleared
+  before and after. The call stops when the calling process dies.
+  `LlamaCppEx.embed/3` does all of this for you.
   """
-  @spec embed(t(), [non_neg_integer()]) :: {:ok, [float()]} | {:error, term()}
-  def embed(%__MODULE__{ref: ref}, tokens) when is_list(tokens), do: NIF.context_embed(ref, tokens)
+  @spec embed(t(), [non_neg_integer()], keyword()) :: {:ok, [float()]} | {:error, reason()}
+  def embed(%__MODULE__{ref: ref}, tokens, opts \\ []) when is_list(tokens) do
+    opts = Keyword.validate!(opts, pooling: nil)
+
+    unless opts[:pooling] in [nil, :mean, :cls, :last],
+      do: raise(ArgumentError, ":pooling must be :mean, :cls or :last, got: #{inspect(opts[:pooling])}")
+
+    NIF.context_embed(ref, tokens, opts[:pooling])
+  end
 
   @doc "Removes everything from the context's memory (KV cache)."
   @spec clear(t()) :: :ok | {:error, :closed}

@@ -2,8 +2,66 @@ defmodule LlamaCppEx.Error do
   @moduledoc """
   Raised by streams (which cannot return `{:error, reason}`) when generation
   fails, e.g. `%LlamaCppEx.Error{reason: {:context_overflow, info}}`.
+
+  The reasons every function of the library may return in `{:error, reason}`
+  are listed in `t:reason/0` (the native ones come from one table,
+  `c_src/errors.h`). Misuse (a wrong type, an unknown option) raises
+  `ArgumentError` instead.
   """
   defexception [:reason]
+
+  @typedoc """
+  Why a call failed.
+
+    * `:closed` - the model, context or sampler was freed.
+    * `:busy` - a stream owns the context or sampler until it ends.
+    * `:out_of_memory` - a native allocation failed.
+    * `{:context_overflow, %{position:, prompt_tokens:, n_ctx:}}` - the prompt
+      does not fit in the context (generation itself stops with
+      `finish_reason: :context_full` instead).
+    * `{:too_long, %{tokens:, max:}}` - a text to embed is longer than the context.
+    * `:empty_prompt`, `{:invalid_token, {id, n_vocab}}` - bad token input.
+    * `{:decode_failed, code_or_message}`, `:no_kv_slot`, `:aborted`,
+      `{:sampler_failed, message}`, `:no_logits` - llama.cpp failed.
+    * `:model_mismatch` - a context and a sampler of different models.
+    * `{:invalid_grammar, message}` - the grammar did not parse or is too big.
+    * `{:load_failed, message}`, `:load_cancelled` - loading a model.
+    * `{:context_failed, message}`, `{:context_too_large, %{needed:, available:}}`
+      - creating a context.
+    * `:thread_failed`, `{:exception, message}` - native failures.
+    * `{:template_failed, message}`, `:unknown_template` - chat templates.
+    * `:invalid_utf8`, `{:tokenize_failed, message}` - tokenizing.
+    * `:embeddings_disabled`, `{:unsupported_pooling, type}`, `:no_embeddings`
+      - embeddings.
+  """
+  @type reason ::
+          :closed
+          | :busy
+          | :out_of_memory
+          | {:context_overflow, map()}
+          | {:too_long, map()}
+          | :empty_prompt
+          | {:invalid_token, {integer(), non_neg_integer()}}
+          | {:decode_failed, integer() | String.t()}
+          | :no_kv_slot
+          | :aborted
+          | {:sampler_failed, String.t()}
+          | :no_logits
+          | :model_mismatch
+          | {:invalid_grammar, String.t()}
+          | {:load_failed, String.t()}
+          | :load_cancelled
+          | {:context_failed, String.t()}
+          | {:context_too_large, map()}
+          | :thread_failed
+          | {:exception, String.t()}
+          | {:template_failed, String.t()}
+          | :unknown_template
+          | :invalid_utf8
+          | {:tokenize_failed, String.t()}
+          | :embeddings_disabled
+          | {:unsupported_pooling, integer()}
+          | :no_embeddings
 
   @impl true
   def message(%{reason: reason}), do: "llama.cpp generation failed: #{inspect(reason)}"

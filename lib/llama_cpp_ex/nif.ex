@@ -63,7 +63,7 @@ defmodule LlamaCppEx.NIF do
   def context_position(_ctx), do: nif_error()
   def context_clear(_ctx), do: nif_error()
   def context_decode(_ctx, _tokens), do: nif_error()
-  def context_embed(_ctx, _tokens), do: nif_error()
+  def context_embed(_ctx, _tokens, _pooling), do: nif_error()
   def generate(_ctx, _sampler, _tokens, _opts), do: nif_error()
   def stream_start(_ctx, _sampler, _tokens, _opts, _consumer, _ref), do: nif_error()
   def stream_cancel(_stream), do: nif_error()

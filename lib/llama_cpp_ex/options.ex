@@ -28,4 +28,33 @@ defmodule LlamaCppEx.Options do
       v -> raise ArgumentError, "#{inspect(key)} must be a number, got: #{inspect(v)}"
     end
   end
+
+  @doc """
+  Validates a call's options once and splits them by the layer that owns
+  them: `groups` is a keyword list of `group: keys`, where keys are atoms or
+  `{key, default}`. Unknown keys raise (as `Keyword.validate!/2`); a key
+  without a default is in its group only when given. Returns a map of group
+  to keyword list; each layer then checks the values of its own group.
+  """
+  def split!(opts, groups) do
+    allowed =
+      Enum.flat_map(groups, fn {_group, keys} ->
+        Enum.map(keys, fn
+          {k, default} -> {k, default}
+          k -> {k, :__absent__}
+        end)
+      end)
+
+    opts = Keyword.validate!(opts, allowed)
+
+    Map.new(groups, fn {group, keys} ->
+      names =
+        Enum.map(keys, fn
+          {k, _} -> k
+          k -> k
+        end)
+
+      {group, for({k, v} <- opts, k in names, v != :__absent__, do: {k, v})}
+    end)
+  end
 end
