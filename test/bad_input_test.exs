@@ -230,6 +230,7 @@ defmodule LlamaCppEx.BadInputTest do
       # counting what the context already holds
       assert :ok = Context.clear(ctx)
       assert :ok = Context.decode(ctx, List.duplicate(403, 250))
+
       assert {:ok, %{finish_reason: :context_full, generated_tokens: 2}} =
                Context.generate(ctx, sampler, @once, max_tokens: 10)
 

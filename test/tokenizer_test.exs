@@ -291,8 +291,9 @@ defmodule LlamaCppEx.TokenizerTest do
       assert Tokenizer.decode(m, [403]) == {:error, :closed}
       assert Tokenizer.decode(m, List.duplicate(403, 2000)) == {:error, :closed}
       assert Tokenizer.token_to_piece(m, 403) == {:error, :closed}
-      assert_raise ArgumentError, fn -> Tokenizer.eog?(m, 2) end
-      assert_raise ArgumentError, fn -> Tokenizer.special_tokens(m) end
+      assert Tokenizer.eog?(m, 2) == {:error, :closed}
+      assert Tokenizer.special_tokens(m) == {:error, :closed}
+      assert Tokenizer.eos(m) == {:error, :closed}
     end
   end
 end

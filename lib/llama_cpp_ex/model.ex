@@ -268,16 +268,18 @@ defmodule LlamaCppEx.Model do
   The model's chat template (`tokenizer.chat_template`), or `nil`.
 
   With a name, returns the named template stored in the model
-  (`tokenizer.chat_template.<name>`), or `nil`.
+  (`tokenizer.chat_template.<name>`), `nil` when there is none, or
+  `{:error, :closed}` once the model is freed (the default template is read at
+  load and stays available).
   """
-  @spec chat_template(t(), String.t() | nil) :: String.t() | nil
+  @spec chat_template(t(), String.t() | nil) :: String.t() | nil | {:error, :closed}
   def chat_template(model, name \\ nil)
   def chat_template(%__MODULE__{chat_template: t}, nil), do: t
 
   def chat_template(%__MODULE__{ref: ref}, name) when is_binary(name) do
     case NIF.model_chat_template(ref, name) do
       {:ok, t} -> t
-      {:error, :closed} -> nil
+      {:error, :closed} = error -> error
     end
   end
 

@@ -79,38 +79,47 @@ defmodule LlamaCppEx.Tokenizer do
   The model's special tokens: `:bos`, `:eos`, `:eot`, `:sep`, `:nl`, `:pad`,
   `:fim_pre`, `:fim_suf`, `:fim_mid` (each a token id or `nil`), plus
   `:add_bos`/`:add_eos` (whether `encode/3` adds them) and `:n_vocab`.
+  `{:error, :closed}` once the model is freed.
   """
-  @spec special_tokens(Model.t()) :: map()
+  @spec special_tokens(Model.t()) :: map() | {:error, :closed}
   def special_tokens(%Model{ref: ref}) do
-    case NIF.vocab_info(ref) do
-      {:ok, info} -> Map.delete(info, :type)
-      {:error, :closed} -> raise ArgumentError, "the model has been freed"
+    with {:ok, info} <- NIF.vocab_info(ref), do: Map.delete(info, :type)
+  end
+
+  @doc "Beginning-of-sequence token, or `nil` (`{:error, :closed}` once the model is freed)."
+  @spec bos(Model.t()) :: token() | nil | {:error, :closed}
+  def bos(model), do: special(model, :bos)
+
+  @doc "End-of-sequence token, or `nil` (`{:error, :closed}` once the model is freed)."
+  @spec eos(Model.t()) :: token() | nil | {:error, :closed}
+  def eos(model), do: special(model, :eos)
+
+  @doc "End-of-turn token, or `nil` (`{:error, :closed}` once the model is freed)."
+  @spec eot(Model.t()) :: token() | nil | {:error, :closed}
+  def eot(model), do: special(model, :eot)
+
+  @doc "Newline token, or `nil` (`{:error, :closed}` once the model is freed)."
+  @spec nl(Model.t()) :: token() | nil | {:error, :closed}
+  def nl(model), do: special(model, :nl)
+
+  defp special(model, key) do
+    case special_tokens(model) do
+      %{} = tokens -> Map.fetch!(tokens, key)
+      error -> error
     end
   end
 
-  @doc "Beginning-of-sequence token, or `nil`."
-  @spec bos(Model.t()) :: token() | nil
-  def bos(model), do: special_tokens(model).bos
-
-  @doc "End-of-sequence token, or `nil`."
-  @spec eos(Model.t()) :: token() | nil
-  def eos(model), do: special_tokens(model).eos
-
-  @doc "End-of-turn token, or `nil`."
-  @spec eot(Model.t()) :: token() | nil
-  def eot(model), do: special_tokens(model).eot
-
-  @doc "Newline token, or `nil`."
-  @spec nl(Model.t()) :: token() | nil
-  def nl(model), do: special_tokens(model).nl
-
-  @doc "Whether `token` ends generation (EOS, EOT or another end-of-generation token)."
-  @spec eog?(Model.t(), token()) :: boolean()
+  @doc """
+  Whether `token` ends generation (EOS, EOT or another end-of-generation
+  token). Raises `ArgumentError` for a token outside the vocabulary;
+  `{:error, :closed}` once the model is freed.
+  """
+  @spec eog?(Model.t(), token()) :: boolean() | {:error, :closed}
   def eog?(%Model{ref: ref}, token) when is_integer(token) do
     case NIF.token_is_eog(ref, token) do
       {:ok, bool} -> bool
       {:error, {:invalid_token, _}} -> raise ArgumentError, "token #{token} is outside the vocabulary"
-      {:error, :closed} -> raise ArgumentError, "the model has been freed"
+      {:error, :closed} = error -> error
     end
   end
 
