@@ -1,12 +1,18 @@
-# Builds priv/llama_cpp_ex_nif.so. Driven by `mix compile` (see the :llama_cpp_ex
-# compiler in mix.exs), which passes LLAMA_* variables from scripts/llama_cpp.sh.
+# Builds the NIF into the Mix build path: objects under $(MIX_APP_PATH)/obj and
+# the library in $(MIX_APP_PATH)/priv/llama_cpp_ex_nif.so, where
+# :code.priv_dir(:llama_cpp_ex) finds it and `mix release` copies it from.
+# Nothing is written into the source tree (deps/llama_cpp_ex/ for a dependency).
+# Driven by `mix compile` (see the :llama_cpp_ex compiler in mix.exs), which
+# passes MIX_APP_PATH (Mix.Project.app_path()), ERTS_INCLUDE_DIR and the
+# LLAMA_* variables from scripts/llama_cpp.sh.
 # The convenience targets at the bottom (demo, test, ...) are for people.
 
-PRIV_DIR ?= $(CURDIR)/priv
-NIF_SO = $(PRIV_DIR)/llama_cpp_ex_nif.so
 MIX_APP_PATH ?= $(CURDIR)/_build/dev/lib/llama_cpp_ex
+PRIV_DIR = $(MIX_APP_PATH)/priv
 OBJ_DIR = $(MIX_APP_PATH)/obj
+NIF_SO = $(PRIV_DIR)/llama_cpp_ex_nif.so
 
+# Only evaluated when a compile runs without it (mix passes it).
 ERTS_INCLUDE_DIR ?= $(shell erl -noshell -eval 'io:format("~ts/erts-~ts/include/", [code:root_dir(), erlang:system_info(version)]), halt().')
 
 C_SRCS = $(wildcard c_src/*.c)
@@ -14,8 +20,9 @@ CXX_SRCS = $(wildcard c_src/*.cpp)
 OBJS = $(patsubst c_src/%.c,$(OBJ_DIR)/%.o,$(C_SRCS)) $(patsubst c_src/%.cpp,$(OBJ_DIR)/%.o,$(CXX_SRCS))
 
 # The same NIF built with AddressSanitizer (llama.cpp itself is not
-# instrumented), loaded instead of the normal one when LLAMA_CPP_EX_NIF is
-# llama_cpp_ex_nif_asan. See scripts/test_asan.sh.
+# instrumented), next to the normal one, with objects of its own. Built by
+# `mix compile.llama_cpp_ex --asan`, loaded instead of the normal one when
+# LLAMA_CPP_EX_NIF is llama_cpp_ex_nif_asan. See scripts/test_asan.sh.
 ASAN_SO = $(PRIV_DIR)/llama_cpp_ex_nif_asan.so
 ASAN_OBJ_DIR = $(MIX_APP_PATH)/obj_asan
 ASAN_OBJS = $(patsubst c_src/%.c,$(ASAN_OBJ_DIR)/%.o,$(C_SRCS)) $(patsubst c_src/%.cpp,$(ASAN_OBJ_DIR)/%.o,$(CXX_SRCS))
@@ -73,6 +80,10 @@ demo:
 	scripts/setup.sh
 	mix llama.generate --prompt "Once upon a time" -n 200
 
+# Removes what the compiler built, for every Mix environment.
+clean:
+	mix clean
+
 # Every test suite that runs on this machine (what CI runs): all tests, then
 # the model tests again with the NIF built with AddressSanitizer + UBSan.
 test:
@@ -91,6 +102,3 @@ bench:
 format:
 	mix format
 	clang-format -i c_src/*.c c_src/*.h c_src/*.cpp
-
-clean:
-	rm -rf $(NIF_SO) $(OBJ_DIR)

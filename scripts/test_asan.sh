@@ -14,14 +14,9 @@ if [ ! -e "$asan_rt" ] || [ ! -e "$ubsan_rt" ]; then
   exit 0
 fi
 mix compile
-
-# the LLAMA_* variables the build needs (values contain spaces: export each line)
-while IFS='=' read -r key value; do
-  case "$key" in LLAMA_*) export "$key=$value" ;; esac
-done < <(scripts/llama_cpp.sh ensure)
-erts_include=$(erl -noshell -eval 'io:format("~ts/erts-~ts/include", [code:root_dir(), erlang:system_info(version)]), halt().')
-make -s nif-asan MIX_APP_PATH="$PWD/_build/test/lib/llama_cpp_ex" PRIV_DIR="$PWD/priv" \
-  ERTS_INCLUDE_DIR="$erts_include" LLAMA_SRC="$LLAMA_SRC" LLAMA_LIBS="$LLAMA_LIBS" LLAMA_LDFLAGS="$LLAMA_LDFLAGS"
+# _build/test/lib/llama_cpp_ex/priv/llama_cpp_ex_nif_asan.so, next to the normal
+# library (objects in _build/test/lib/llama_cpp_ex/obj_asan)
+mix compile.llama_cpp_ex --asan
 
 echo "test_asan: running the model tests with $asan_rt"
 LD_PRELOAD="$asan_rt $ubsan_rt" \

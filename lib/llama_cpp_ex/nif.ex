@@ -9,25 +9,36 @@ defmodule LlamaCppEx.NIF do
   # (scripts/test_asan.sh); any other value is ignored.
   @variants ["llama_cpp_ex_nif", "llama_cpp_ex_nif_asan"]
 
+  # The library is built by the :llama_cpp_ex Mix compiler (mix.exs) into the
+  # application's priv directory in the Mix build path, _build/<env>/lib/llama_cpp_ex/priv,
+  # which `mix release` copies. It runs before the Elixir compiler, so the library is
+  # already there when compiling this module loads it.
   def load_nif do
     name = System.get_env("LLAMA_CPP_EX_NIF", "llama_cpp_ex_nif")
     name = if name in @variants, do: name, else: "llama_cpp_ex_nif"
-    path = :filename.join(:code.priv_dir(:llama_cpp_ex), String.to_charlist(name))
 
-    case :erlang.load_nif(path, 0) do
-      :ok ->
-        :ok
-
+    with priv when is_list(priv) <- :code.priv_dir(:llama_cpp_ex),
+         path = :filename.join(priv, String.to_charlist(name)),
+         :ok <- :erlang.load_nif(path, 0) do
+      :ok
+    else
       {:error, {reason, text}} ->
-        require Logger
-
-        Logger.error(
-          "LlamaCppEx could not load its native library #{path}.so (#{reason}): #{text}. " <>
-            "Run `mix compile` in the llama_cpp_ex project to build it."
-        )
-
+        load_failed("#{name}.so in #{:code.priv_dir(:llama_cpp_ex)} (#{reason}): #{text}")
         {:error, reason}
+
+      {:error, :bad_name} ->
+        load_failed("#{name}.so: the :llama_cpp_ex application is not in the code path")
+        {:error, :bad_name}
     end
+  end
+
+  defp load_failed(what) do
+    require Logger
+
+    Logger.error(
+      "LlamaCppEx could not load its native library #{what}. It is built by `mix compile` " <>
+        "(`mix deps.compile llama_cpp_ex` in a project that depends on it)."
+    )
   end
 
   defp nif_error, do: :erlang.nif_error(:nif_not_loaded)
