@@ -59,4 +59,58 @@ defmodule LlamaCppEx.EmbedTest do
     assert_raise ArgumentError, fn -> LlamaCppEx.embed(model, "x", pooling: :rank) end
     assert_raise ArgumentError, fn -> LlamaCppEx.embed(model, [:x]) end
   end
+
+  describe "long texts" do
+    @long String.duplicate("Once upon a time there was a girl. ", 60)
+
+    test "are embedded in n_ubatch steps, pooled natively: the same vector as one micro-batch", %{model: model} do
+      {:ok, tokens} = Tokenizer.encode(model, @long)
+      assert length(tokens) > 600
+
+      for pooling <- [:mean, :cls, :last] do
+        # one micro-batch with llama.cpp's own pooling
+        {:ok, pooled_ctx} =
+          Context.create(model, n_ctx: 2048, n_batch: 2048, n_ubatch: 2048, embeddings: true, pooling: pooling)
+
+        {:ok, one} = Context.embed(pooled_ctx, tokens)
+        Context.free(pooled_ctx)
+        # 64-token steps without pooling, pooled in C
+        {:ok, none} = Context.create(model, n_ctx: 2048, n_batch: 64, n_ubatch: 64, embeddings: true, pooling: :none)
+        {:ok, stepwise} = Context.embed(none, tokens, pooling: pooling)
+        Context.free(none)
+        worst = Enum.zip_reduce(one, stepwise, 0.0, fn a, b, acc -> max(acc, abs(a - b)) end)
+        assert worst < 1.0e-4, "#{pooling}: #{worst}"
+      end
+    end
+
+    test "are capped at the model's context, or cut with truncate: true", %{model: model} do
+      {:ok, tokens} = Tokenizer.encode(model, String.duplicate(@long, 4))
+      n = length(tokens)
+      assert n > model.n_ctx_train
+
+      assert LlamaCppEx.embed(model, String.duplicate(@long, 4)) ==
+               {:error, {:too_long, %{tokens: n, max: model.n_ctx_train}}}
+
+      assert {:error, {:too_long, %{max: 100}}} = LlamaCppEx.embed(model, @long, n_ctx: 100)
+      {:ok, cut} = LlamaCppEx.embed(model, @long, n_ctx: 100, truncate: true)
+      {:ok, first} = Tokenizer.decode(model, Enum.take(elem(Tokenizer.encode(model, @long), 1), 100))
+      {:ok, ctx} = Context.create(model, n_ctx: 256, embeddings: true, pooling: :none)
+      {:ok, expected} = Context.embed(ctx, Enum.take(elem(Tokenizer.encode(model, @long), 1), 100), pooling: :mean)
+      norm = :math.sqrt(cosine(expected, expected))
+      assert_in_delta cosine(cut, Enum.map(expected, &(&1 / norm))), 1.0, 1.0e-5
+      assert is_binary(first)
+    end
+
+    test "a killed caller stops its embedding: others do not wait for it", %{model: model} do
+      text = String.duplicate(@long, 4)
+      {alone_us, {:ok, _}} = :timer.tc(fn -> LlamaCppEx.embed(model, text, n_ctx: 4096, n_threads: 1) end)
+
+      pids = for _ <- 1..2, do: spawn(fn -> LlamaCppEx.embed(model, text, n_ctx: 4096, n_threads: 1) end)
+      Process.sleep(div(alone_us, 10_000))
+      Enum.each(pids, &Process.exit(&1, :kill))
+
+      {gen_us, {:ok, _}} = :timer.tc(fn -> LlamaCppEx.generate(model, "Once", max_tokens: 4, n_threads: 1) end)
+      assert gen_us < alone_us / 3, "a 4-token generate took #{div(gen_us, 1000)} ms behind two killed embeddings"
+    end
+  end
 end
