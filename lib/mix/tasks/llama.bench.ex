@@ -21,7 +21,8 @@ defmodule Mix.Tasks.Llama.Bench do
   Then it loads and frees a model and a context 200 times and reports resident
   memory before and after.
 
-  The table is printed and written to `bench/results/<date>-<host>.md`.
+  The table is printed on stdout and written to `bench/results/<date>-<host>.md`;
+  progress goes to stderr.
   The synthetic model (~130M parameters, llama architecture, Q8_0, LLaMA SPM
   vocabulary, random weights from a fixed seed) is generated on first use by
   `bench/gen_model.sh` into the cache directory.
@@ -36,7 +37,7 @@ defmodule Mix.Tasks.Llama.Bench do
   def run(args) do
     {opts, _, invalid} = OptionParser.parse(args, strict: @switches)
     if invalid != [], do: Mix.raise("unknown options #{inspect(invalid)}")
-    Mix.Task.run("app.start")
+    Mix.LlamaCppEx.start_app()
     LlamaCppEx.Log.set_level(:error)
 
     threads =
@@ -56,7 +57,7 @@ defmodule Mix.Tasks.Llama.Bench do
     rows =
       for name <- models, t <- threads do
         path = model_path(root, name)
-        Mix.shell().info("== #{name}, #{t} thread(s): #{path}")
+        Mix.LlamaCppEx.info("== #{name}, #{t} thread(s): #{path}")
         {native, ours} = interleaved(bin, path, t, rounds, reps)
         probe = probe_during_generation(path, t)
         {name, path, t, native, Map.put(ours, :probe, probe)}
@@ -69,7 +70,7 @@ defmodule Mix.Tasks.Llama.Bench do
     out = opts[:out] || Path.join([root, "bench", "results", "#{Date.utc_today()}-#{hostname()}.md"])
     File.mkdir_p!(Path.dirname(out))
     File.write!(out, report)
-    Mix.shell().info("written to #{Path.relative_to(out, root)}")
+    Mix.LlamaCppEx.info("written to #{Path.relative_to(out, root)}")
   end
 
   # This machine is shared and noisy: alternate the two sides in rounds and

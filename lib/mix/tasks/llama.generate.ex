@@ -1,10 +1,14 @@
 defmodule Mix.Tasks.Llama.Generate do
   @shortdoc "Generates text from a GGUF model, streaming it to the terminal"
   @moduledoc """
-  Generates text from a GGUF model and streams it to the terminal as it comes,
-  then prints a timing line.
+  Generates text from a GGUF model and streams it to stdout as it comes.
 
       mix llama.generate --model PATH --prompt TEXT [options]
+
+  Only the prompt and the generated text go to stdout. Everything else goes to
+  stderr: errors always, and with `--verbose` llama.cpp's log and a line of
+  prompt and generation speeds. Without `--verbose` llama.cpp's log is off;
+  an error still names its cause (llama.cpp's error lines are part of it).
 
   ## Options
 
@@ -17,6 +21,8 @@ defmodule Mix.Tasks.Llama.Generate do
     * `--n-ctx N`, `--threads N` - context size and CPU threads.
     * `--grammar-file FILE` - constrain output with a GBNF grammar.
     * `--stop TEXT` - stop string (repeatable).
+    * `--verbose` (`-v`) - show llama.cpp's log (from `:info` up) and the
+      timings on stderr.
   """
   use Mix.Task
 
@@ -33,19 +39,22 @@ defmodule Mix.Tasks.Llama.Generate do
     n_ctx: :integer,
     threads: :integer,
     grammar_file: :string,
-    stop: :keep
+    stop: :keep,
+    verbose: :boolean
   ]
 
   @impl true
   def run(args) do
     {opts, rest, invalid} =
-      OptionParser.parse(args, strict: @switches, aliases: [m: :model, p: :prompt, n: :max_tokens])
+      OptionParser.parse(args, strict: @switches, aliases: [m: :model, p: :prompt, n: :max_tokens, v: :verbose])
 
     if invalid != [] or rest != [] do
       Mix.raise("unknown arguments: #{inspect(invalid ++ rest)}; see `mix help llama.generate`")
     end
 
-    Mix.Task.run("app.start")
+    Mix.LlamaCppEx.start_app()
+    verbose = opts[:verbose] || false
+    LlamaCppEx.Log.set_level(if verbose, do: :info, else: :none)
 
     model_path = opts[:model] || System.get_env("LLAMA_MODEL") || default_model()
     prompt = opts[:prompt] || "Once upon a time"
@@ -82,11 +91,11 @@ defmodule Mix.Tasks.Llama.Generate do
       e in LlamaCppEx.Error -> Mix.raise(Exception.message(e))
     end
 
-    receive do
-      {:completion, c} ->
-        IO.puts("")
+    IO.puts("")
 
-        IO.puts(
+    receive do
+      {:completion, c} when verbose ->
+        Mix.LlamaCppEx.info(
           :io_lib.format(
             "~n[prompt: ~B tokens, ~.1f tokens/s | generated: ~B tokens, ~.1f tokens/s | finish: ~s]",
             [
@@ -98,6 +107,9 @@ defmodule Mix.Tasks.Llama.Generate do
             ]
           )
         )
+
+      {:completion, _} ->
+        :ok
     end
   end
 
