@@ -18,9 +18,9 @@ mix compile
 # library (objects in _build/test/lib/llama_cpp_ex/obj_asan)
 mix compile.llama_cpp_ex --asan
 
-echo "test_asan: running the model tests with $asan_rt"
+echo "test_asan: running the suite (without :slow and :conformance) with $asan_rt"
 LD_PRELOAD="$asan_rt $ubsan_rt" \
   ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:exitcode=86" \
   UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
   LLAMA_CPP_EX_NIF=llama_cpp_ex_nif_asan \
-  mix test --include model --exclude slow --exclude conformance
+  mix test --exclude slow --exclude conformance
