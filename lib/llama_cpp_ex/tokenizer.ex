@@ -8,6 +8,15 @@ defmodule LlamaCppEx.Tokenizer do
 
   Short inputs are handled on the calling scheduler; inputs above a few
   kilobytes go to a dirty scheduler so they never block the VM.
+
+  ## Bytes, not text
+
+  `decode/3` and `token_to_piece/3` return the exact bytes of the tokens
+  (`binary()`), which need not be valid UTF-8: a byte-fallback token is one
+  byte of a character, and a cut list of tokens can end inside one. This is
+  what round trips and byte-exact comparisons need. Generated text
+  (`LlamaCppEx.generate/3`, streams, `LlamaCppEx.Completion`) is always valid
+  UTF-8 instead: bytes that form no character there become U+FFFD.
   """
 
   import LlamaCppEx.Options
