@@ -122,6 +122,11 @@ int32_t lcx_next_position(lcx_context *c) {
 }
 
 uint32_t lcx_context_seq_size(lcx_context *c) { return llama_n_ctx_seq(c->ctx); }
+struct llama_context *lcx_context_llama(lcx_context *c) {
+  return c->ctx;
+}
+lcx_model *lcx_context_model(lcx_context *c) { return c->model; }
+lcx_owner *lcx_context_owner(lcx_context *c) { return &c->owner; }
 
 // Decodes tokens into sequence 0 in n_ubatch chunks (what llama_decode would
 // split them into anyway), so that a cancelled claim or a dead caller stops it
@@ -257,6 +262,8 @@ LCX_NIF(nif_context_create) {
     return lcx_raise(env, "unknown type_k");
   if (lcx_map_get(env, argv[1], "type_v", &v) && !ggml_type_from_atom(env, v, &p.type_v))
     return lcx_raise(env, "unknown type_v");
+  if (lcx_map_get(env, argv[1], "kv_unified", &v) && !lcx_get_bool(env, v, &p.kv_unified))
+    return lcx_raise(env, "kv_unified must be a boolean");
   p.n_ctx = (uint32_t)n_ctx;
   p.n_batch = (uint32_t)n_batch;
   p.n_ubatch = (uint32_t)(n_ubatch < n_batch ? n_ubatch : n_batch);

@@ -74,6 +74,12 @@ bool lcx_claim_context_sampler(ErlNifEnv *env, ERL_NIF_TERM ct, ERL_NIF_TERM st,
 void lcx_release_context_sampler(lcx_context *c, lcx_sampler *s, lcx_claim *who);
 int32_t lcx_next_position(lcx_context *c);
 uint32_t lcx_context_seq_size(lcx_context *c); // cells one sequence can hold
+struct llama_context *lcx_context_llama(lcx_context *c);
+lcx_model *lcx_context_model(lcx_context *c);
+lcx_owner *lcx_context_owner(lcx_context *c);
+const struct llama_vocab *lcx_model_vocab(const lcx_model *m);
+int32_t lcx_model_n_vocab(const lcx_model *m);
+const struct llama_model *lcx_model_llama(const lcx_model *m);
 typedef enum {
   LCX_DECODE_OK,
   LCX_DECODE_ABORTED,    // cancelled (abort callback)

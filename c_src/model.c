@@ -308,6 +308,12 @@ lcx_model *lcx_read_model(ErlNifEnv *env, ERL_NIF_TERM t, ERL_NIF_TERM *err) {
   return m;
 }
 
+// For other areas (the batching server), instead of reading the struct: valid
+// while a dependant (a context, a sampler) pins the model.
+const struct llama_vocab *lcx_model_vocab(const lcx_model *m) { return m->vocab; }
+int32_t lcx_model_n_vocab(const lcx_model *m) { return m->n_vocab; }
+const struct llama_model *lcx_model_llama(const lcx_model *m) { return m->model; }
+
 // ---- introspection -------------------------------------------------------------------
 
 static ERL_NIF_TERM meta_string(ErlNifEnv *env, int32_t (*get)(const struct llama_model *, int32_t, char *, size_t),

@@ -56,7 +56,8 @@ defmodule LlamaCppEx.Context do
       :flash_attn,
       :type_k,
       :type_v,
-      :pooling
+      :pooling,
+      :kv_unified
     ]
 
   @doc """
@@ -79,6 +80,10 @@ defmodule LlamaCppEx.Context do
       #{Enum.map_join(@cache_types, ", ", &"`#{inspect(&1)}`")} (default `:f16`).
     * `:pooling` - embedding pooling: `:unspecified` (model default), `:none`,
       `:mean`, `:cls`, `:last` or `:rank`.
+    * `:kv_unified` - with `n_seq_max > 1`: one KV cache shared by all
+      sequences (`true`: each may use all `n_ctx` cells, and cells can belong to
+      several sequences) or one part of `n_ctx / n_seq_max` cells per
+      sequence (`false`, the default, as llama.cpp).
   """
   @spec create(Model.t(), keyword()) :: {:ok, t()} | {:error, term()}
   def create(%Model{} = model, opts \\ []) do
@@ -96,7 +101,8 @@ defmodule LlamaCppEx.Context do
         flash_attn: :auto,
         type_k: :f16,
         type_v: :f16,
-        pooling: :unspecified
+        pooling: :unspecified,
+        kv_unified: false
       )
 
     if model.vocab_only, do: raise(ArgumentError, "cannot create a context for a vocab_only model")
@@ -116,7 +122,8 @@ defmodule LlamaCppEx.Context do
       flash_attn: flash!(opts[:flash_attn]),
       type_k: cache_type!(opts, :type_k),
       type_v: cache_type!(opts, :type_v),
-      pooling: Map.get(@pooling, opts[:pooling]) || raise(ArgumentError, "unknown :pooling #{inspect(opts[:pooling])}")
+      pooling: Map.get(@pooling, opts[:pooling]) || raise(ArgumentError, "unknown :pooling #{inspect(opts[:pooling])}"),
+      kv_unified: bool!(opts, :kv_unified)
     }
 
     with {:ok, ref} <- NIF.context_create(model.ref, native),
