@@ -19,10 +19,12 @@ defmodule LlamaCppEx.Server.Cache do
   # changes; this index is the sequences themselves.
   #
   # Which free slot a request gets: the slot of its session (the one that
-  # served the session last, if it still holds that session's tokens), else
-  # the free slot already holding the longest prefix of the prompt, else the
-  # least recently used free slot (empty ones first): that is where cached
-  # prefixes are evicted, least recently used first. Under KV pressure
+  # served the session last, if it still holds that session's tokens), else a
+  # free slot whose cells it keeps entirely (empty, or holding only a prefix
+  # of the prompt), else the least recently used free slot: that is where
+  # cached prefixes are evicted, least recently used first. (A slot that holds
+  # a few tokens of the prompt, such as BOS, is not taken for that: its other
+  # cells are worth more than the copy of a short prefix.) Under KV pressure
   # (llama_decode finds no cells) the server purges idle entries, least
   # recently used first (evict/1).
   #
@@ -68,7 +70,7 @@ defmodule LlamaCppEx.Server.Cache do
 
     slot =
       session_slot(c, free, scope, session) ||
-        best_own(free, own) ||
+        lossless(c, free, own) ||
         lru(c, free)
 
     {src, reuse} =
@@ -85,10 +87,12 @@ defmodule LlamaCppEx.Server.Cache do
     Enum.find(free, fn s -> c.seqs[s].session == session and c.seqs[s].scope == scope and c.seqs[s].tokens != <<>> end)
   end
 
-  defp best_own(free, own) do
-    case free |> Enum.map(&{&1, own.(&1)}) |> Enum.max_by(&elem(&1, 1), fn -> {nil, 0} end) do
-      {slot, n} when n > 0 -> slot
-      _ -> nil
+  # a free slot whose cells the request keeps entirely (empty, or all a
+  # prefix of the prompt), the most of them first
+  defp lossless(c, free, own) do
+    case for(s <- free, own.(s) == div(byte_size(c.seqs[s].tokens), 4), do: s) do
+      [] -> nil
+      slots -> Enum.max_by(slots, own)
     end
   end
 
