@@ -103,6 +103,7 @@ LCX_NIF(nif_batch_new) {
   uint32_t llama_batch_max = llama_n_batch(ctx);
   enum llama_pooling_type pooling = llama_pooling_type(ctx);
   int32_t n_embd = llama_model_n_embd_out(lcx_model_llama(lcx_context_model(c)));
+  bool has_embeddings = lcx_context_embeddings(c);
   lcx_context_release(c, &me);
 
   if (n_slots < 1 || n_slots > n_seq_max) return lcx_raise(env, "n_slots must be in 1..%u (n_seq_max)", n_seq_max);
@@ -110,8 +111,9 @@ LCX_NIF(nif_batch_new) {
     return lcx_raise(env, "n_batch must be in %u..%u (n_slots..the context's n_batch)", n_slots, llama_batch_max);
   if (n_ctx_slot < 1 || n_ctx_slot > n_ctx_seq)
     return lcx_raise(env, "n_ctx_slot must be in 1..%u (the context's n_ctx_seq)", n_ctx_seq);
-  if (embedding && pooling != LLAMA_POOLING_TYPE_NONE)
-    return lcx_raise(env, "an embedding engine needs a context with pooling: :none");
+  if (embedding && (!has_embeddings || pooling != LLAMA_POOLING_TYPE_NONE))
+    return lcx_raise(env, "an embedding engine needs a context with embeddings: true, pooling: :none");
+  if (!embedding && has_embeddings) return lcx_raise(env, "a generation engine needs a context without embeddings");
 
   engine_t *e = enif_alloc_resource(ENGINE_RT, sizeof(engine_t));
   if (!e) return lcx_err(env, LCX_E_out_of_memory);

@@ -127,6 +127,7 @@ struct llama_context *lcx_context_llama(lcx_context *c) {
 }
 lcx_model *lcx_context_model(lcx_context *c) { return c->model; }
 lcx_owner *lcx_context_owner(lcx_context *c) { return &c->owner; }
+bool lcx_context_embeddings(lcx_context *c) { return c->embeddings; }
 
 // Decodes tokens into sequence 0 in n_ubatch chunks (what llama_decode would
 // split them into anyway), so that a cancelled claim or a dead caller stops it

@@ -77,6 +77,7 @@ uint32_t lcx_context_seq_size(lcx_context *c); // cells one sequence can hold
 struct llama_context *lcx_context_llama(lcx_context *c);
 lcx_model *lcx_context_model(lcx_context *c);
 lcx_owner *lcx_context_owner(lcx_context *c);
+bool lcx_context_embeddings(lcx_context *c); // created with embeddings: true
 const struct llama_vocab *lcx_model_vocab(const lcx_model *m);
 int32_t lcx_model_n_vocab(const lcx_model *m);
 const struct llama_model *lcx_model_llama(const lcx_model *m);

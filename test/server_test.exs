@@ -324,8 +324,14 @@ defmodule LlamaCppEx.ServerTest do
 
       low = submit.(:low, :low)
       assert eventually(fn -> Server.stats(server).queue.low == 1 end)
-      highs = for i <- 1..5, do: submit.({:high, i}, :high)
-      assert eventually(fn -> Server.stats(server).queue.high == 5 end)
+      # one at a time, so that they queue in this order
+      highs =
+        for i <- 1..5 do
+          task = submit.({:high, i}, :high)
+          assert eventually(fn -> Server.stats(server).queue.high == i end)
+          task
+        end
+
       Task.await_many([busy, low | highs], 20_000)
 
       order =
