@@ -58,7 +58,8 @@ defmodule LlamaCppEx.Server do
   ## Requests
 
   `generate/3`, `complete/3`, `stream/3`, `chat/3`, `chat_complete/3` and
-  `stream_chat/3` take the options of the same functions of `LlamaCppEx`:
+  `stream_chat/3` take the options of the same functions of `LlamaCppEx`
+  (a prompt is a string, or a list of token ids that is used as it is):
   `:max_tokens`, `:stop`, every `LlamaCppEx.Sampler` option (`:temp`,
   `:seed`, `:grammar`, ...), `:add_special`/`:parse_special`, and for chats
   `:template`/`:add_assistant`; context options belong to the server and
@@ -187,7 +188,7 @@ defmodule LlamaCppEx.Server do
 
       {:ok, text} = LlamaCppEx.Server.generate(server, "Once upon a time", max_tokens: 32, temp: 0.0)
   """
-  @spec generate(server(), String.t(), keyword()) :: {:ok, String.t()} | {:error, term()}
+  @spec generate(server(), String.t() | [integer()], keyword()) :: {:ok, String.t()} | {:error, term()}
   def generate(server, prompt, opts \\ []) do
     with {:ok, %Completion{text: text}} <- complete(server, prompt, opts), do: {:ok, text}
   end
@@ -199,8 +200,8 @@ defmodule LlamaCppEx.Server do
 
       {:ok, %LlamaCppEx.Completion{ttft_ms: ttft}} = LlamaCppEx.Server.complete(server, "Hi", max_tokens: 8)
   """
-  @spec complete(server(), String.t(), keyword()) :: {:ok, Completion.t()} | {:error, term()}
-  def complete(server, prompt, opts \\ []) when is_binary(prompt) do
+  @spec complete(server(), String.t() | [integer()], keyword()) :: {:ok, Completion.t()} | {:error, term()}
+  def complete(server, prompt, opts \\ []) when is_binary(prompt) or is_list(prompt) do
     opts = split!(opts, [])
     call(server, opts, &encode(&1, prompt, opts.call))
   end
@@ -234,8 +235,8 @@ defmodule LlamaCppEx.Server do
 
       server |> LlamaCppEx.Server.stream("Once upon a time") |> Enum.each(&IO.write/1)
   """
-  @spec stream(server(), String.t(), keyword()) :: Enumerable.t()
-  def stream(server, prompt, opts \\ []) when is_binary(prompt) do
+  @spec stream(server(), String.t() | [integer()], keyword()) :: Enumerable.t()
+  def stream(server, prompt, opts \\ []) when is_binary(prompt) or is_list(prompt) do
     opts = split!(opts, stream: @stream_keys)
     LlamaCppEx.Server.Stream.new(server, opts, &encode(&1, prompt, opts.call))
   end
@@ -403,6 +404,13 @@ defmodule LlamaCppEx.Server do
   defp timeout!(t) do
     unless t == :infinity or (is_integer(t) and t > 0),
       do: raise(ArgumentError, ":timeout must be a positive integer or :infinity, got: #{inspect(t)}")
+  end
+
+  # a prompt given as token ids is checked natively (ids in range) when it is admitted
+  defp encode(_model, tokens, _call) when is_list(tokens) do
+    if Enum.all?(tokens, &is_integer/1),
+      do: {:ok, tokens},
+      else: raise(ArgumentError, "a prompt must be a string or a list of token ids")
   end
 
   defp encode(model, prompt, call) do
