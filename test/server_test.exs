@@ -25,14 +25,18 @@ defmodule LlamaCppEx.ServerTest do
     start_supervised!({Server, opts}, id: make_ref())
   end
 
-  defp reference(model, prompt, opts), do: elem(LlamaCppEx.generate(model, prompt, opts ++ [n_threads: 1]), 1)
+  # the unbatched path, with the server's attention (no flash attention)
+  defp reference(model, prompt, opts),
+    do: elem(LlamaCppEx.generate(model, prompt, opts ++ [n_threads: 1, flash_attn: false]), 1)
 
   defp wait_idle(server) do
     assert eventually(fn -> Server.stats(server).slots.busy == 0 end, 5000)
   end
 
   describe "batching" do
-    test "greedy output equals LlamaCppEx.generate/3 whatever else is in the batch (unified and split KV)",
+    # stories260K's greedy choices are far from ties: here even a unified cache
+    # gives the same text (see the synthetic-model test for what holds in general)
+    test "greedy output equals LlamaCppEx.generate/3 whatever else is in the batch (split and unified KV)",
          %{model: model} do
       for unified <- [true, false] do
         server = start!(model, kv_unified: unified)
@@ -144,7 +148,7 @@ defmodule LlamaCppEx.ServerTest do
       server = start!(model)
       messages = [%{role: "user", content: "Tell me a story"}]
       opts = [template: "chatml", max_tokens: 20, temp: 0.0]
-      {:ok, expected} = LlamaCppEx.chat(model, messages, opts ++ [n_threads: 1])
+      {:ok, expected} = LlamaCppEx.chat(model, messages, opts ++ [n_threads: 1, flash_attn: false])
       assert {:ok, ^expected} = Server.chat(server, messages, opts)
       assert {:ok, %Completion{text: ^expected}} = Server.chat_complete(server, messages, opts)
       assert server |> Server.stream_chat(messages, opts) |> Enum.join() == expected
@@ -387,7 +391,7 @@ defmodule LlamaCppEx.ServerTest do
     end
 
     test "a busy slot's prompt is shared with a new request", %{model: model} do
-      server = start!(model, n_parallel: 2, n_ctx: 1024, n_batch: 64)
+      server = start!(model, n_parallel: 2, n_ctx: 1024, n_batch: 64, kv_unified: true)
 
       running =
         Task.async(fn ->
@@ -430,7 +434,7 @@ defmodule LlamaCppEx.ServerTest do
     end
 
     test "KV pressure: idle caches are purged first, then the newest request gives up", %{model: model} do
-      server = start!(model, n_parallel: 4, n_ctx: 256, kv_cells: 256)
+      server = start!(model, n_parallel: 4, n_ctx: 256, kv_unified: true, kv_cells: 256)
 
       results =
         for p <- Enum.take(@prompts, 4) do

@@ -34,10 +34,12 @@ defmodule LlamaCppEx.Server do
       request (default the model's training length, at most 2048). A prompt
       longer than that is refused (`{:context_overflow, info}`); a generation
       that reaches it ends with `finish_reason: :context_full`.
-    * `:kv_unified` - one KV cache for all slots (`true`, the default), which
-      lets slots share the cells of a common prefix (see *Prefix cache*), or
-      one stream of `:n_ctx` cells per slot (`false`); see `docs/architecture.md`
-      for the trade-off.
+    * `:kv_unified` - one stream of `:n_ctx` cells per slot (`false`, the
+      default) or one KV cache for all slots (`true`), where slots share the
+      cells of a common prefix instead of copying them, and which may be
+      overcommitted (`:kv_cells`); but each sequence's attention then spans
+      the cells of all, and its output equals the unbatched path only up to
+      rounding. See `docs/architecture.md` for the figures.
     * `:kv_cells` - total cells of a unified cache (default `n_ctx * n_parallel`).
       Fewer overcommits: idle cached prefixes are purged when the cells run
       out, and a request that still cannot fit ends with `:context_full`.
@@ -45,8 +47,13 @@ defmodule LlamaCppEx.Server do
       at least `:n_parallel`): a long prompt is absorbed in chunks while the
       other requests keep getting a token every step. `:n_ubatch` (default
       `512`) is llama.cpp's micro-batch.
-    * `:n_threads`, `:n_threads_batch`, `:flash_attn`, `:type_k`, `:type_v` - as
-      for `LlamaCppEx.Context.create/2`.
+    * `:n_threads`, `:n_threads_batch`, `:type_k`, `:type_v` - as for
+      `LlamaCppEx.Context.create/2`.
+    * `:flash_attn` - as for `LlamaCppEx.Context.create/2`, but `false` by
+      default for generation: llama.cpp's CPU flash attention rounds
+      differently with the number of tokens in a batch, so a request's output
+      would depend on what else is batched with it. `:auto` for an embedding
+      server, as `LlamaCppEx.embed/3` uses.
     * `:max_queue` - requests that may wait for a slot (default `64`); past
       it a request gets `{:error, :overloaded}` at once.
     * `:starvation_limit` - see *Priorities* (default `4`).
@@ -102,9 +109,12 @@ defmodule LlamaCppEx.Server do
 
   ## Output
 
-  With greedy sampling a request's text equals `LlamaCppEx.generate/3`'s for
-  the same prompt and options, whatever else is in the batch; a seeded
-  sampler gives the same text as there too.
+  With the default `kv_unified: false` and `flash_attn: false`, a request's
+  tokens are exactly those of `LlamaCppEx.generate/3` for the same prompt
+  and options (`flash_attn: false` there too), whatever else is in the batch
+  and however its prompt was split into steps, greedy or seeded. With a
+  unified cache or flash attention they are equal up to floating-point
+  rounding, which can change a greedy choice where two tokens are nearly tied.
   """
 
   alias LlamaCppEx.{Chat, Completion, Context, Options, Sampler, Tokenizer}
@@ -118,13 +128,13 @@ defmodule LlamaCppEx.Server do
     model_options: [],
     n_parallel: 4,
     n_ctx: nil,
-    kv_unified: true,
+    kv_unified: false,
     kv_cells: nil,
     n_batch: 256,
     n_ubatch: 512,
     n_threads: nil,
     n_threads_batch: nil,
-    flash_attn: :auto,
+    flash_attn: nil,
     type_k: :f16,
     type_v: :f16,
     max_queue: 64,
@@ -177,7 +187,14 @@ defmodule LlamaCppEx.Server do
     if opts[:kv_cells] && opts[:n_ctx] && opts[:kv_cells] < opts[:n_ctx],
       do: raise(ArgumentError, ":kv_cells must be at least :n_ctx")
 
-    opts = Keyword.put(opts, :n_threads, opts[:n_threads] || Context.default_threads())
+    opts =
+      opts
+      |> Keyword.put(:n_threads, opts[:n_threads] || Context.default_threads())
+      |> Keyword.put(
+        :flash_attn,
+        if(is_nil(opts[:flash_attn]), do: opts[:embeddings] && :auto, else: opts[:flash_attn])
+      )
+
     Loop.start_link(opts)
   end
 

@@ -46,6 +46,8 @@ defmodule LlamaCppEx.Server.Loop do
   defp setup(opts) do
     with {:ok, model, own?} <- model(opts),
          opts = Keyword.put(opts, :n_ctx, opts[:n_ctx] || default_n_ctx(model)),
+         # a step never holds more tokens than the cache has cells
+         opts = Keyword.put(opts, :n_batch, min(opts[:n_batch], total_cells(opts))),
          {:ok, ctx} <- Context.create(model, context_options(opts)),
          {:ok, engine} <-
            Batch.new(ctx,
@@ -99,12 +101,17 @@ defmodule LlamaCppEx.Server.Loop do
 
   # n_ctx is per slot: a unified cache holds kv_cells for all slots together
   # (default n_ctx * n_parallel); otherwise each slot gets a part of n_ctx.
+  defp total_cells(opts) do
+    if opts[:kv_unified],
+      do: opts[:kv_cells] || opts[:n_ctx] * opts[:n_parallel],
+      else: opts[:n_ctx] * opts[:n_parallel]
+  end
+
   defp context_options(opts) do
     n = opts[:n_parallel]
-    total = if opts[:kv_unified], do: opts[:kv_cells] || opts[:n_ctx] * n, else: opts[:n_ctx] * n
 
     [
-      n_ctx: total,
+      n_ctx: total_cells(opts),
       n_batch: opts[:n_batch],
       n_ubatch: min(opts[:n_ubatch], opts[:n_batch]),
       n_seq_max: n,
