@@ -6,6 +6,7 @@ defmodule Mix.Tasks.Llama.ServerBench do
 
       mix llama.server_bench [--model synthetic|stories|PATH] [--threads N] [--batches 1,4,8,16]
                              [--kv unified,split] [--sections tg,ttft,prefill,mixed] [--requests 64]
+                             [--gap MS] [--rounds 3] [--flash-attn auto|true|false] [--skip-native]
 
     * **tg**: aggregate generated tokens/s with B concurrent callers, each a
       128-token prompt of random tokens and 128 generated tokens (greedy, end of
@@ -45,6 +46,7 @@ defmodule Mix.Tasks.Llama.ServerBench do
     sections: :string,
     requests: :integer,
     gap: :integer,
+    rounds: :integer,
     out: :string,
     skip_native: :boolean,
     flash_attn: :string
@@ -76,7 +78,7 @@ defmodule Mix.Tasks.Llama.ServerBench do
         other -> Mix.raise("--flash-attn takes auto, true or false, got #{other}")
       end
 
-    cfg = %{model: model, path: path, threads: threads, root: root, kvs: kvs, fa: fa}
+    cfg = %{model: model, path: path, threads: threads, root: root, kvs: kvs, fa: fa, rounds: opts[:rounds] || 3}
 
     results =
       for section <- sections do
@@ -106,22 +108,43 @@ defmodule Mix.Tasks.Llama.ServerBench do
 
   # ---- tg: aggregate throughput ---------------------------------------------------------------
 
-  # Per batch size, the three side by side (this machine is shared: noise
-  # then hits all three alike).
+  # Per batch size, the three side by side, `rounds` times in turn (this
+  # machine is shared: noise then hits all three alike); medians.
   defp tg(cfg, batches, skip_native?) do
     for b <- batches do
-      native = if skip_native?, do: %{}, else: batched_bench(cfg, [b])
-      prompts = for _ <- 1..b, do: random_tokens(cfg.model, @npp)
-      server = for kv <- cfg.kvs, into: %{}, do: {kv, server_tg(cfg, b, kv, prompts)}
-      independent = independent_tg(cfg, prompts)
+      runs =
+        for round <- 1..cfg.rounds do
+          native = if skip_native?, do: %{}, else: batched_bench(cfg, [b])
+          prompts = for _ <- 1..b, do: random_tokens(cfg.model, @npp)
+          server = for kv <- cfg.kvs, into: %{}, do: {kv, server_tg(cfg, b, kv, prompts)}
+          independent = independent_tg(cfg, prompts)
 
-      info(
-        "B=#{b}: native #{fmt(native[b][:tg])}, server #{inspect(Map.new(server, fn {k, v} -> {k, round(v.tg)} end))}, independent #{fmt(independent.e2e)}"
-      )
+          info(
+            "B=#{b} round #{round}: native #{fmt(native[b][:tg])}, server " <>
+              "#{inspect(Map.new(server, fn {k, v} -> {kv_name(k), round(v.tg)} end))}, independent #{fmt(independent.e2e)}"
+          )
 
-      %{b: b, native: native[b], server: server, independent: independent}
+          %{native: native[b], server: server, independent: independent}
+        end
+
+      med = fn get -> runs |> Enum.map(get) |> Enum.reject(&is_nil/1) |> median_or_nil() end
+
+      server =
+        for kv <- cfg.kvs, into: %{} do
+          {kv, Map.new([:tg, :e2e, :step_ms, :outside], fn k -> {k, med.(& &1.server[kv][k])} end)}
+        end
+
+      %{
+        b: b,
+        native: if(skip_native?, do: nil, else: %{tg: med.(&(&1.native && &1.native.tg))}),
+        server: server,
+        independent: %{e2e: med.(& &1.independent.e2e)}
+      }
     end
   end
+
+  defp median_or_nil([]), do: nil
+  defp median_or_nil(xs), do: median(xs)
 
   defp batched_bench(cfg, batches) do
     bin = tools_dir(cfg.root)
@@ -412,6 +435,7 @@ defmodule Mix.Tasks.Llama.ServerBench do
     - date: #{DateTime.utc_now() |> DateTime.truncate(:second)}; model `#{Path.basename(cfg.path)}`; #{cfg.threads} thread(s); flash_attn #{cfg.fa}
     - machine: #{:erlang.system_info(:logical_processors)} logical CPUs, load average at the end #{loadavg()}
     - command: `mix llama.server_bench`; upstream `llama-batched-bench` built from the same pinned source and flags
+    - throughput: median of #{cfg.rounds} rounds, each running batched-bench, the server and independent contexts in turn
     """
 
     header <> Enum.map_join(results, "\n", &section/1)
@@ -429,7 +453,7 @@ defmodule Mix.Tasks.Llama.ServerBench do
 
     lines =
       for r <- rows do
-        native = r.native[:tg]
+        native = r.native && r.native.tg
 
         tg = Enum.map_join(kvs, " | ", fn kv -> "#{fmt(r.server[kv].tg)} | #{ratio(r.server[kv].tg, native)}" end)
 
