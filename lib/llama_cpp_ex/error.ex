@@ -33,6 +33,12 @@ defmodule LlamaCppEx.Error do
     * `:invalid_utf8`, `{:tokenize_failed, message}` - tokenizing.
     * `:embeddings_disabled`, `{:unsupported_pooling, type}`, `:no_embeddings`
       - embeddings.
+    * `LlamaCppEx.Server` also returns: `:overloaded` (its queue is full),
+      `:timeout` (the request's `:timeout` passed), `:context_full` (no KV
+      cells left for it before its first token), `:embeddings_only` (a
+      generation on an embedding server), `:duplicate_ref` (a `:ref` already
+      in use), `{:server_down, reason}` (the server stopped or crashed while
+      the request waited).
   """
   @type reason ::
           :closed
@@ -62,6 +68,12 @@ defmodule LlamaCppEx.Error do
           | :embeddings_disabled
           | {:unsupported_pooling, integer()}
           | :no_embeddings
+          | :overloaded
+          | :timeout
+          | :context_full
+          | :embeddings_only
+          | :duplicate_ref
+          | {:server_down, term()}
 
   @impl true
   def message(%{reason: reason}), do: "llama.cpp generation failed: #{inspect(reason)}"

@@ -281,9 +281,11 @@ defmodule LlamaCppEx.Server do
   What the server is doing: slots busy and total, queue depth (per class),
   request counts, prompt and generated tokens (totals, and per second of
   stepping), the prefix cache's hit ratio (prompt tokens reused over all
-  prompt tokens) and what each slot holds, KV cells used, and the steps (time
-  per step and the share spent outside `llama_decode`, overall and per number
-  of generating sequences).
+  prompt tokens) and what each slot holds, KV cells used, and the steps: per
+  number of generating sequences, the time of a step, of a cycle (from one
+  step's start to the next's, so including the hops between the server
+  process and the dirty scheduler) and the share of the cycle spent outside
+  `llama_decode`.
   """
   @spec stats(server()) :: map()
   def stats(server), do: GenServer.call(server, :stats)

@@ -45,6 +45,9 @@ defmodule LlamaCppEx.Server.Loop do
 
   defp setup(opts) do
     with {:ok, model, own?} <- model(opts),
+         # texts are absorbed in chunks across steps: only a causal model's
+         # token embeddings do not depend on how a sequence is split
+         :ok <- if(opts[:embeddings] and not model.causal, do: {:error, :embeddings_need_causal_model}, else: :ok),
          opts = Keyword.put(opts, :n_ctx, opts[:n_ctx] || default_n_ctx(model)),
          # a step never holds more tokens than the cache has cells
          opts = Keyword.put(opts, :n_batch, min(opts[:n_batch], total_cells(opts))),
@@ -80,6 +83,7 @@ defmodule LlamaCppEx.Server.Loop do
          cache: Cache.new(n, unified: info.unified, enabled: opts[:prefix_cache] and not opts[:embeddings]),
          stepping: false,
          last_step: nil,
+         cycle: nil,
          order: 0,
          stats: new_stats()
        }}
@@ -176,11 +180,16 @@ defmodule LlamaCppEx.Server.Loop do
   # The time of the whole step counts as its cost: the NIF call and the
   # decode, what the events cause (messages to callers, the cache index) and
   # the admissions that follow.
+  # A step's cycle runs from its start to the start of the step that follows
+  # it at once: it adds what happens between two steps (the scheduler hops
+  # from the dirty NIF back to this process and out again, other messages).
   def handle_info(:step, s) do
     t0 = now_us()
-    s = %{s | stepping: false, last_step: nil} |> run_step() |> admit_waiting()
+    s = s |> close_cycle(t0) |> Map.merge(%{stepping: false, last_step: nil}) |> run_step() |> admit_waiting()
     s = if s.last_step, do: record_step(s, s.last_step, now_us() - t0), else: s
-    {:noreply, schedule_step(s)}
+    s = schedule_step(s)
+    # only a step that schedules the next one at once opens a cycle
+    {:noreply, %{s | cycle: if(s.last_step && s.stepping, do: {t0, s.last_step}, else: nil)}}
   end
 
   # a stream's consumer asks for the next chunk
@@ -487,7 +496,8 @@ defmodule LlamaCppEx.Server.Loop do
       steps: 0,
       busy_us: 0,
       decode_us: 0,
-      by_batch: %{}
+      by_batch: %{},
+      cycles: %{}
     }
   end
 
@@ -505,6 +515,19 @@ defmodule LlamaCppEx.Server.Loop do
 
     %{s | stats: st}
   end
+
+  defp close_cycle(%{cycle: {t_prev, step}} = s, t0) do
+    st = s.stats
+
+    cycles =
+      Map.update(st.cycles, step.generating, {1, t0 - t_prev, step.decode_us}, fn {n, c, d} ->
+        {n + 1, c + t0 - t_prev, d + step.decode_us}
+      end)
+
+    %{s | stats: %{st | cycles: cycles}, cycle: nil}
+  end
+
+  defp close_cycle(s, _t0), do: s
 
   defp record_step(s, step, wall_us) do
     st = s.stats
@@ -552,13 +575,32 @@ defmodule LlamaCppEx.Server.Loop do
         count: st.steps,
         busy_ms: st.busy_us / 1000,
         decode_ms: st.decode_us / 1000,
-        outside_decode: if(st.busy_us > 0, do: 1 - st.decode_us / st.busy_us, else: 0.0),
+        outside_decode: outside_decode(st),
         by_batch:
           Map.new(st.by_batch, fn {b, {n, w, d}} ->
-            {b, %{steps: n, step_ms: w / n / 1000, outside_decode: if(w > 0, do: 1 - d / w, else: 0.0)}}
+            {c_n, c_us, c_d} = Map.get(st.cycles, b, {0, 0, 0})
+
+            {b,
+             %{
+               steps: n,
+               step_ms: w / n / 1000,
+               cycle_ms: if(c_n > 0, do: c_us / c_n / 1000, else: nil),
+               outside_decode: if(c_us > 0, do: 1 - c_d / c_us, else: if(w > 0, do: 1 - d / w, else: 0.0))
+             }}
           end)
       }
     }
+  end
+
+  # over the cycles (see handle_info(:step, _)) when there were any
+  defp outside_decode(st) do
+    {c_us, c_d} = Enum.reduce(st.cycles, {0, 0}, fn {_b, {_n, c, d}}, {ca, da} -> {ca + c, da + d} end)
+
+    cond do
+      c_us > 0 -> 1 - c_d / c_us
+      st.busy_us > 0 -> 1 - st.decode_us / st.busy_us
+      true -> 0.0
+    end
   end
 
   defp l2(vector) do

@@ -15,7 +15,7 @@ defmodule Mix.Tasks.Llama.ServerBench do
       before ours, so that both see the same machine; `S_TG`), and
       against today's path: each caller its own context (`Context.generate/4`,
       what `LlamaCppEx.complete/3` runs). Server and batched-bench are compared
-      on the generation phase (from the last first token to the last token),
+      on the generation phase (server: B tokens per step cycle while all B generate),
       server and independent contexts end to end (first request in to last
       answer out). Also the share of each step spent outside `llama_decode`.
     * **ttft**: time to first token of a request whose 500-token prefix is
@@ -78,7 +78,18 @@ defmodule Mix.Tasks.Llama.ServerBench do
         other -> Mix.raise("--flash-attn takes auto, true or false, got #{other}")
       end
 
-    cfg = %{model: model, path: path, threads: threads, root: root, kvs: kvs, fa: fa, rounds: opts[:rounds] || 3}
+    bin = if opts[:skip_native] or :tg not in sections, do: nil, else: tools_dir(root)
+
+    cfg = %{
+      model: model,
+      path: path,
+      threads: threads,
+      root: root,
+      bin: bin,
+      kvs: kvs,
+      fa: fa,
+      rounds: opts[:rounds] || 3
+    }
 
     results =
       for section <- sections do
@@ -131,7 +142,7 @@ defmodule Mix.Tasks.Llama.ServerBench do
 
       server =
         for kv <- cfg.kvs, into: %{} do
-          {kv, Map.new([:tg, :e2e, :step_ms, :outside], fn k -> {k, med.(& &1.server[kv][k])} end)}
+          {kv, Map.new([:tg, :tg_wall, :e2e, :step_ms, :cycle_ms, :outside], fn k -> {k, med.(& &1.server[kv][k])} end)}
         end
 
       %{
@@ -147,7 +158,6 @@ defmodule Mix.Tasks.Llama.ServerBench do
   defp median_or_nil(xs), do: median(xs)
 
   defp batched_bench(cfg, batches) do
-    bin = tools_dir(cfg.root)
     n_ctx = Enum.max(batches) * (@npp + @ntg)
 
     args =
@@ -155,7 +165,7 @@ defmodule Mix.Tasks.Llama.ServerBench do
         ~w(-t #{cfg.threads} -fa #{fa_flag(cfg.fa)} --output-format jsonl)
 
     info("llama-batched-bench #{Enum.join(args, " ")}")
-    {out, 0} = System.cmd(Path.join(bin, "llama-batched-bench"), args, stderr_to_stdout: true)
+    {out, 0} = System.cmd(Path.join(cfg.bin, "llama-batched-bench"), args, stderr_to_stdout: true)
 
     for line <- String.split(out, "\n"),
         [json] <- [Regex.run(~r/\{"n_kv_max".*\}/, line)],
@@ -198,12 +208,15 @@ defmodule Mix.Tasks.Llama.ServerBench do
     generated = for {{:ok, c}, _} <- done, do: c.generated_tokens
     tg_ms = Enum.max(ends) - Enum.max(firsts)
 
-    steps = Map.get(stats.steps.by_batch, b, %{step_ms: 0.0, outside_decode: 0.0})
+    steps = Map.get(stats.steps.by_batch, b, %{step_ms: 0.0, cycle_ms: nil, outside_decode: 0.0})
 
     %{
-      tg: (Enum.sum(generated) - b) / (tg_ms / 1000),
+      # while all B generate: B tokens per cycle (from one step's start to the next's)
+      tg: if(steps.cycle_ms, do: b * 1000 / steps.cycle_ms, else: (Enum.sum(generated) - b) / (tg_ms / 1000)),
+      tg_wall: (Enum.sum(generated) - b) / (tg_ms / 1000),
       e2e: Enum.sum(generated) / ((Enum.max(ends) - t0) / 1000),
       step_ms: steps.step_ms,
+      cycle_ms: steps.cycle_ms || 0.0,
       outside: steps.outside_decode
     }
   end
@@ -469,7 +482,7 @@ defmodule Mix.Tasks.Llama.ServerBench do
       for r <- rows do
         "| #{r.b} | " <>
           Enum.map_join(kvs, " | ", fn kv ->
-            "#{fmt(r.server[kv].step_ms, 2)} ms, #{fmt(100 * r.server[kv].outside, 1)} %"
+            "#{fmt(r.server[kv].step_ms, 2)} / #{fmt(r.server[kv].cycle_ms, 2)} ms, #{fmt(100 * r.server[kv].outside, 1)} %"
           end) <> " |"
       end
 
@@ -477,15 +490,18 @@ defmodule Mix.Tasks.Llama.ServerBench do
 
     ## Aggregate generated tokens/s (#{@npp}-token prompts, #{@ntg} generated per caller)
 
-    TG: generation phase (server: from the last first token to the last token; batched-bench: `S_TG`).
+    TG: generation phase; batched-bench: `S_TG`; server: B tokens per step cycle while all B generate
+    (a cycle runs from a step's start to the next step's start, so it includes the server's own work
+    and the scheduler hops between steps).
     e2e: end to end, all prompts included (first request in to last answer out).
 
     #{head}
     #{sep}
     #{Enum.join(lines, "\n")}
 
-    Server step time while B sequences generate, and the share of it spent outside `llama_decode`
-    (building the batch, sampling, text, the NIF call and the server process's own work):
+    Server step / cycle time while B sequences generate, and the share of the cycle spent outside
+    `llama_decode` (building the batch, sampling, text, the NIF call, the server process's own work
+    and the hops between the dirty scheduler and the server process):
 
     | B | #{Enum.map_join(kvs, " | ", &kv_name/1)} |
     |---|#{String.duplicate("---|", length(kvs))}
