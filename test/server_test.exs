@@ -98,6 +98,15 @@ defmodule LlamaCppEx.ServerTest do
       assert c.prompt_tokens == 5
       assert c.queue_ms >= 0 and c.ttft_ms >= c.prompt_ms and c.generation_ms > 0
       assert c.cached_tokens == 0
+
+      stats = Server.stats(server)
+      assert %{slots: %{busy: 0, total: 4}, queue: %{depth: 0, max: 64}} = stats
+      assert stats.generated_tokens == 10 and stats.prompt_tokens == 5
+      assert stats.generated_tokens_per_second > 0 and stats.prompt_tokens_per_second > 0
+      assert %{hit_ratio: +0.0, held: %{}} = stats.prefix_cache
+      assert %{used: 14, total: 1024, unified: false} = stats.kv_cells
+      assert %{count: n, outside_decode: share, by_batch: %{1 => %{decode_ms: _, cycle_ms: _}}} = stats.steps
+      assert n >= 10 and share > 0 and share < 1
     end
 
     test "seeded sampling is reproducible per request and equals the unbatched path", %{model: model} do
