@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "grammar_stack.h"
 #include "lcx.h"
 
 ErlNifResourceType *LCX_CONTEXT_RT;
@@ -425,7 +426,7 @@ LCX_NIF(nif_sampler_sample) {
     r = lcx_error(env, enif_make_atom(env, "no_logits"));
   else {
     bool threw;
-    llama_token t = lcx_sampler_sample(s->chain, c->ctx, -1, &threw);
+    llama_token t = lcx_chain_sample(s->chain, s->model->max_piece, c->ctx, -1, &threw); // grammar_stack.h
     r = threw ? lcx_error_str(env, ATOM_sampler_failed, lcx_last_exception()) : lcx_ok(env, enif_make_int(env, t));
   }
   enif_mutex_unlock(s->lock);

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "grammar_stack.h"
 #include "lcx.h"
 
 ErlNifResourceType *LCX_STREAM_RT;
@@ -175,7 +176,7 @@ static ERL_NIF_TERM run_locked(ErlNifEnv *env, lcx_context *c, lcx_sampler *s, c
   int64_t t1 = now_us();
   while (rc == 0) {
     bool threw;
-    llama_token tok = lcx_sampler_sample(s->chain, c->ctx, -1, &threw);
+    llama_token tok = lcx_chain_sample(s->chain, s->model->max_piece, c->ctx, -1, &threw); // grammar_stack.h
     if (threw) {
       rc = RC_SAMPLER_THREW;
       break;
