@@ -6,7 +6,8 @@
 //   parse_alternates + parse_sequence, per nested group         448 bytes
 //   llama_grammar_detect_left_recursion, per rule of a chain    128 bytes
 //   llama_grammar_reject_candidates(_for_stack), per code point 400 bytes
-// with under 12 KiB below the recursion. We count twice each, so another
+// with under 12 KiB below the recursion (test/native/grammar_stack_probe.c;
+// measure again after a llama.cpp upgrade). We count twice each, so another
 // compiler's frames may be up to twice as large.
 #include "grammar_stack.h"
 
