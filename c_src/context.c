@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "grammar_stack.h"
 #include "lcx.h"
 
 ErlNifResourceType *LCX_CONTEXT_RT;
@@ -431,7 +432,7 @@ LCX_NIF(nif_sampler_sample) {
     r = lcx_err(env, LCX_E_no_logits);
   } else {
     bool threw;
-    llama_token t = lcx_sampler_sample(lcx_sampler_chain(s), c->ctx, -1, &threw);
+    llama_token t = lcx_chain_sample(lcx_sampler_chain(s), c->model->max_piece, c->ctx, -1, &threw);
     r = threw ? lcx_err_msg(env, LCX_E_sampler_failed, lcx_last_exception()) : lcx_ok(env, enif_make_int(env, t));
   }
   lcx_release_context_sampler(c, s, &me);

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "grammar_stack.h"
 #include "lcx.h"
 
 // ---- streams: the resource ---------------------------------------------------------------
@@ -208,7 +209,8 @@ static bool decode_prompt(gen_t *g) {
 // Samples the next token; false at the end of generation or on failure.
 static bool sample_next(gen_t *g, llama_token *tok) {
   bool threw;
-  *tok = lcx_sampler_sample(lcx_sampler_chain(g->s), g->c->ctx, -1, &threw);
+  // on a thread with enough stack for grammar matching (grammar_stack.h)
+  *tok = lcx_chain_sample(lcx_sampler_chain(g->s), g->c->model->max_piece, g->c->ctx, -1, &threw);
   if (threw) {
     g->fail = FAIL_SAMPLER;
     return false;

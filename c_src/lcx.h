@@ -24,6 +24,7 @@ typedef struct lcx_model {
   struct llama_model *model;
   const struct llama_vocab *vocab;
   int32_t n_vocab;
+  int32_t max_piece;   // longest token text in bytes (grammar sampling recurses once per byte)
   ErlNifMutex *dep_mu; // guards `dependants`; never held across llama.cpp calls
   int dependants;      // live contexts + samplers
   atomic_bool closed;  // free/1 called; llama_model freed when dependants hit 0

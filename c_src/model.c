@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "grammar_stack.h"
 #include "lcx.h"
 
 ErlNifResourceType *LCX_MODEL_RT;
@@ -254,6 +255,12 @@ LCX_NIF(nif_model_load) {
     const char *msg = strncmp(exc, "llama.cpp assertion", 19) == 0 ? exc : why[0] ? why : exc;
     return lcx_error_str(env, ATOM_load_failed, msg[0] ? msg : "llama_model_load_from_file returned NULL");
   }
+  int32_t max_piece = 0; // grammar sampling recurses once per byte of a token's text
+  char bad_vocab[600];
+  if (lcx_vocab_check_pieces(llama_model_get_vocab(model), &max_piece, bad_vocab, sizeof bad_vocab) != LCX_PIECES_OK) {
+    llama_model_free(model);
+    return lcx_error_str(env, ATOM_load_failed, bad_vocab);
+  }
   if (warmup && !vocab_only) {
     const char *why_not = warm_up(model);
     if (why_not) {
@@ -275,6 +282,7 @@ LCX_NIF(nif_model_load) {
   m->model = model;
   m->vocab = llama_model_get_vocab(model);
   m->n_vocab = llama_vocab_n_tokens(m->vocab);
+  m->max_piece = max_piece;
   m->vocab_only = vocab_only;
   atomic_fetch_add(&lcx_live_models, 1);
   ERL_NIF_TERM t = enif_make_resource(env, m);

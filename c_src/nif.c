@@ -73,14 +73,17 @@ static ErlNifFunc nif_funcs[] = {
     {"detokenize_dirty", 4, nif_detokenize, DIRTY_CPU},
     // Grammar parsing and DRY set-up scale with the grammar and the vocabulary,
     // and accept/reset wait for the sampler lock, which generation holds for
-    // its whole run: all dirty CPU.
+    // its whole run: all dirty CPU. Grammar parsing (create, and reset of a
+    // chain with a grammar) runs on a thread with a 16 MiB stack that the
+    // scheduler waits for (grammar_stack.c): llama.cpp's parser recurses.
     {"sampler_create", 2, nif_sampler_create, DIRTY_CPU},
     {"sampler_accept", 2, nif_sampler_accept, DIRTY_CPU},
     {"sampler_reset", 1, nif_sampler_reset, DIRTY_CPU},
     // Takes the sampler lock, which generation holds for long: dirty CPU.
     {"sampler_free", 1, nif_sampler_free, DIRTY_CPU},
     // Sampling touches the whole vocabulary (and the grammar), and waits for the
-    // context lock: dirty CPU.
+    // context lock: dirty CPU. With a grammar, it moves to a thread with a
+    // larger stack when the model's longest token needs more than is left here.
     {"sampler_sample", 2, nif_sampler_sample, DIRTY_CPU},
     // Allocates the KV cache and compute buffers (GPU memory too): dirty CPU.
     {"context_create", 2, nif_context_create, DIRTY_CPU},

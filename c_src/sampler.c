@@ -4,6 +4,8 @@
 #include <float.h>
 #include <string.h>
 
+#include "grammar_check.h"
+#include "grammar_stack.h"
 #include "lcx.h"
 
 ErlNifResourceType *LCX_SAMPLER_RT;
@@ -88,33 +90,20 @@ static char *dup_cstr(ErlNifEnv *env, ERL_NIF_TERM t) {
   return s;
 }
 
-// llama.cpp's GBNF code recurses once per nested group (parsing) and once per
-// rule reference in a chain (building and advancing stacks): ~800 nested
-// groups or a chain of ~4000 rules overflow a dirty scheduler's stack. Counts
-// the deepest group nesting and the number of rules, skipping literals,
-// character classes and comments.
-#define MAX_GRAMMAR_NESTING 128
-#define MAX_GRAMMAR_RULES 1000
-static int grammar_nesting(const char *g, int *rules) {
-  int depth = 0, max = 0;
-  *rules = 0;
-  for (const char *p = g; *p; p++) {
-    if (p[0] == ':' && p[1] == ':' && p[2] == '=') (*rules)++;
-    if (*p == '#') {
-      while (p[1] && p[1] != '\n')
-        p++;
-    } else if (*p == '"' || *p == '[') {
-      char close = *p == '"' ? '"' : ']';
-      while (p[1] && p[1] != close)
-        p += (p[1] == '\\' && p[2]) ? 2 : 1;
-      if (p[1]) p++;
-    } else if (*p == '(') {
-      if (++depth > max) max = depth;
-    } else if (*p == ')') {
-      depth--;
-    }
+// A grammar stage: the text is checked against the limits llama.cpp's
+// recursive parser can take (grammar_check.c), then parsed on a stack sized
+// for them (grammar_stack.c). NULL with *err = {:error, {:invalid_grammar, msg}}.
+static struct llama_sampler *grammar_stage(ErlNifEnv *env, lcx_model *m, const char *g, const char *root,
+                                           ERL_NIF_TERM *err) {
+  lcx_grammar_stats stats;
+  if (lcx_grammar_check(g, &stats) != LCX_GRAMMAR_OK) {
+    *err = lcx_error_str(env, ATOM_invalid_grammar, stats.message);
+    return NULL;
   }
-  return max;
+  char why[512];
+  struct llama_sampler *smpl = lcx_grammar_sampler_init(m->vocab, g, root, why, sizeof why);
+  if (!smpl) *err = lcx_error_str(env, ATOM_invalid_grammar, why[0] ? why : "failed to parse grammar");
+  return smpl;
 }
 
 static bool is_tag(ErlNifEnv *env, ERL_NIF_TERM t, const char *name) {
@@ -246,23 +235,8 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
   if (is_tag(env, a[0], "grammar") && arity == 3) {
     char *g = dup_cstr(env, a[1]);
     char *root = dup_cstr(env, a[2]);
-    struct llama_sampler *smpl = NULL;
-    int rules = 0;
-    if (g && root && grammar_nesting(g, &rules) > MAX_GRAMMAR_NESTING) {
-      *err = lcx_error_str(env, ATOM_invalid_grammar, "groups are nested too deeply (more than 128 levels)");
-    } else if (g && root && rules > MAX_GRAMMAR_RULES) {
-      *err = lcx_error_str(env, ATOM_invalid_grammar, "too many rules (more than 1000)");
-    } else if (g && root) {
-      lcx_log_capture_begin();
-      smpl = lcx_sampler_init_grammar(m->vocab, g, root);
-      const char *why = lcx_log_capture_end();
-      if (!smpl) {
-        const char *msg = why[0] ? why : lcx_last_exception();
-        *err = lcx_error_str(env, ATOM_invalid_grammar, msg[0] ? msg : "failed to parse grammar");
-      }
-    } else {
-      *err = lcx_raise(env, "grammar and root must be binaries without NUL bytes");
-    }
+    struct llama_sampler *smpl = g && root ? grammar_stage(env, m, g, root, err) : NULL;
+    if (!g || !root) *err = lcx_raise(env, "grammar and root must be binaries without NUL bytes");
     if (g) enif_free(g);
     if (root) enif_free(root);
     return smpl;
@@ -350,7 +324,7 @@ LCX_NIF(nif_sampler_reset) {
   lcx_claim me = LCX_CALL_CLAIM(env);
   lcx_sampler *s = claim_sampler(env, argv[0], &me, &r);
   if (!s) return r;
-  r = lcx_sampler_reset(s->chain) ? ATOM_ok : lcx_err_msg(env, LCX_E_sampler_failed, lcx_last_exception());
+  r = lcx_chain_reset(s->chain) ? ATOM_ok : lcx_err_msg(env, LCX_E_sampler_failed, lcx_last_exception());
   lcx_owner_release(&s->owner, &me);
   return r;
 }

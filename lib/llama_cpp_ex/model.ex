@@ -59,7 +59,10 @@ defmodule LlamaCppEx.Model do
     * `{:not_gguf, path}`: the file does not start with the GGUF magic;
     * `:load_cancelled`: the progress callback asked to stop;
     * `{:load_failed, message}`: llama.cpp rejected the file (corrupt, truncated,
-      unsupported architecture); `message` is llama.cpp's own explanation.
+      unsupported architecture); `message` is llama.cpp's own explanation. Also
+      a vocabulary with a token whose text is longer than 8192 bytes (real
+      ones stay at or below 512): sampling with a grammar recurses once per
+      byte of a candidate token.
   """
   @type load_error ::
           {:file_not_found, String.t()}

@@ -33,8 +33,13 @@ defmodule LlamaCppEx.Sampler do
     * `:logit_bias` - map or list of `{token, bias}`; use `:neg_infinity` as
       bias to ban a token. Biases are clamped to ±1e6.
     * `:grammar` - a GBNF grammar; output is constrained to it. An invalid
-      grammar returns `{:error, {:invalid_grammar, message}}`.
-      `:grammar_root` names the start rule (default `"root"`).
+      grammar returns `{:error, {:invalid_grammar, message}}`, and so does an
+      empty one (`""`, blanks or only comments: it is not "no grammar"; leave
+      the option out for that), one with groups nested more than 128 deep, or
+      more than 16,384 rules (counting those llama.cpp generates: one per
+      group, one per optional repetition step), or more than 2^20 elements once
+      repetitions are expanded. `:grammar_root` names the start rule (default
+      `"root"`).
     * `:samplers` - order of the middle stages, any of `:penalties`, `:dry`,
       `:top_n_sigma`, `:top_k`, `:typical_p`, `:top_p`, `:min_p`, `:xtc`,
       `:temperature` (default: that order, as llama.cpp).
