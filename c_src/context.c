@@ -8,6 +8,7 @@
 // call stops when its calling process dies; llama.cpp's abort callback checks
 // all of it inside llama_decode.
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -60,6 +61,8 @@ int lcx_context_load_types(ErlNifEnv *env) {
 }
 
 bool lcx_abort_cb(void *data) { return lcx_owner_cancelled(&((lcx_context *)data)->owner); }
+
+static bool embeds_stepwise(lcx_context *c);
 
 // ---- claims ---------------------------------------------------------------------------------
 
@@ -341,15 +344,17 @@ LCX_NIF(nif_context_info) {
   lcx_claim me = LCX_CALL_CLAIM(env);
   lcx_context *c = lcx_context_claim(env, argv[0], &me, &err);
   if (!c) return err;
-  ERL_NIF_TERM keys[6] = {ATOM_n_ctx,     ATOM_n_batch,   ATOM_n_ubatch,
-                          ATOM_n_seq_max, ATOM_n_threads, ATOM_n_threads_batch};
-  ERL_NIF_TERM vals[6] = {
+  ERL_NIF_TERM keys[7] = {ATOM_n_ctx,     ATOM_n_batch,   ATOM_n_ubatch,
+                          ATOM_n_seq_max, ATOM_n_threads, ATOM_n_threads_batch,
+                          enif_make_atom(env, "stepwise_embeddings")};
+  ERL_NIF_TERM vals[7] = {
       enif_make_uint(env, llama_n_ctx(c->ctx)),    enif_make_uint(env, llama_n_batch(c->ctx)),
       enif_make_uint(env, llama_n_ubatch(c->ctx)), enif_make_uint(env, llama_n_seq_max(c->ctx)),
-      enif_make_int(env, llama_n_threads(c->ctx)), enif_make_int(env, llama_n_threads_batch(c->ctx))};
+      enif_make_int(env, llama_n_threads(c->ctx)), enif_make_int(env, llama_n_threads_batch(c->ctx)),
+      embeds_stepwise(c) ? ATOM_true : ATOM_false};
   lcx_context_release(c, &me);
   ERL_NIF_TERM map;
-  enif_make_map_from_arrays(env, keys, vals, 6, &map);
+  enif_make_map_from_arrays(env, keys, vals, 7, &map);
   return lcx_ok(env, map);
 }
 
@@ -469,10 +474,22 @@ static ERL_NIF_TERM embed_pooled(ErlNifEnv *env, lcx_context *c, const llama_tok
   return vector_result(env, emb, llama_model_n_embd_out(c->model->model));
 }
 
-// A context without pooling (per-token embeddings): the text is decoded in
-// n_ubatch steps (a causal model's token embeddings do not depend on how the
-// sequence is split) and pooled here, so a long text never makes one huge
-// micro-batch, and every step can be interrupted.
+// Whether a text may be embedded in n_ubatch steps: the context has a memory
+// (a KV cache the steps attend to; llama.cpp gives BERT-like models none and
+// encodes each batch alone) and the model's attention is causal (a token's
+// embedding then does not depend on what follows it).
+static bool embeds_stepwise(lcx_context *c) {
+  if (!llama_get_memory(c->ctx)) return false;
+  char arch[64], key[96], val[16];
+  if (llama_model_meta_val_str(c->model->model, "general.architecture", arch, sizeof arch) < 0) return true;
+  snprintf(key, sizeof key, "%s.attention.causal", arch);
+  if (llama_model_meta_val_str(c->model->model, key, val, sizeof val) < 0) return true;
+  return strcmp(val, "false") != 0;
+}
+
+// A context without pooling (per-token embeddings) where embeds_stepwise: the
+// text is decoded in n_ubatch steps and pooled here, so a long text never makes
+// one huge micro-batch, and every step can be interrupted.
 static ERL_NIF_TERM embed_stepwise(ErlNifEnv *env, lcx_context *c, const llama_token *toks, unsigned n,
                                    enum llama_pooling_type pooling) {
   int32_t n_embd = llama_model_n_embd_out(c->model->model), code;
@@ -543,7 +560,7 @@ LCX_NIF(nif_context_embed) {
   unsigned n = 0;
   enum llama_pooling_type own = llama_pooling_type(c->ctx);
   bool stepwise = own == LLAMA_POOLING_TYPE_NONE && asked != LLAMA_POOLING_TYPE_UNSPECIFIED;
-  bool causal = llama_model_has_decoder(c->model->model) && !llama_model_has_encoder(c->model->model);
+  bool causal = embeds_stepwise(c);
   uint32_t n_seq = lcx_context_seq_size(c), n_ubatch = llama_n_ubatch(c->ctx);
   if (!get_tokens(env, c, argv[1], &toks, &n, &err)) {
     r = err;

@@ -17,7 +17,7 @@
   X(no_kv_slot)          /* llama_decode found no room in the KV cache */                                              \
   X(aborted)             /* a decode was cancelled (Context.decode) */                                                 \
   X(sampler_failed)      /* llama.cpp threw while sampling */                                                          \
-  X(model_mismatch)      /* a context and a sampler of different models */                                            \
+  X(model_mismatch)      /* a context and a sampler of different models */                                             \
   X(no_logits)           /* nothing to sample from yet */                                                              \
   X(invalid_grammar)     /* the grammar did not parse */                                                               \
   X(load_failed)         /* llama.cpp could not load the file */                                                       \
@@ -30,6 +30,7 @@
   X(unknown_template)    /* no such built-in template */                                                               \
   X(invalid_utf8)        /* text that must be UTF-8 is not */                                                          \
   X(tokenize_failed)     /* llama.cpp could not tokenize */                                                            \
+  X(detokenize_failed)   /* llama.cpp could not render a token's text */                                               \
   X(embeddings_disabled) /* the context was made without embeddings: true */                                           \
   X(unsupported_pooling) /* pooling type the context cannot embed with */                                              \
   X(no_embeddings)       /* llama.cpp returned no embeddings */

@@ -20,7 +20,18 @@ defmodule LlamaCppEx.Context do
   @type reason :: LlamaCppEx.Error.reason()
 
   @enforce_keys [:ref, :model]
-  defstruct [:ref, :model, :n_ctx, :n_batch, :n_ubatch, :n_seq_max, :n_threads, :n_threads_batch, embeddings: false]
+  defstruct [
+    :ref,
+    :model,
+    :n_ctx,
+    :n_batch,
+    :n_ubatch,
+    :n_seq_max,
+    :n_threads,
+    :n_threads_batch,
+    embeddings: false,
+    stepwise_embeddings: true
+  ]
 
   @type t :: %__MODULE__{
           ref: reference(),
@@ -31,7 +42,8 @@ defmodule LlamaCppEx.Context do
           n_seq_max: pos_integer(),
           n_threads: pos_integer(),
           n_threads_batch: pos_integer(),
-          embeddings: boolean()
+          embeddings: boolean(),
+          stepwise_embeddings: boolean()
         }
 
   # tokens a stream's native loop may run past its last chunk (STREAM_WINDOW in c_src/generate.c)
@@ -240,8 +252,8 @@ defmodule LlamaCppEx.Context do
 
     stop = List.wrap(opts[:stop])
 
-    unless Enum.all?(stop, &(is_binary(&1) and &1 != "")),
-      do: raise(ArgumentError, ":stop must be a list of non-empty strings, got: #{inspect(opts[:stop])}")
+    unless Enum.all?(stop, &(is_binary(&1) and &1 != "" and String.valid?(&1))),
+      do: raise(ArgumentError, ":stop must be a list of non-empty UTF-8 strings, got: #{inspect(opts[:stop])}")
 
     %{max_tokens: max, stop: stop}
   end
@@ -254,8 +266,9 @@ defmodule LlamaCppEx.Context do
   one of them), `tokens` must fit in one micro-batch (`n_ubatch`). With
   `pooling: :none`, pass the pooling here (`pooling: :mean`, `:cls` or
   `:last`): the tokens are then decoded in `n_ubatch` steps and pooled
-  natively, so they only need to fit in the context (causal models; models
-  with an encoder still need one micro-batch). The context's memory is cleared
+  natively, so they only need to fit in the context. That needs a context
+  whose `:stepwise_embeddings` is `true` (a KV cache and causal attention);
+  otherwise, as for BERT-like models, one micro-batch must hold them. The context's memory is cleared
   before and after. The call stops when the calling process dies.
   `LlamaCppEx.embed/3` does all of this for you.
   """

@@ -30,7 +30,8 @@ defmodule LlamaCppEx.Error do
       - creating a context.
     * `:thread_failed`, `{:exception, message}` - native failures.
     * `{:template_failed, message}`, `:unknown_template` - chat templates.
-    * `:invalid_utf8`, `{:tokenize_failed, message}` - tokenizing.
+    * `:invalid_utf8`, `{:tokenize_failed, message}`,
+      `{:detokenize_failed, message}` - tokenizing and token text.
     * `:embeddings_disabled`, `{:unsupported_pooling, type}`, `:no_embeddings`
       - embeddings.
   """
@@ -59,10 +60,11 @@ defmodule LlamaCppEx.Error do
           | :unknown_template
           | :invalid_utf8
           | {:tokenize_failed, String.t()}
+          | {:detokenize_failed, String.t()}
           | :embeddings_disabled
           | {:unsupported_pooling, integer()}
           | :no_embeddings
 
   @impl true
-  def message(%{reason: reason}), do: "llama.cpp generation failed: #{inspect(reason)}"
+  def message(%{reason: reason}), do: "LlamaCppEx: #{inspect(reason)}"
 end

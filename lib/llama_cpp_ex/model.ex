@@ -30,8 +30,7 @@ defmodule LlamaCppEx.Model do
     :n_head_kv,
     :n_vocab,
     :chat_template,
-    vocab_only: false,
-    causal: true
+    vocab_only: false
   ]
 
   @type t :: %__MODULE__{
@@ -44,7 +43,6 @@ defmodule LlamaCppEx.Model do
           n_ctx_train: integer(),
           n_embd: integer(),
           n_layer: integer(),
-          causal: boolean(),
           n_head: integer(),
           n_head_kv: integer(),
           n_vocab: pos_integer(),
@@ -195,12 +193,7 @@ defmodule LlamaCppEx.Model do
     {:ok,
      struct!(
        __MODULE__,
-       Map.merge(Map.drop(info, [:has_encoder, :has_decoder]), %{
-         ref: ref,
-         path: path,
-         vocab_only: native.vocab_only,
-         causal: info.has_decoder and not info.has_encoder
-       })
+       Map.merge(Map.drop(info, [:has_encoder, :has_decoder]), %{ref: ref, path: path, vocab_only: native.vocab_only})
      )}
   end
 
