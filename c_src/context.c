@@ -7,6 +7,8 @@
 // and a stream's cancel flag (set by the consumer, or by the consumer's death
 // through a monitor) is checked between tokens and, through llama.cpp's abort
 // callback, inside llama_decode.
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -126,6 +128,41 @@ static bool ggml_type_from_atom(ErlNifEnv *env, ERL_NIF_TERM t, enum ggml_type *
   return false;
 }
 
+// A model's head size for K or V ("key" or "value"): <arch>.attention.<kind>_length,
+// else n_embd / n_head, as llama.cpp reads it; *swa the size for sliding-window
+// layers (<kind>_length_swa, else the same).
+static uint32_t head_size(const struct llama_model *model, const char *kind, uint32_t *swa) {
+  char arch[64] = "", key[128], val[32];
+  llama_model_meta_val_str(model, "general.architecture", arch, sizeof arch);
+  int32_t n_head = llama_model_n_head(model);
+  uint32_t full = n_head > 0 ? (uint32_t)(llama_model_n_embd(model) / n_head) : 0;
+  snprintf(key, sizeof key, "%s.attention.%s_length", arch, kind);
+  if (llama_model_meta_val_str(model, key, val, sizeof val) > 0) full = (uint32_t)strtoul(val, NULL, 10);
+  *swa = full;
+  snprintf(key, sizeof key, "%s.attention.%s_length_swa", arch, kind);
+  if (llama_model_meta_val_str(model, key, val, sizeof val) > 0) *swa = (uint32_t)strtoul(val, NULL, 10);
+  return full;
+}
+
+// A quantized KV cache stores each head's vector in blocks of ggml_blck_size
+// values: a head size the block does not divide makes every attention read
+// straddle blocks and gives garbage. llama.cpp refuses it only with flash
+// attention on; here it is refused whatever the setting. Returns 0, or the
+// {:error, {:unsupported_kv_type, info}} term in *err.
+static bool check_kv_type(ErlNifEnv *env, const struct llama_model *model, enum ggml_type type, const char *cache,
+                          ERL_NIF_TERM *err) {
+  int64_t block = ggml_blck_size(type);
+  if (block <= 1 || llama_model_n_layer(model) == 0) return true;
+  uint32_t swa, full = head_size(model, cache[0] == 'k' ? "key" : "value", &swa);
+  uint32_t bad = full % block != 0 ? full : swa % block != 0 ? swa : 0;
+  if (full == 0 || bad == 0) return true;
+  const char *keys[] = {"cache", "type", "block_size", "head_size"};
+  ERL_NIF_TERM vals[] = {enif_make_atom(env, cache), enif_make_atom(env, ggml_type_name(type)),
+                         enif_make_int64(env, block), enif_make_uint(env, bad)};
+  *err = lcx_error2(env, enif_make_atom(env, "unsupported_kv_type"), lcx_make_map(env, keys, vals, 4));
+  return false;
+}
+
 static uint64_t physical_ram(void) {
   long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
   return pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
@@ -197,6 +234,11 @@ LCX_NIF(nif_context_create) {
   p.no_perf = false;
 
   if (!lcx_model_acquire(m)) return lcx_error(env, ATOM_closed);
+  ERL_NIF_TERM kv_err;
+  if (!check_kv_type(env, m->model, p.type_k, "k", &kv_err) || !check_kv_type(env, m->model, p.type_v, "v", &kv_err)) {
+    lcx_model_release(m, false);
+    return kv_err;
+  }
   // llama.cpp allocates the KV cache and the logits buffer up front; an absurd
   // n_ctx or n_batch would have the kernel kill the whole VM instead of failing.
   uint64_t need = estimate_bytes(m->model, m->n_vocab, &p);

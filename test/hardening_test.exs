@@ -11,7 +11,8 @@ defmodule LlamaCppEx.HardeningTest do
   import LlamaCppEx.TestHelpers
   alias LlamaCppEx.{Context, Model, NIF}
 
-  defp tmp_path(name), do: Path.join(System.tmp_dir!(), "lcx_#{name}_#{System.unique_integer([:positive])}")
+  defp tmp_path(name),
+    do: Path.join(System.tmp_dir!(), "lcx_#{name}_#{System.pid()}_#{System.unique_integer([:positive])}")
 
   # Runs fun in a task; returns {:ok, result} or :timeout.
   defp within(ms, fun) do
@@ -115,6 +116,60 @@ defmodule LlamaCppEx.HardeningTest do
 
       assert {:error, {:file_not_found, "/nonexistent/x.gguf"}} =
                NIF.model_load("/nonexistent/x.gguf", %{}, nil, nil, nil)
+    end
+  end
+
+  describe "item 8: quantized KV caches need head sizes their block size divides" do
+    @describetag :model
+
+    setup do
+      # stories260K with 2 heads of 32 (instead of 8 of 8): same tensor shapes
+      g = LlamaCppEx.TestGGUF.parse(File.read!(model_path()))
+
+      g =
+        g
+        |> LlamaCppEx.TestGGUF.put("llama.attention.head_count", :u32, 2)
+        |> LlamaCppEx.TestGGUF.put("llama.attention.head_count_kv", :u32, 1)
+        |> LlamaCppEx.TestGGUF.put("llama.rope.dimension_count", :u32, 32)
+
+      %{model: load_model!(), head32: load_model!(LlamaCppEx.TestGGUF.write_tmp!(g))}
+    end
+
+    test "a K type whose block does not divide the head size is refused, whatever flash_attn", %{model: model} do
+      for type <- [:q4_0, :q4_1, :q5_0, :q5_1, :q8_0, :iq4_nl], fa <- [false, true, :auto] do
+        assert {:error, {:unsupported_kv_type, %{cache: :k, type: ^type, block_size: 32, head_size: 8}}} =
+                 Context.create(model, n_ctx: 256, n_threads: 1, type_k: type, flash_attn: fa),
+               "#{type}, flash_attn: #{fa}"
+      end
+
+      assert {:error, {:unsupported_kv_type, %{cache: :v, type: :q8_0, head_size: 8}}} =
+               Context.create(model, n_ctx: 256, n_threads: 1, type_v: :q8_0, flash_attn: true)
+
+      # and from the NIF directly
+      assert {:error, {:unsupported_kv_type, %{cache: :k}}} =
+               NIF.context_create(model.ref, native_ctx_opts(%{type_k: :q4_0, flash_attn: 0}))
+
+      assert LlamaCppEx.live_objects().contexts == settled_live_objects().contexts
+    end
+
+    test "float types and block sizes that divide the head size are accepted", %{model: model, head32: head32} do
+      for type <- [:f32, :f16, :bf16] do
+        assert {:ok, ctx} = Context.create(model, n_ctx: 256, n_threads: 1, type_k: type, type_v: type)
+        assert :ok = Context.decode(ctx, [1, 403, 407])
+        Context.free(ctx)
+      end
+
+      for type <- [:q8_0, :q4_0], fa <- [false, true] do
+        assert {:ok, ctx} = Context.create(head32, n_ctx: 256, n_threads: 1, type_k: type, flash_attn: fa)
+        assert :ok = Context.decode(ctx, [1, 403, 407])
+        Context.free(ctx)
+      end
+
+      assert {:ok, ctx} =
+               Context.create(head32, n_ctx: 256, n_threads: 1, type_k: :q8_0, type_v: :q8_0, flash_attn: true)
+
+      assert :ok = Context.decode(ctx, [1, 403, 407])
+      Context.free(ctx)
     end
   end
 end

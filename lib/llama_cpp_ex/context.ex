@@ -68,6 +68,11 @@ defmodule LlamaCppEx.Context do
     * `:flash_attn` - `:auto`, `true` or `false` (default `:auto`).
     * `:type_k` / `:type_v` - KV cache element types, one of
       #{Enum.map_join(@cache_types, ", ", &"`#{inspect(&1)}`")} (default `:f16`).
+      A quantized type stores values in blocks (32 for all of these) and needs
+      a model whose K (or V) head size the block divides; otherwise the result
+      is `{:error, {:unsupported_kv_type, %{cache: :k | :v, type: type,
+      block_size: 32, head_size: n}}}`. A quantized `:type_v` also needs flash
+      attention.
     * `:pooling` - embedding pooling: `:unspecified` (model default), `:none`,
       `:mean`, `:cls`, `:last` or `:rank`.
   """
