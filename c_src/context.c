@@ -168,28 +168,65 @@ static uint64_t physical_ram(void) {
   return pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
 }
 
-// Lower bound of what llama_init_from_model allocates: K and V caches for
-// every layer, the attention scores of one micro-batch, and the logits of a
-// full batch. (llama.cpp rounds n_ctx up to
-// a multiple of 256 and clamps n_batch to n_ctx.)
-static uint64_t estimate_bytes(const struct llama_model *model, int32_t n_vocab, const struct llama_context_params *p) {
+// What llama_init_from_model allocates, mirrored from the pinned llama.cpp
+// (llama_context's constructor in src/llama-context.cpp, llama_kv_cache's in
+// src/llama-kv-cache.cpp, output_reserve):
+//  * cells: n_ctx (0: the training length) is padded to a multiple of 256.
+//    The cache is not unified (kv_unified, never set here), so each of the
+//    n_seq_max sequences gets a stream of its own of n_ctx_seq =
+//    pad(n_ctx / n_seq_max, 256) cells, and the cache holds n_ctx_seq *
+//    n_seq_max cells: n_ctx 256 with 256 sequences is 65,536 cells, not 256.
+//    Sliding-window layers get full-size caches too (swa_full, llama.cpp's
+//    default, is kept).
+//  * KV: per layer and cell, a K row of n_embd_head_k * n_head_kv values of
+//    type_k and a V row of n_embd_head_v * n_head_kv values of type_v.
+//  * outputs: logits of the last token of each sequence; with embeddings on,
+//    logits and embeddings of every token of a batch (decodes here ask for
+//    all outputs then).
+//  * compute: the logits of one micro-batch, a few activations per token,
+//    the attention mask of a micro-batch against a sequence's cells and,
+//    unless flash attention is forced on, its f32 attention scores (auto
+//    counts them: it may resolve to off).
+// Not counted: the weights (loaded already). Layers without a KV cache
+// (recurrent, shared) are counted as if they had one: an over-estimate.
+typedef struct {
+  uint64_t kv, output, compute;
+} ctx_estimate;
+
+static ctx_estimate estimate_bytes(const struct llama_model *model, int32_t n_vocab,
+                                   const struct llama_context_params *p) {
   uint64_t n_ctx = p->n_ctx ? p->n_ctx : (uint64_t)llama_model_n_ctx_train(model);
   n_ctx = (n_ctx + 255) / 256 * 256;
+  uint64_t n_seq = p->n_seq_max ? p->n_seq_max : 1;
+  uint64_t n_ctx_seq = (n_ctx / n_seq + 255) / 256 * 256;
+  uint64_t cells = n_ctx_seq * n_seq;
   uint64_t n_layer = (uint64_t)llama_model_n_layer(model);
-  int32_t n_head = llama_model_n_head(model), n_head_kv = llama_model_n_head_kv(model);
-  uint64_t n_embd_kv = n_head > 0 ? (uint64_t)llama_model_n_embd(model) * (uint64_t)n_head_kv / (uint64_t)n_head : 0;
-  double k = ggml_type_size(p->type_k) / (double)ggml_blck_size(p->type_k);
-  double v = ggml_type_size(p->type_v) / (double)ggml_blck_size(p->type_v);
-  uint64_t kv = (uint64_t)((double)(n_layer * n_ctx * n_embd_kv) * (k + v));
-  uint64_t n_batch = p->n_batch < n_ctx ? p->n_batch : n_ctx;
+  uint64_t n_head = (uint64_t)(llama_model_n_head(model) > 0 ? llama_model_n_head(model) : 0);
+  uint64_t n_head_kv = (uint64_t)(llama_model_n_head_kv(model) > 0 ? llama_model_n_head_kv(model) : 0);
+  uint64_t n_embd = (uint64_t)llama_model_n_embd(model);
+  uint32_t swa_k, swa_v;
+  uint64_t head_k = n_head ? head_size(model, "key", &swa_k) : 0,
+           head_v = n_head ? head_size(model, "value", &swa_v) : 0;
+  if (n_head && swa_k > head_k) head_k = swa_k;
+  if (n_head && swa_v > head_v) head_v = swa_v;
+  ctx_estimate e;
+  e.kv = n_layer * cells *
+         (ggml_row_size(p->type_k, (int64_t)(head_k * n_head_kv)) +
+          ggml_row_size(p->type_v, (int64_t)(head_v * n_head_kv)));
+  // the batch is clamped to the context before n_ctx is padded
+  uint64_t n_batch = p->n_batch < (p->n_ctx ? p->n_ctx : n_ctx) ? p->n_batch : (p->n_ctx ? p->n_ctx : n_ctx);
   uint64_t n_ubatch = p->n_ubatch < n_batch ? p->n_ubatch : n_batch;
-  // attention scores of one micro-batch against the whole cache (without flash attention)
-  uint64_t kq = n_ctx * n_ubatch * (uint64_t)(n_head > 0 ? n_head : 1) * sizeof(float);
-  return kv + kq + n_batch * (uint64_t)n_vocab * sizeof(float);
+  uint64_t n_out = p->embeddings ? (n_batch > n_seq ? n_batch : n_seq) : n_seq;
+  e.output = n_out * ((uint64_t)n_vocab + (p->embeddings ? n_embd : 0)) * sizeof(float);
+  bool fa = p->flash_attn_type == LLAMA_FLASH_ATTN_TYPE_ENABLED;
+  uint64_t kq = fa ? 0 : n_ctx_seq * n_ubatch * n_head * sizeof(float);
+  uint64_t mask = n_ctx_seq * n_ubatch * (fa ? 2 : sizeof(float)); // the KQ mask: f16 with flash attention
+  e.compute = n_ubatch * ((uint64_t)n_vocab + 16 * n_embd) * sizeof(float) + kq + mask;
+  return e;
 }
 
 // context_create(model, %{n_ctx, n_batch, n_ubatch, n_seq_max, n_threads, n_threads_batch,
-//                         embeddings, flash_attn, type_k, type_v, pooling})
+//                         embeddings, flash_attn, type_k, type_v, pooling[, max_memory]})
 LCX_NIF(nif_context_create) {
   lcx_model *m = lcx_get_model(env, argv[0]);
   if (!m) return lcx_raise(env, "expected a model reference");
@@ -222,6 +259,10 @@ LCX_NIF(nif_context_create) {
     return lcx_raise(env, "unknown type_k");
   if (lcx_map_get(env, argv[1], "type_v", &v) && !ggml_type_from_atom(env, v, &p.type_v))
     return lcx_raise(env, "unknown type_v");
+  ErlNifSInt64 max_memory = 0;
+  if (lcx_map_get(env, argv[1], "max_memory", &v) && !enif_is_identical(v, ATOM_nil) &&
+      (!enif_get_int64(env, v, &max_memory) || max_memory < 1))
+    return lcx_raise(env, "max_memory must be a positive integer or nil");
   p.n_ctx = (uint32_t)n_ctx;
   p.n_batch = (uint32_t)n_batch;
   p.n_ubatch = (uint32_t)(n_ubatch < n_batch ? n_ubatch : n_batch);
@@ -234,22 +275,30 @@ LCX_NIF(nif_context_create) {
   p.no_perf = false;
 
   if (!lcx_model_acquire(m)) return lcx_error(env, ATOM_closed);
+  // llama.cpp reserves an output row per sequence within n_batch, which it
+  // clamps to n_ctx, and asserts
+  int32_t n_ctx_eff = n_ctx ? n_ctx : llama_model_n_ctx_train(m->model);
+  int32_t n_batch_eff = n_ctx_eff > 0 && n_ctx_eff < n_batch ? n_ctx_eff : n_batch;
+  if (n_seq_max > n_batch_eff) {
+    lcx_model_release(m, false);
+    return lcx_raise(env, "n_seq_max (%d) must be at most n_batch (%d, clamped to n_ctx)", n_seq_max, n_batch_eff);
+  }
   ERL_NIF_TERM kv_err;
   if (!check_kv_type(env, m->model, p.type_k, "k", &kv_err) || !check_kv_type(env, m->model, p.type_v, "v", &kv_err)) {
     lcx_model_release(m, false);
     return kv_err;
   }
-  // llama.cpp allocates the KV cache and the logits buffer up front; an absurd
-  // n_ctx or n_batch would have the kernel kill the whole VM instead of failing.
-  uint64_t need = estimate_bytes(m->model, m->n_vocab, &p);
-  uint64_t ram = physical_ram();
+  // llama.cpp allocates the KV cache and the buffers up front; an absurd
+  // n_ctx, n_seq_max or n_batch would have the kernel kill the whole VM
+  // instead of failing. The limit is physical RAM, or max_memory if given.
+  ctx_estimate est = estimate_bytes(m->model, m->n_vocab, &p);
+  uint64_t need = est.kv + est.output + est.compute;
+  uint64_t ram = max_memory > 0 ? (uint64_t)max_memory : physical_ram();
   if (ram > 0 && need > ram) {
     lcx_model_release(m, false);
-    ERL_NIF_TERM keys[2] = {ATOM_needed, ATOM_available};
-    ERL_NIF_TERM vals[2] = {enif_make_uint64(env, need), enif_make_uint64(env, ram)};
-    ERL_NIF_TERM map;
-    enif_make_map_from_arrays(env, keys, vals, 2, &map);
-    return lcx_error2(env, enif_make_atom(env, "context_too_large"), map);
+    const char *keys[] = {"needed", "available", "kv_cache"};
+    ERL_NIF_TERM vals[] = {enif_make_uint64(env, need), enif_make_uint64(env, ram), enif_make_uint64(env, est.kv)};
+    return lcx_error2(env, enif_make_atom(env, "context_too_large"), lcx_make_map(env, keys, vals, 3));
   }
   lcx_context *c = enif_alloc_resource(LCX_CONTEXT_RT, sizeof(lcx_context));
   if (!c) {

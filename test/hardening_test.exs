@@ -172,4 +172,99 @@ defmodule LlamaCppEx.HardeningTest do
       Context.free(ctx)
     end
   end
+
+  describe "item 9: the memory guard sizes what llama.cpp allocates" do
+    @describetag :model
+
+    setup do
+      %{model: load_model!()}
+    end
+
+    @mib 1024 * 1024
+
+    # llama.cpp's own report of its buffers, from its log lines at info level
+    # (this process is the log handler meanwhile).
+    defp llama_buffers(fun) do
+      :ok = NIF.set_log_handler(self(), 2)
+
+      try do
+        result = fun.()
+        {result, collect_buffers(%{})}
+      after
+        LlamaCppEx.Log.set_level(LlamaCppEx.Log.level())
+      end
+    end
+
+    defp collect_buffers(acc) do
+      receive do
+        {:llama_log, _, line} ->
+          acc =
+            case Regex.run(~r/(KV|output|compute) buffer size = +([\d.]+) MiB/, line) do
+              [_, kind, mib] -> Map.update(acc, kind, String.to_float(mib), &(&1 + String.to_float(mib)))
+              nil -> acc
+            end
+
+          if Map.has_key?(acc, "compute"), do: acc, else: collect_buffers(acc)
+      after
+        2000 -> acc
+      end
+    end
+
+    defp estimate(model, opts) do
+      assert {:error, {:context_too_large, %{needed: needed, kv_cache: kv, available: 1}}} =
+               Context.create(model, [n_threads: 1, max_memory: 1] ++ opts)
+
+      {needed, kv}
+    end
+
+    test "n_ctx shared by many sequences: each gets at least 256 cells", %{model: model} do
+      # 256 sequences of 256 cells: 65,536 cells, 40 MiB of f16 K and V
+      opts = [n_ctx: 256, n_seq_max: 256, n_threads: 1]
+
+      assert {:error, {:context_too_large, %{needed: needed, available: limit}}} =
+               Context.create(model, opts ++ [max_memory: 30 * @mib])
+
+      assert limit == 30 * @mib and needed > 40 * @mib
+      # the same through the NIF
+      assert {:error, {:context_too_large, _}} =
+               NIF.context_create(
+                 model.ref,
+                 native_ctx_opts(%{n_seq_max: 256, n_batch: 256, n_ubatch: 256, max_memory: 30 * @mib})
+               )
+
+      # llama.cpp asserts when sequences outnumber the batch: refused before
+      assert_raise ArgumentError, ~r/n_seq_max/, fn ->
+        NIF.context_create(model.ref, native_ctx_opts(%{n_seq_max: 65, n_batch: 64}))
+      end
+
+      assert_raise ArgumentError, ~r/n_seq_max/, fn -> Context.create(model, n_ctx: 256, n_batch: 64, n_seq_max: 65) end
+
+      assert {:ok, ctx} = Context.create(model, opts ++ [max_memory: 64 * @mib])
+      Context.free(ctx)
+    end
+
+    test "the estimate is within a stated tolerance of llama.cpp's buffers", %{model: model} do
+      configs = [
+        [n_ctx: 256, n_seq_max: 256, flash_attn: true],
+        [n_ctx: 1000, n_seq_max: 3, flash_attn: false],
+        [n_ctx: 300, n_seq_max: 1, flash_attn: true],
+        [n_ctx: 4096, n_seq_max: 1, flash_attn: false],
+        [n_ctx: 4096, n_seq_max: 1, flash_attn: true, type_k: :f32, type_v: :f32],
+        [n_ctx: 8192, n_seq_max: 4, n_batch: 1024, n_ubatch: 256, flash_attn: false, embeddings: true]
+      ]
+
+      for opts <- configs do
+        {needed, kv} = estimate(model, opts)
+        {{:ok, ctx}, bufs} = llama_buffers(fn -> Context.create(model, [n_threads: 1] ++ opts) end)
+        Context.free(ctx)
+        actual_kv = bufs["KV"] * @mib
+        actual = (bufs["KV"] + bufs["output"] + bufs["compute"]) * @mib
+        # the KV cache is mirrored exactly (the log rounds to 0.01 MiB)
+        assert abs(kv - actual_kv) <= 0.01 * @mib, "#{inspect(opts)}: KV #{kv} vs #{actual_kv}"
+        # the whole: never below 90 % of what llama.cpp allocates, and at most 50 % + 4 MiB above
+        assert needed >= 0.9 * actual and needed <= 1.5 * actual + 4 * @mib,
+               "#{inspect(opts)}: estimate #{needed} vs #{actual} (#{inspect(bufs)})"
+      end
+    end
+  end
 end

@@ -47,7 +47,8 @@ defmodule LlamaCppEx.Context do
       :flash_attn,
       :type_k,
       :type_v,
-      :pooling
+      :pooling,
+      :max_memory
     ]
 
   @doc """
@@ -75,6 +76,12 @@ defmodule LlamaCppEx.Context do
       attention.
     * `:pooling` - embedding pooling: `:unspecified` (model default), `:none`,
       `:mean`, `:cls`, `:last` or `:rank`.
+    * `:max_memory` - most bytes the context may allocate (default: the
+      physical RAM). The KV cache, output and compute buffers are sized
+      before anything is allocated, as llama.cpp will size them (each of the
+      `:n_seq_max` sequences gets at least 256 cells), and a context that would
+      need more is refused with `{:error, {:context_too_large, %{needed: n,
+      available: limit, kv_cache: kv}}}` instead of being OOM-killed.
   """
   @spec create(Model.t(), keyword()) :: {:ok, t()} | {:error, term()}
   def create(%Model{} = model, opts \\ []) do
@@ -92,7 +99,8 @@ defmodule LlamaCppEx.Context do
         flash_attn: :auto,
         type_k: :f16,
         type_v: :f16,
-        pooling: :unspecified
+        pooling: :unspecified,
+        max_memory: nil
       )
 
     if model.vocab_only, do: raise(ArgumentError, "cannot create a context for a vocab_only model")
@@ -112,8 +120,12 @@ defmodule LlamaCppEx.Context do
       flash_attn: flash!(opts[:flash_attn]),
       type_k: cache_type!(opts, :type_k),
       type_v: cache_type!(opts, :type_v),
-      pooling: Map.get(@pooling, opts[:pooling]) || raise(ArgumentError, "unknown :pooling #{inspect(opts[:pooling])}")
+      pooling: Map.get(@pooling, opts[:pooling]) || raise(ArgumentError, "unknown :pooling #{inspect(opts[:pooling])}"),
+      max_memory: max_memory!(opts[:max_memory])
     }
+
+    if native.n_seq_max > native.n_batch and n_ctx > 0,
+      do: raise(ArgumentError, ":n_seq_max (#{native.n_seq_max}) must be at most n_batch (#{native.n_batch})")
 
     with {:ok, ref} <- NIF.context_create(model.ref, native),
          {:ok, info} <- NIF.context_info(ref) do
@@ -234,6 +246,12 @@ defmodule LlamaCppEx.Context do
   """
   @spec free(t()) :: :ok
   def free(%__MODULE__{ref: ref}), do: NIF.context_free(ref)
+
+  defp max_memory!(nil), do: nil
+  defp max_memory!(n) when is_integer(n) and n > 0 and n <= 0x7FFF_FFFF_FFFF_FFFF, do: n
+
+  defp max_memory!(other),
+    do: raise(ArgumentError, ":max_memory must be a positive integer (bytes) or nil, got: #{inspect(other)}")
 
   defp flash!(:auto), do: -1
   defp flash!(true), do: 1
