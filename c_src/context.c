@@ -323,14 +323,23 @@ LCX_NIF(nif_context_create) {
     return err;
   }
   atomic_fetch_add(&lcx_live_contexts, 1);
-  // A pool of compute threads per context (as llama.cpp's own tools do); a
-  // second one for batches when their thread count differs, the first then
-  // starting paused so the two never spin at once.
+  // A pool of compute threads per context (as llama.cpp's own tools do), and
+  // a second one for batches when their thread count differs. Both start
+  // paused: an unpaused pool's workers busy-poll for work from the moment
+  // they start, and with llama.cpp's default poll level (50: 1024 * 128 * 50
+  // pause instructions, about a second here) a hundred freshly created
+  // contexts kept every core spinning, so creating the next one took 20-40 ms
+  // instead of 1. The first graph computed resumes a pool. Poll level 1 keeps
+  // the workers spinning for ~20 ms after each graph (enough for back-to-back
+  // tokens) instead of a second of CPU burnt after every use.
   struct ggml_threadpool_params tpp = ggml_threadpool_params_default(n_threads);
+  tpp.paused = true;
+  tpp.poll = 1;
   if (n_threads_batch != n_threads) {
     struct ggml_threadpool_params tpp_batch = ggml_threadpool_params_default(n_threads_batch);
+    tpp_batch.paused = true;
+    tpp_batch.poll = 1;
     c->tp_batch = lcx_threadpool_new(&tpp_batch);
-    tpp.paused = true;
   }
   c->tp = lcx_threadpool_new(&tpp);
   if (!c->tp || (n_threads_batch != n_threads && !c->tp_batch)) {

@@ -267,4 +267,41 @@ defmodule LlamaCppEx.HardeningTest do
       end
     end
   end
+
+  describe "item 11: creating contexts with many alive" do
+    @describetag :model
+
+    defp median(list), do: list |> Enum.sort() |> Enum.at(div(length(list), 2))
+
+    defp create_time(model, opts) do
+      {us, {:ok, ctx}} = :timer.tc(fn -> Context.create(model, opts) end)
+      {us, ctx}
+    end
+
+    @tag :slow
+    @tag timeout: 300_000
+    test "stays as fast with 100 contexts alive as with one", %{} do
+      model = load_model!()
+      # two threads: one ggml worker thread per pool
+      opts = [n_ctx: 256, n_threads: min(2, System.schedulers_online())]
+      {_, first} = create_time(model, opts)
+
+      sample = fn ->
+        for _ <- 1..15,
+            do:
+              (fn ->
+                 {us, c} = create_time(model, opts)
+                 Context.free(c)
+                 us
+               end).()
+      end
+
+      one_alive = median(sample.())
+      alive = for _ <- 1..100, do: elem(create_time(model, opts), 1)
+      hundred_alive = median(sample.())
+      Enum.each([first | alive], &Context.free/1)
+      IO.puts("context creation, median of 15: #{one_alive} us with 1 alive, #{hundred_alive} us with 100 alive")
+      assert hundred_alive <= 3 * one_alive + 2000
+    end
+  end
 end
