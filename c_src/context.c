@@ -34,6 +34,7 @@ static void free_native(void *arg) {
   if (n->tp) ggml_threadpool_free(n->tp);
   if (n->tp_batch) ggml_threadpool_free(n->tp_batch);
   if (n->model) lcx_model_release(n->model, false);
+  if (n->ctx) lcx_janitor_trim_soon();
 }
 
 static void free_native_heap(void *arg) {

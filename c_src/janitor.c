@@ -7,6 +7,10 @@
 // and free inline.
 #include "lcx.h"
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
 typedef struct job {
   struct job *next;
   int kind; // an lcx_free_kind, or JOIN_THREAD
@@ -17,6 +21,7 @@ typedef struct job {
 
 #define JOIN_THREAD -1
 #define CALL -2
+#define TRIM -3
 
 static ErlNifMutex *mu;
 static ErlNifCond *cv;
@@ -24,8 +29,41 @@ static ErlNifTid tid;
 static bool started, stopping;
 static job *head, *tail;
 
+// ---- returning freed memory to the system ------------------------------------------
+//
+// glibc keeps what is freed in its arenas for reuse, and a context's buffers
+// (KV cache, compute and output buffers) are below the mmap threshold, which
+// glibc raises up to 32 MiB after the first large free: after llama_free they
+// stay resident. With allocations spread over many threads' arenas (dirty
+// schedulers, stream threads) the heap grew by ~55 MiB each time 200 contexts
+// were created and freed, while nothing was alive. So after frees the janitor
+// gives free heap memory back with malloc_trim(0), once the free bytes in the
+// arenas (mallinfo2) have grown by TRIM_STEP since the lowest count seen:
+// at most one trim per TRIM_STEP freed, and none while freed memory is being
+// reused. glibc only.
+#define TRIM_STEP ((size_t)4 << 20)
+
+static atomic_bool trim_queued;
+static size_t trim_floor = (size_t)-1; // janitor thread only
+
+static void trim_if_worth_it(void) {
+#if defined(__GLIBC__) && __GLIBC_PREREQ(2, 33)
+  size_t free_now = mallinfo2().fordblks;
+  if (free_now < trim_floor) trim_floor = free_now;
+  if (free_now - trim_floor < TRIM_STEP) return;
+  malloc_trim(0);
+  trim_floor = mallinfo2().fordblks; // trimmed pages still count as free
+#elif defined(__GLIBC__)
+  malloc_trim(0);
+#endif
+}
+
 static void run_job(job *j) {
   switch (j->kind) {
+  case TRIM:
+    atomic_store(&trim_queued, false);
+    trim_if_worth_it();
+    break;
   case JOIN_THREAD:
     enif_thread_join(j->tid, NULL);
     break;
@@ -35,6 +73,7 @@ static void run_job(job *j) {
   case LCX_FREE_MODEL:
     llama_model_free(j->ptr);
     atomic_fetch_sub(&lcx_live_models, 1);
+    lcx_janitor_trim_soon();
     break;
   }
 }
@@ -85,6 +124,19 @@ void lcx_janitor_join(ErlNifTid tid) {
   if (!j) return; // leaks a finished thread's stack rather than blocking
   *j = (job){.kind = JOIN_THREAD, .tid = tid};
   enqueue(j);
+}
+
+void lcx_janitor_trim_soon(void) {
+#ifdef __GLIBC__
+  if (!started || atomic_exchange(&trim_queued, true)) return; // one is queued: it will see this free too
+  job *j = enif_alloc(sizeof(job));
+  if (!j) {
+    atomic_store(&trim_queued, false);
+    return;
+  }
+  *j = (job){.kind = TRIM};
+  enqueue(j);
+#endif
 }
 
 void lcx_janitor_call(void (*fn)(void *), void *arg) {

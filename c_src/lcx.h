@@ -187,6 +187,9 @@ typedef enum { LCX_FREE_MODEL } lcx_free_kind;
 void lcx_janitor_join(ErlNifTid tid);
 // Runs fn(arg) on the janitor thread.
 void lcx_janitor_call(void (*fn)(void *), void *arg);
+// After freeing large buffers: the janitor returns free heap memory to the
+// system when enough has accumulated (glibc; see janitor.c). Never blocks.
+void lcx_janitor_trim_soon(void);
 // Frees a llama.cpp object and updates the live counts: inline, or, from a
 // resource destructor, on the janitor thread (see janitor.c).
 void lcx_dispose(lcx_free_kind kind, void *ptr, bool in_destructor);

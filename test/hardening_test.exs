@@ -304,4 +304,39 @@ defmodule LlamaCppEx.HardeningTest do
       assert hundred_alive <= 3 * one_alive + 2000
     end
   end
+
+  describe "item 10: freed contexts give their memory back" do
+    @describetag :model
+
+    defp rss_mib do
+      [_, kb] = Regex.run(~r/VmRSS:\s+(\d+) kB/, File.read!("/proc/self/status"))
+      String.to_integer(kb) / 1024
+    end
+
+    # the janitor trims after frees: wait until RSS stops falling
+    defp settled_rss(last \\ nil) do
+      Process.sleep(100)
+      now = rss_mib()
+      if last && now >= last - 0.5, do: now, else: settled_rss(now)
+    end
+
+    @tag :slow
+    @tag timeout: 600_000
+    test "30 rounds of 200 contexts created and freed end where the first ended" do
+      model = load_model!()
+
+      rounds =
+        for _ <- 1..30 do
+          contexts = for _ <- 1..200, do: elem(Context.create(model, n_ctx: 512, n_threads: 1), 1)
+          Enum.each(contexts, &Context.free/1)
+          assert settled_live_objects().contexts == 0
+          settled_rss()
+        end
+
+      [first | _] = rounds
+      last = List.last(rounds)
+      IO.puts("RSS after each round (MiB): #{Enum.map_join(rounds, " ", &round/1)}")
+      assert last <= first * 1.1, "RSS #{first} MiB after the first round, #{last} MiB after the 30th"
+    end
+  end
 end
