@@ -9,6 +9,7 @@
 // all of it inside llama_decode.
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -37,6 +38,7 @@ static void free_native(void *arg) {
   if (n->tp) ggml_threadpool_free(n->tp);
   if (n->tp_batch) ggml_threadpool_free(n->tp_batch);
   if (n->model) lcx_model_release(n->model, false);
+  if (n->ctx) lcx_janitor_trim_soon();
 }
 
 static void destroy_context(lcx_context *c, bool from_destructor) {
@@ -202,33 +204,105 @@ static bool ggml_type_from_atom(ErlNifEnv *env, ERL_NIF_TERM t, enum ggml_type *
   return false;
 }
 
+// A model's head size for K or V ("key" or "value"): <arch>.attention.<kind>_length,
+// else n_embd / n_head, as llama.cpp reads it; *swa the size for sliding-window
+// layers (<kind>_length_swa, else the same).
+static uint32_t head_size(const struct llama_model *model, const char *kind, uint32_t *swa) {
+  char arch[64] = "", key[128], val[32];
+  llama_model_meta_val_str(model, "general.architecture", arch, sizeof arch);
+  int32_t n_head = llama_model_n_head(model);
+  uint32_t full = n_head > 0 ? (uint32_t)(llama_model_n_embd(model) / n_head) : 0;
+  snprintf(key, sizeof key, "%s.attention.%s_length", arch, kind);
+  if (llama_model_meta_val_str(model, key, val, sizeof val) > 0) full = (uint32_t)strtoul(val, NULL, 10);
+  *swa = full;
+  snprintf(key, sizeof key, "%s.attention.%s_length_swa", arch, kind);
+  if (llama_model_meta_val_str(model, key, val, sizeof val) > 0) *swa = (uint32_t)strtoul(val, NULL, 10);
+  return full;
+}
+
+// A quantized KV cache stores each head's vector in blocks of ggml_blck_size
+// values: a head size the block does not divide makes every attention read
+// straddle blocks and gives garbage. llama.cpp refuses it only with flash
+// attention on; here it is refused whatever the setting. Returns 0, or the
+// {:error, {:unsupported_kv_type, info}} term in *err.
+static bool check_kv_type(ErlNifEnv *env, const struct llama_model *model, enum ggml_type type, const char *cache,
+                          ERL_NIF_TERM *err) {
+  int64_t block = ggml_blck_size(type);
+  if (block <= 1 || llama_model_n_layer(model) == 0) return true;
+  uint32_t swa, full = head_size(model, cache[0] == 'k' ? "key" : "value", &swa);
+  uint32_t bad = full % block != 0 ? full : swa % block != 0 ? swa : 0;
+  if (full == 0 || bad == 0) return true;
+  const char *keys[] = {"cache", "type", "block_size", "head_size"};
+  ERL_NIF_TERM vals[] = {enif_make_atom(env, cache), enif_make_atom(env, ggml_type_name(type)),
+                         enif_make_int64(env, block), enif_make_uint(env, bad)};
+  *err = lcx_error2(env, enif_make_atom(env, "unsupported_kv_type"), lcx_make_map(env, keys, vals, 4));
+  return false;
+}
+
 static uint64_t physical_ram(void) {
   long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
   return pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
 }
 
-// Lower bound of what llama_init_from_model allocates: K and V caches for
-// every layer, the attention scores of one micro-batch, and the logits of a
-// full batch. (llama.cpp rounds n_ctx up to
-// a multiple of 256 and clamps n_batch to n_ctx.)
-static uint64_t estimate_bytes(const struct llama_model *model, int32_t n_vocab, const struct llama_context_params *p) {
+// What llama_init_from_model allocates, mirrored from the pinned llama.cpp
+// (llama_context's constructor in src/llama-context.cpp, llama_kv_cache's in
+// src/llama-kv-cache.cpp, output_reserve):
+//  * cells: n_ctx (0: the training length) is padded to a multiple of 256.
+//    The cache is not unified (kv_unified, never set here), so each of the
+//    n_seq_max sequences gets a stream of its own of n_ctx_seq =
+//    pad(n_ctx / n_seq_max, 256) cells, and the cache holds n_ctx_seq *
+//    n_seq_max cells: n_ctx 256 with 256 sequences is 65,536 cells, not 256.
+//    Sliding-window layers get full-size caches too (swa_full, llama.cpp's
+//    default, is kept).
+//  * KV: per layer and cell, a K row of n_embd_head_k * n_head_kv values of
+//    type_k and a V row of n_embd_head_v * n_head_kv values of type_v.
+//  * outputs: logits of the last token of each sequence; with embeddings on,
+//    logits and embeddings of every token of a batch (decodes here ask for
+//    all outputs then).
+//  * compute: the logits of one micro-batch, a few activations per token,
+//    the attention mask of a micro-batch against a sequence's cells and,
+//    unless flash attention is forced on, its f32 attention scores (auto
+//    counts them: it may resolve to off).
+// Not counted: the weights (loaded already). Layers without a KV cache
+// (recurrent, shared) are counted as if they had one: an over-estimate.
+typedef struct {
+  uint64_t kv, output, compute;
+} ctx_estimate;
+
+static ctx_estimate estimate_bytes(const struct llama_model *model, int32_t n_vocab,
+                                   const struct llama_context_params *p) {
   uint64_t n_ctx = p->n_ctx ? p->n_ctx : (uint64_t)llama_model_n_ctx_train(model);
   n_ctx = (n_ctx + 255) / 256 * 256;
+  uint64_t n_seq = p->n_seq_max ? p->n_seq_max : 1;
+  uint64_t n_ctx_seq = (n_ctx / n_seq + 255) / 256 * 256;
+  uint64_t cells = n_ctx_seq * n_seq;
   uint64_t n_layer = (uint64_t)llama_model_n_layer(model);
-  int32_t n_head = llama_model_n_head(model), n_head_kv = llama_model_n_head_kv(model);
-  uint64_t n_embd_kv = n_head > 0 ? (uint64_t)llama_model_n_embd(model) * (uint64_t)n_head_kv / (uint64_t)n_head : 0;
-  double k = ggml_type_size(p->type_k) / (double)ggml_blck_size(p->type_k);
-  double v = ggml_type_size(p->type_v) / (double)ggml_blck_size(p->type_v);
-  uint64_t kv = (uint64_t)((double)(n_layer * n_ctx * n_embd_kv) * (k + v));
-  uint64_t n_batch = p->n_batch < n_ctx ? p->n_batch : n_ctx;
+  uint64_t n_head = (uint64_t)(llama_model_n_head(model) > 0 ? llama_model_n_head(model) : 0);
+  uint64_t n_head_kv = (uint64_t)(llama_model_n_head_kv(model) > 0 ? llama_model_n_head_kv(model) : 0);
+  uint64_t n_embd = (uint64_t)llama_model_n_embd(model);
+  uint32_t swa_k, swa_v;
+  uint64_t head_k = n_head ? head_size(model, "key", &swa_k) : 0,
+           head_v = n_head ? head_size(model, "value", &swa_v) : 0;
+  if (n_head && swa_k > head_k) head_k = swa_k;
+  if (n_head && swa_v > head_v) head_v = swa_v;
+  ctx_estimate e;
+  e.kv = n_layer * cells *
+         (ggml_row_size(p->type_k, (int64_t)(head_k * n_head_kv)) +
+          ggml_row_size(p->type_v, (int64_t)(head_v * n_head_kv)));
+  // the batch is clamped to the context before n_ctx is padded
+  uint64_t n_batch = p->n_batch < (p->n_ctx ? p->n_ctx : n_ctx) ? p->n_batch : (p->n_ctx ? p->n_ctx : n_ctx);
   uint64_t n_ubatch = p->n_ubatch < n_batch ? p->n_ubatch : n_batch;
-  // attention scores of one micro-batch against the whole cache (without flash attention)
-  uint64_t kq = n_ctx * n_ubatch * (uint64_t)(n_head > 0 ? n_head : 1) * sizeof(float);
-  return kv + kq + n_batch * (uint64_t)n_vocab * sizeof(float);
+  uint64_t n_out = p->embeddings ? (n_batch > n_seq ? n_batch : n_seq) : n_seq;
+  e.output = n_out * ((uint64_t)n_vocab + (p->embeddings ? n_embd : 0)) * sizeof(float);
+  bool fa = p->flash_attn_type == LLAMA_FLASH_ATTN_TYPE_ENABLED;
+  uint64_t kq = fa ? 0 : n_ctx_seq * n_ubatch * n_head * sizeof(float);
+  uint64_t mask = n_ctx_seq * n_ubatch * (fa ? 2 : sizeof(float)); // the KQ mask: f16 with flash attention
+  e.compute = n_ubatch * ((uint64_t)n_vocab + 16 * n_embd) * sizeof(float) + kq + mask;
+  return e;
 }
 
 // context_create(model, %{n_ctx, n_batch, n_ubatch, n_seq_max, n_threads, n_threads_batch,
-//                         embeddings, flash_attn, type_k, type_v, pooling})
+//                         embeddings, flash_attn, type_k, type_v, pooling[, max_memory]})
 LCX_NIF(nif_context_create) {
   lcx_model *m = lcx_get_model(env, argv[0]);
   if (!m) return lcx_raise(env, "expected a model reference");
@@ -261,6 +335,10 @@ LCX_NIF(nif_context_create) {
     return lcx_raise(env, "unknown type_k");
   if (lcx_map_get(env, argv[1], "type_v", &v) && !ggml_type_from_atom(env, v, &p.type_v))
     return lcx_raise(env, "unknown type_v");
+  ErlNifSInt64 max_memory = 0;
+  if (lcx_map_get(env, argv[1], "max_memory", &v) && !enif_is_identical(v, ATOM_nil) &&
+      (!enif_get_int64(env, v, &max_memory) || max_memory < 1))
+    return lcx_raise(env, "max_memory must be a positive integer or nil");
   p.n_ctx = (uint32_t)n_ctx;
   p.n_batch = (uint32_t)n_batch;
   p.n_ubatch = (uint32_t)(n_ubatch < n_batch ? n_ubatch : n_batch);
@@ -273,17 +351,30 @@ LCX_NIF(nif_context_create) {
   p.no_perf = false;
 
   if (!lcx_model_acquire(m)) return lcx_err(env, LCX_E_closed);
-  // llama.cpp allocates the KV cache and the logits buffer up front; an absurd
-  // n_ctx or n_batch would have the kernel kill the whole VM instead of failing.
-  uint64_t need = estimate_bytes(m->model, m->n_vocab, &p);
-  uint64_t ram = physical_ram();
+  // llama.cpp reserves an output row per sequence within n_batch, which it
+  // clamps to n_ctx, and asserts
+  int32_t n_ctx_eff = n_ctx ? n_ctx : llama_model_n_ctx_train(m->model);
+  int32_t n_batch_eff = n_ctx_eff > 0 && n_ctx_eff < n_batch ? n_ctx_eff : n_batch;
+  if (n_seq_max > n_batch_eff) {
+    lcx_model_release(m, false);
+    return lcx_raise(env, "n_seq_max (%d) must be at most n_batch (%d, clamped to n_ctx)", n_seq_max, n_batch_eff);
+  }
+  ERL_NIF_TERM kv_err;
+  if (!check_kv_type(env, m->model, p.type_k, "k", &kv_err) || !check_kv_type(env, m->model, p.type_v, "v", &kv_err)) {
+    lcx_model_release(m, false);
+    return kv_err;
+  }
+  // llama.cpp allocates the KV cache and the buffers up front; an absurd
+  // n_ctx, n_seq_max or n_batch would have the kernel kill the whole VM
+  // instead of failing. The limit is physical RAM, or max_memory if given.
+  ctx_estimate est = estimate_bytes(m->model, m->n_vocab, &p);
+  uint64_t need = est.kv + est.output + est.compute;
+  uint64_t ram = max_memory > 0 ? (uint64_t)max_memory : physical_ram();
   if (ram > 0 && need > ram) {
     lcx_model_release(m, false);
-    ERL_NIF_TERM keys[2] = {ATOM_needed, ATOM_available};
-    ERL_NIF_TERM vals[2] = {enif_make_uint64(env, need), enif_make_uint64(env, ram)};
-    ERL_NIF_TERM map;
-    enif_make_map_from_arrays(env, keys, vals, 2, &map);
-    return lcx_err_detail(env, LCX_E_context_too_large, map);
+    const char *keys[] = {"needed", "available", "kv_cache"};
+    ERL_NIF_TERM vals[] = {enif_make_uint64(env, need), enif_make_uint64(env, ram), enif_make_uint64(env, est.kv)};
+    return lcx_err_detail(env, LCX_E_context_too_large, lcx_make_map(env, keys, vals, 3));
   }
   lcx_context *c = enif_alloc_resource(LCX_CONTEXT_RT, sizeof(lcx_context));
   if (!c) {
@@ -308,14 +399,23 @@ LCX_NIF(nif_context_create) {
     return err;
   }
   atomic_fetch_add(&lcx_live_contexts, 1);
-  // A pool of compute threads per context (as llama.cpp's own tools do); a
-  // second one for batches when their thread count differs, the first then
-  // starting paused so the two never spin at once.
+  // A pool of compute threads per context (as llama.cpp's own tools do), and
+  // a second one for batches when their thread count differs. Both start
+  // paused: an unpaused pool's workers busy-poll for work from the moment
+  // they start, and with llama.cpp's default poll level (50: 1024 * 128 * 50
+  // pause instructions, about a second here) a hundred freshly created
+  // contexts kept every core spinning, so creating the next one took 20-40 ms
+  // instead of 1. The first graph computed resumes a pool. Poll level 1 keeps
+  // the workers spinning for ~20 ms after each graph (enough for back-to-back
+  // tokens) instead of a second of CPU burnt after every use.
   struct ggml_threadpool_params tpp = ggml_threadpool_params_default(n_threads);
+  tpp.paused = true;
+  tpp.poll = 1;
   if (n_threads_batch != n_threads) {
     struct ggml_threadpool_params tpp_batch = ggml_threadpool_params_default(n_threads_batch);
+    tpp_batch.paused = true;
+    tpp_batch.poll = 1;
     c->tp_batch = lcx_threadpool_new(&tpp_batch);
-    tpp.paused = true;
   }
   c->tp = lcx_threadpool_new(&tpp);
   if (!c->tp || (n_threads_batch != n_threads && !c->tp_batch)) {

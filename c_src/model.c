@@ -3,8 +3,13 @@
 // A model is pinned by every context and sampler made from it (their
 // "dependants"). Model.free/1 marks it closed at once; the llama_model itself is
 // freed when the last dependant goes, so a live context never sees freed weights.
+#define _POSIX_C_SOURCE 200809L // O_CLOEXEC, pread
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "grammar_stack.h"
 #include "lcx.h"
@@ -16,6 +21,7 @@ atomic_long lcx_live_models;
 static void free_llama_model(void *p) {
   llama_model_free(*(struct llama_model **)p);
   atomic_fetch_sub(&lcx_live_models, 1);
+  lcx_janitor_trim_soon();
 }
 
 static void model_dtor(ErlNifEnv *env, void *obj) {
@@ -185,6 +191,116 @@ static const char *warm_up(struct llama_model *model) {
   return threw ? lcx_last_exception() : NULL;
 }
 
+// ---- the model file ------------------------------------------------------------------
+
+// The posix atom File.posix/0 uses for the errors open/stat/pread can give here.
+static ERL_NIF_TERM posix_atom(ErlNifEnv *env, int e) {
+  static const struct {
+    int code;
+    const char *name;
+  } table[] = {{EACCES, "eacces"},       {EPERM, "eperm"},   {ENOENT, "enoent"}, {ENOTDIR, "enotdir"},
+               {ELOOP, "eloop"},         {EMFILE, "emfile"}, {ENFILE, "enfile"}, {ENAMETOOLONG, "enametoolong"},
+               {ENOMEM, "enomem"},       {EISDIR, "eisdir"}, {ENXIO, "enxio"},   {ENODEV, "enodev"},
+               {EOVERFLOW, "eoverflow"}, {EIO, "eio"}};
+  for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
+    if (table[i].code == e) return enif_make_atom(env, table[i].name);
+  return enif_make_atom(env, "eio");
+}
+
+static ERL_NIF_TERM file_error(ErlNifEnv *env, int e, ERL_NIF_TERM path) {
+  if (e == ENOENT) return lcx_error2(env, enif_make_atom(env, "file_not_found"), path);
+  return lcx_error(env, enif_make_tuple3(env, enif_make_atom(env, "file_error"), posix_atom(env, e), path));
+}
+
+// {:error, reason} for a path that is not a regular file (the shapes of Model.load/2).
+static ERL_NIF_TERM not_regular(ErlNifEnv *env, mode_t mode, ERL_NIF_TERM path) {
+  if (S_ISDIR(mode)) return file_error(env, EISDIR, path);
+  const char *type = S_ISCHR(mode) || S_ISBLK(mode) ? "device" : "other";
+  return lcx_error(env,
+                   enif_make_tuple3(env, enif_make_atom(env, "not_regular_file"), enif_make_atom(env, type), path));
+}
+
+// "name-00001-of-00003.gguf": llama.cpp opens the other parts of a split model
+// by names derived from this one, so such a path must reach it unchanged.
+static bool is_split_name(const char *path) {
+  size_t n = strlen(path);
+  static const char pat[] = "-#####-of-#####.gguf";
+  size_t m = sizeof pat - 1;
+  if (n < m) return false;
+  for (size_t i = 0; i < m; i++) {
+    char c = path[n - m + i];
+    if (pat[i] == '#' ? (c < '0' || c > '9') : c != pat[i]) return false;
+  }
+  return true;
+}
+
+// Opens the model file without ever blocking: stat first (a FIFO, socket,
+// device or directory is refused before anything opens it), then open with
+// O_NONBLOCK and check the opened file again (the path may have been swapped
+// in between) and its GGUF magic. Returns the fd, or -1 with *err set.
+//
+// llama.cpp opens the file itself, by name. On Linux it is handed
+// /proc/self/fd/<fd>, which names the very file checked here, so swapping the
+// path afterwards cannot make it open a FIFO. Split models keep their name
+// (llama.cpp derives the names of the other parts from it; those parts are
+// opened unchecked), as do systems without /proc.
+static int open_model_file(ErlNifEnv *env, const char *path, ERL_NIF_TERM path_term, char *llama_path,
+                           size_t llama_path_size, ERL_NIF_TERM *err) {
+  struct stat st;
+  if (stat(path, &st) != 0) {
+    *err = file_error(env, errno, path_term);
+    return -1;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    *err = not_regular(env, st.st_mode, path_term);
+    return -1;
+  }
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+  if (fd < 0) {
+    *err = file_error(env, errno, path_term);
+    return -1;
+  }
+  if (fstat(fd, &st) != 0) {
+    *err = file_error(env, errno, path_term);
+    close(fd);
+    return -1;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    *err = not_regular(env, st.st_mode, path_term);
+    close(fd);
+    return -1;
+  }
+  unsigned char magic[4];
+  if (pread(fd, magic, 4, 0) != 4 || memcmp(magic, "GGUF", 4) != 0) {
+    *err = lcx_error2(env, enif_make_atom(env, "not_gguf"), path_term);
+    close(fd);
+    return -1;
+  }
+  snprintf(llama_path, llama_path_size, "%s", path);
+#ifdef __linux__
+  char by_fd[64];
+  struct stat st_fd;
+  snprintf(by_fd, sizeof by_fd, "/proc/self/fd/%d", fd);
+  if (!is_split_name(path) && stat(by_fd, &st_fd) == 0 && st_fd.st_dev == st.st_dev && st_fd.st_ino == st.st_ino)
+    snprintf(llama_path, llama_path_size, "%s", by_fd);
+#endif
+  return fd;
+}
+
+// llama.cpp's messages name the path it was given: put the caller's back.
+static void unname_fd_path(char *out, size_t size, const char *msg, const char *llama_path, const char *path) {
+  size_t from = strlen(llama_path), used = 0;
+  out[0] = '\0';
+  while (*msg && used + 1 < size) {
+    const char *at = strcmp(llama_path, path) != 0 ? strstr(msg, llama_path) : NULL;
+    size_t head = at ? (size_t)(at - msg) : strlen(msg);
+    int n = snprintf(out + used, size - used, "%.*s%s", (int)head, msg, at ? path : "");
+    if (n < 0 || (size_t)n >= size - used) break; // truncated: out is still a string
+    used += (size_t)n;
+    msg += head + (at ? from : 0);
+  }
+}
+
 // model_load(path, %{n_gpu_layers, use_mmap, use_mlock, vocab_only, warmup}, load_handle, progress_pid | nil, ref)
 LCX_NIF(nif_model_load) {
   ErlNifBinary path_bin;
@@ -215,6 +331,10 @@ LCX_NIF(nif_model_load) {
                                      : LLAMA_LOAD_MODE_NONE;
   params.vocab_only = vocab_only;
 
+  char path[4097], llama_path[4097];
+  memcpy(path, path_bin.data, path_bin.size);
+  path[path_bin.size] = '\0';
+
   progress_state st = {.caller_env = env, .last_sent = -1.0f};
   void *p;
   if (enif_get_resource(env, argv[2], LCX_LOAD_RT, &p))
@@ -229,6 +349,9 @@ LCX_NIF(nif_model_load) {
   // reports that wait for an answer cannot go to the loading process itself
   if (st.load && st.has_pid && enif_self(env, &self) && enif_compare_pids(&self, &st.pid) == 0)
     return lcx_raise(env, "progress reports that wait for answers must go to another process");
+  ERL_NIF_TERM file_err;
+  int fd = open_model_file(env, path, argv[0], llama_path, sizeof llama_path, &file_err);
+  if (fd < 0) return file_err;
   if (st.has_pid) {
     st.msg_env = enif_alloc_env();
     st.ref_env = enif_alloc_env();
@@ -237,14 +360,11 @@ LCX_NIF(nif_model_load) {
   params.progress_callback = progress_cb;
   params.progress_callback_user_data = &st;
 
-  char path[4097];
-  memcpy(path, path_bin.data, path_bin.size);
-  path[path_bin.size] = '\0';
-
   lcx_log_capture_begin();
   lcx_clear_exception();
-  struct llama_model *model = lcx_model_load(path, params);
+  struct llama_model *model = lcx_model_load(llama_path, params);
   const char *why = lcx_log_capture_end();
+  close(fd);
   if (st.msg_env) enif_free_env(st.msg_env);
   if (st.ref_env) enif_free_env(st.ref_env);
 
@@ -253,7 +373,9 @@ LCX_NIF(nif_model_load) {
     const char *exc = lcx_last_exception();
     // an assertion caught by the barrier explains more than the log lines
     const char *msg = strncmp(exc, "llama.cpp assertion", 19) == 0 ? exc : why[0] ? why : exc;
-    return lcx_error_str(env, ATOM_load_failed, msg[0] ? msg : "llama_model_load_from_file returned NULL");
+    char named[2048];
+    unname_fd_path(named, sizeof named, msg, llama_path, path);
+    return lcx_error_str(env, ATOM_load_failed, named[0] ? named : "llama_model_load_from_file returned NULL");
   }
   int32_t max_piece = 0; // grammar sampling recurses once per byte of a token's text
   char bad_vocab[600];

@@ -68,7 +68,8 @@ defmodule LlamaCppEx.Context do
       :flash_attn,
       :type_k,
       :type_v,
-      :pooling
+      :pooling,
+      :max_memory
     ]
 
   @doc """
@@ -89,8 +90,19 @@ defmodule LlamaCppEx.Context do
     * `:flash_attn` - `:auto`, `true` or `false` (default `:auto`).
     * `:type_k` / `:type_v` - KV cache element types, one of
       #{Enum.map_join(@cache_types, ", ", &"`#{inspect(&1)}`")} (default `:f16`).
+      A quantized type stores values in blocks (32 for all of these) and needs
+      a model whose K (or V) head size the block divides; otherwise the result
+      is `{:error, {:unsupported_kv_type, %{cache: :k | :v, type: type,
+      block_size: 32, head_size: n}}}`. A quantized `:type_v` also needs flash
+      attention.
     * `:pooling` - embedding pooling: `:unspecified` (model default), `:none`,
       `:mean`, `:cls`, `:last` or `:rank`.
+    * `:max_memory` - most bytes the context may allocate (default: the
+      physical RAM). The KV cache, output and compute buffers are sized
+      before anything is allocated, as llama.cpp will size them (each of the
+      `:n_seq_max` sequences gets at least 256 cells), and a context that would
+      need more is refused with `{:error, {:context_too_large, %{needed: n,
+      available: limit, kv_cache: kv}}}` instead of being OOM-killed.
   """
   @spec create(Model.t(), keyword()) :: {:ok, t()} | {:error, term()}
   def create(%Model{} = model, opts \\ []) do
@@ -108,7 +120,8 @@ defmodule LlamaCppEx.Context do
         flash_attn: :auto,
         type_k: :f16,
         type_v: :f16,
-        pooling: :unspecified
+        pooling: :unspecified,
+        max_memory: nil
       )
 
     if model.vocab_only, do: raise(ArgumentError, "cannot create a context for a vocab_only model")
@@ -128,8 +141,12 @@ defmodule LlamaCppEx.Context do
       flash_attn: flash!(opts[:flash_attn]),
       type_k: cache_type!(opts, :type_k),
       type_v: cache_type!(opts, :type_v),
-      pooling: Map.get(@pooling, opts[:pooling]) || raise(ArgumentError, "unknown :pooling #{inspect(opts[:pooling])}")
+      pooling: Map.get(@pooling, opts[:pooling]) || raise(ArgumentError, "unknown :pooling #{inspect(opts[:pooling])}"),
+      max_memory: max_memory!(opts[:max_memory])
     }
+
+    if native.n_seq_max > native.n_batch and n_ctx > 0,
+      do: raise(ArgumentError, ":n_seq_max (#{native.n_seq_max}) must be at most n_batch (#{native.n_batch})")
 
     with {:ok, ref} <- NIF.context_create(model.ref, native),
          {:ok, info} <- NIF.context_info(ref) do
@@ -300,6 +317,12 @@ defmodule LlamaCppEx.Context do
   """
   @spec free(t()) :: :ok
   def free(%__MODULE__{ref: ref}), do: NIF.context_free(ref)
+
+  defp max_memory!(nil), do: nil
+  defp max_memory!(n) when is_integer(n) and n > 0 and n <= 0x7FFF_FFFF_FFFF_FFFF, do: n
+
+  defp max_memory!(other),
+    do: raise(ArgumentError, ":max_memory must be a positive integer (bytes) or nil, got: #{inspect(other)}")
 
   defp flash!(:auto), do: -1
   defp flash!(true), do: 1

@@ -54,6 +54,8 @@ defmodule LlamaCppEx.Model do
   Why a load failed:
 
     * `{:file_not_found, path}` / `{:file_error, posix, path}`: the file cannot be read;
+    * `{:not_regular_file, type, path}`: the path is a FIFO, socket or device
+      (`type` as in `File.Stat`: `:device` or `:other`), refused without opening it;
     * `{:not_gguf, path}`: the file does not start with the GGUF magic;
     * `:load_cancelled`: the progress callback asked to stop;
     * `{:load_failed, message}`: llama.cpp rejected the file (corrupt, truncated,
@@ -65,6 +67,7 @@ defmodule LlamaCppEx.Model do
   @type load_error ::
           {:file_not_found, String.t()}
           | {:file_error, File.posix(), String.t()}
+          | {:not_regular_file, :device | :other, String.t()}
           | {:not_gguf, String.t()}
           | :load_cancelled
           | {:load_failed, String.t()}
@@ -199,18 +202,16 @@ defmodule LlamaCppEx.Model do
 
   defp finish_load({:error, _} = error, _path, _native), do: error
 
+  # stat, never open: opening a FIFO for reading blocks until a writer comes
+  # (and holds a dirty IO scheduler meanwhile). The native layer checks again
+  # on the file it opens, without blocking, and reads the GGUF magic.
   defp check_file(path) do
-    case File.open(path, [:read, :binary]) do
-      {:ok, io} ->
-        magic = IO.binread(io, 4)
-        File.close(io)
-        if magic == "GGUF", do: :ok, else: {:error, {:not_gguf, path}}
-
-      {:error, :enoent} ->
-        {:error, {:file_not_found, path}}
-
-      {:error, posix} ->
-        {:error, {:file_error, posix, path}}
+    case File.stat(path) do
+      {:ok, %File.Stat{type: :regular}} -> :ok
+      {:ok, %File.Stat{type: :directory}} -> {:error, {:file_error, :eisdir, path}}
+      {:ok, %File.Stat{type: type}} -> {:error, {:not_regular_file, type, path}}
+      {:error, :enoent} -> {:error, {:file_not_found, path}}
+      {:error, posix} -> {:error, {:file_error, posix, path}}
     end
   end
 

@@ -1,0 +1,342 @@
+# Regression tests for issue 7 ("Hardening from an adversarial pass"): each
+# describe block is one item; each test failed before its fix.
+#
+# async: false: some tests occupy dirty schedulers, measure time or RSS, or
+# count live objects.
+defmodule LlamaCppEx.HardeningTest do
+  use ExUnit.Case, async: false
+
+  @moduletag :capture_log
+
+  import LlamaCppEx.TestHelpers
+  alias LlamaCppEx.{Context, Model, NIF}
+
+  defp tmp_path(name),
+    do: Path.join(System.tmp_dir!(), "lcx_#{name}_#{System.pid()}_#{System.unique_integer([:positive])}")
+
+  # Runs fun in a task; returns {:ok, result} or :timeout.
+  defp within(ms, fun) do
+    task = Task.async(fun)
+
+    case Task.yield(task, ms) || Task.shutdown(task, :brutal_kill) do
+      {:ok, result} -> {:ok, result}
+      _ -> :timeout
+    end
+  end
+
+  # A load stuck opening a FIFO for reading waits for a writer: be one (from
+  # a shell: every dirty IO scheduler may be stuck), so a failing test does
+  # not leave the schedulers blocked for the rest of the run.
+  defp unblock_fifo(path), do: sh("timeout 1 sh -c 'exec 3>#{path}; sleep 0.2'")
+
+  # A shell command through a port: unlike System.cmd and File, it needs no
+  # dirty IO scheduler (in a failing run they may all be blocked).
+  defp sh(cmd) do
+    port = Port.open({:spawn, cmd}, [:exit_status])
+
+    receive do
+      {^port, {:exit_status, status}} -> status
+    after
+      5000 -> :timeout
+    end
+  end
+
+  defp rm(path), do: sh("rm -f #{path}")
+
+  describe "item 4: model paths that are not regular files" do
+    setup do
+      fifo = tmp_path("fifo")
+      0 = sh("mkfifo #{fifo}")
+
+      on_exit(fn ->
+        # free any load still blocked in open(2) on the FIFO, then remove it
+        unblock_fifo(fifo)
+        rm(fifo)
+      end)
+
+      %{fifo: fifo}
+    end
+
+    test "a FIFO is refused at once, from Model.load and from the NIF", %{fifo: fifo} do
+      assert {:ok, {:error, {:not_regular_file, :other, ^fifo}}} = within(2000, fn -> Model.load(fifo) end)
+      # the native layer checks by itself, without blocking
+      assert {:ok, {:error, {:not_regular_file, :other, ^fifo}}} =
+               within(2000, fn -> NIF.model_load(fifo, %{}, nil, nil, nil) end)
+    end
+
+    test "many FIFO loads at once leave the dirty IO schedulers free", %{fifo: fifo} do
+      n = :erlang.system_info(:dirty_io_schedulers) + 1
+      tasks = for _ <- 1..n, do: Task.async(fn -> Model.load(fifo) end)
+      results = Task.yield_many(tasks, 3000)
+      assert Enum.all?(results, &match?({_, {:ok, {:error, {:not_regular_file, _, _}}}}, &1))
+      # an unrelated file read still gets a dirty IO scheduler
+      assert {:ok, {:ok, _}} = within(2000, fn -> File.read(__ENV__.file) end)
+    end
+
+    @tag :model
+    test "a symlink to a FIFO is refused; a symlink to a model loads", %{fifo: fifo} do
+      link = tmp_path("link")
+      File.ln_s!(fifo, link)
+      on_exit(fn -> rm(link) end)
+      assert {:ok, {:error, {:not_regular_file, :other, ^link}}} = within(2000, fn -> Model.load(link) end)
+
+      good = tmp_path("good_link")
+      File.ln_s!(model_path(), good)
+      on_exit(fn -> rm(good) end)
+      assert {:ok, %Model{}} = Model.load(good, vocab_only: true)
+    end
+
+    test "directories, devices and sockets are refused" do
+      dir = System.tmp_dir!()
+      assert {:error, {:file_error, :eisdir, ^dir}} = Model.load(dir)
+      assert {:error, {:file_error, :eisdir, ^dir}} = NIF.model_load(dir, %{}, nil, nil, nil)
+
+      assert {:ok, {:error, {:not_regular_file, :device, "/dev/zero"}}} =
+               within(2000, fn -> Model.load("/dev/zero") end)
+
+      assert {:ok, {:error, {:not_regular_file, :device, "/dev/zero"}}} =
+               within(2000, fn -> NIF.model_load("/dev/zero", %{}, nil, nil, nil) end)
+
+      sock = tmp_path("sock")
+      {:ok, listener} = :gen_tcp.listen(0, ifaddr: {:local, String.to_charlist(sock)})
+      on_exit(fn -> rm(sock) end)
+      assert {:ok, {:error, {:not_regular_file, :other, ^sock}}} = within(2000, fn -> Model.load(sock) end)
+
+      assert {:ok, {:error, {:not_regular_file, :other, ^sock}}} =
+               within(2000, fn -> NIF.model_load(sock, %{}, nil, nil, nil) end)
+
+      :gen_tcp.close(listener)
+    end
+
+    test "the native layer checks the GGUF magic itself" do
+      path = tmp_path("not_gguf")
+      File.write!(path, "not a model at all")
+      on_exit(fn -> rm(path) end)
+      assert {:error, {:not_gguf, ^path}} = NIF.model_load(path, %{}, nil, nil, nil)
+
+      assert {:error, {:file_not_found, "/nonexistent/x.gguf"}} =
+               NIF.model_load("/nonexistent/x.gguf", %{}, nil, nil, nil)
+    end
+  end
+
+  describe "item 8: quantized KV caches need head sizes their block size divides" do
+    @describetag :model
+
+    setup do
+      # stories260K with 2 heads of 32 (instead of 8 of 8): same tensor shapes
+      g = LlamaCppEx.TestGGUF.parse(File.read!(model_path()))
+
+      g =
+        g
+        |> LlamaCppEx.TestGGUF.put("llama.attention.head_count", :u32, 2)
+        |> LlamaCppEx.TestGGUF.put("llama.attention.head_count_kv", :u32, 1)
+        |> LlamaCppEx.TestGGUF.put("llama.rope.dimension_count", :u32, 32)
+
+      %{model: load_model!(), head32: load_model!(LlamaCppEx.TestGGUF.write_tmp!(g))}
+    end
+
+    test "a K type whose block does not divide the head size is refused, whatever flash_attn", %{model: model} do
+      for type <- [:q4_0, :q4_1, :q5_0, :q5_1, :q8_0, :iq4_nl], fa <- [false, true, :auto] do
+        assert {:error, {:unsupported_kv_type, %{cache: :k, type: ^type, block_size: 32, head_size: 8}}} =
+                 Context.create(model, n_ctx: 256, n_threads: 1, type_k: type, flash_attn: fa),
+               "#{type}, flash_attn: #{fa}"
+      end
+
+      assert {:error, {:unsupported_kv_type, %{cache: :v, type: :q8_0, head_size: 8}}} =
+               Context.create(model, n_ctx: 256, n_threads: 1, type_v: :q8_0, flash_attn: true)
+
+      # and from the NIF directly
+      assert {:error, {:unsupported_kv_type, %{cache: :k}}} =
+               NIF.context_create(model.ref, native_ctx_opts(%{type_k: :q4_0, flash_attn: 0}))
+
+      assert LlamaCppEx.live_objects().contexts == settled_live_objects().contexts
+    end
+
+    test "float types and block sizes that divide the head size are accepted", %{model: model, head32: head32} do
+      for type <- [:f32, :f16, :bf16] do
+        assert {:ok, ctx} = Context.create(model, n_ctx: 256, n_threads: 1, type_k: type, type_v: type)
+        assert :ok = Context.decode(ctx, [1, 403, 407])
+        Context.free(ctx)
+      end
+
+      for type <- [:q8_0, :q4_0], fa <- [false, true] do
+        assert {:ok, ctx} = Context.create(head32, n_ctx: 256, n_threads: 1, type_k: type, flash_attn: fa)
+        assert :ok = Context.decode(ctx, [1, 403, 407])
+        Context.free(ctx)
+      end
+
+      assert {:ok, ctx} =
+               Context.create(head32, n_ctx: 256, n_threads: 1, type_k: :q8_0, type_v: :q8_0, flash_attn: true)
+
+      assert :ok = Context.decode(ctx, [1, 403, 407])
+      Context.free(ctx)
+    end
+  end
+
+  describe "item 9: the memory guard sizes what llama.cpp allocates" do
+    @describetag :model
+
+    setup do
+      %{model: load_model!()}
+    end
+
+    @mib 1024 * 1024
+
+    # llama.cpp's own report of its buffers, from its log lines at info level
+    # (this process is the log handler meanwhile).
+    defp llama_buffers(fun) do
+      :ok = NIF.set_log_handler(self(), 2)
+
+      try do
+        result = fun.()
+        {result, collect_buffers(%{})}
+      after
+        LlamaCppEx.Log.set_level(LlamaCppEx.Log.level())
+      end
+    end
+
+    defp collect_buffers(acc) do
+      receive do
+        {:llama_log, _, line} ->
+          acc =
+            case Regex.run(~r/(KV|output|compute) buffer size = +([\d.]+) MiB/, line) do
+              [_, kind, mib] -> Map.update(acc, kind, String.to_float(mib), &(&1 + String.to_float(mib)))
+              nil -> acc
+            end
+
+          if Map.has_key?(acc, "compute"), do: acc, else: collect_buffers(acc)
+      after
+        2000 -> acc
+      end
+    end
+
+    defp estimate(model, opts) do
+      assert {:error, {:context_too_large, %{needed: needed, kv_cache: kv, available: 1}}} =
+               Context.create(model, [n_threads: 1, max_memory: 1] ++ opts)
+
+      {needed, kv}
+    end
+
+    test "n_ctx shared by many sequences: each gets at least 256 cells", %{model: model} do
+      # 256 sequences of 256 cells: 65,536 cells, 40 MiB of f16 K and V
+      opts = [n_ctx: 256, n_seq_max: 256, n_threads: 1]
+
+      assert {:error, {:context_too_large, %{needed: needed, available: limit}}} =
+               Context.create(model, opts ++ [max_memory: 30 * @mib])
+
+      assert limit == 30 * @mib and needed > 40 * @mib
+      # the same through the NIF
+      assert {:error, {:context_too_large, _}} =
+               NIF.context_create(
+                 model.ref,
+                 native_ctx_opts(%{n_seq_max: 256, n_batch: 256, n_ubatch: 256, max_memory: 30 * @mib})
+               )
+
+      # llama.cpp asserts when sequences outnumber the batch: refused before
+      assert_raise ArgumentError, ~r/n_seq_max/, fn ->
+        NIF.context_create(model.ref, native_ctx_opts(%{n_seq_max: 65, n_batch: 64}))
+      end
+
+      assert_raise ArgumentError, ~r/n_seq_max/, fn -> Context.create(model, n_ctx: 256, n_batch: 64, n_seq_max: 65) end
+
+      assert {:ok, ctx} = Context.create(model, opts ++ [max_memory: 64 * @mib])
+      Context.free(ctx)
+    end
+
+    test "the estimate is within a stated tolerance of llama.cpp's buffers", %{model: model} do
+      configs = [
+        [n_ctx: 256, n_seq_max: 256, flash_attn: true],
+        [n_ctx: 1000, n_seq_max: 3, flash_attn: false],
+        [n_ctx: 300, n_seq_max: 1, flash_attn: true],
+        [n_ctx: 4096, n_seq_max: 1, flash_attn: false],
+        [n_ctx: 4096, n_seq_max: 1, flash_attn: true, type_k: :f32, type_v: :f32],
+        [n_ctx: 8192, n_seq_max: 4, n_batch: 1024, n_ubatch: 256, flash_attn: false, embeddings: true]
+      ]
+
+      for opts <- configs do
+        {needed, kv} = estimate(model, opts)
+        {{:ok, ctx}, bufs} = llama_buffers(fn -> Context.create(model, [n_threads: 1] ++ opts) end)
+        Context.free(ctx)
+        actual_kv = bufs["KV"] * @mib
+        actual = (bufs["KV"] + bufs["output"] + bufs["compute"]) * @mib
+        # the KV cache is mirrored exactly (the log rounds to 0.01 MiB)
+        assert abs(kv - actual_kv) <= 0.01 * @mib, "#{inspect(opts)}: KV #{kv} vs #{actual_kv}"
+        # the whole: never below 90 % of what llama.cpp allocates, and at most 50 % + 4 MiB above
+        assert needed >= 0.9 * actual and needed <= 1.5 * actual + 4 * @mib,
+               "#{inspect(opts)}: estimate #{needed} vs #{actual} (#{inspect(bufs)})"
+      end
+    end
+  end
+
+  describe "item 11: creating contexts with many alive" do
+    @describetag :model
+
+    defp median(list), do: list |> Enum.sort() |> Enum.at(div(length(list), 2))
+
+    defp create_time(model, opts) do
+      {us, {:ok, ctx}} = :timer.tc(fn -> Context.create(model, opts) end)
+      {us, ctx}
+    end
+
+    @tag :slow
+    @tag timeout: 300_000
+    test "stays as fast with 100 contexts alive as with one", %{} do
+      model = load_model!()
+      # two threads: one ggml worker thread per pool
+      opts = [n_ctx: 256, n_threads: min(2, System.schedulers_online())]
+      {_, first} = create_time(model, opts)
+
+      sample = fn ->
+        for _ <- 1..15,
+            do:
+              (fn ->
+                 {us, c} = create_time(model, opts)
+                 Context.free(c)
+                 us
+               end).()
+      end
+
+      one_alive = median(sample.())
+      alive = for _ <- 1..100, do: elem(create_time(model, opts), 1)
+      hundred_alive = median(sample.())
+      Enum.each([first | alive], &Context.free/1)
+      IO.puts("context creation, median of 15: #{one_alive} us with 1 alive, #{hundred_alive} us with 100 alive")
+      assert hundred_alive <= 3 * one_alive + 2000
+    end
+  end
+
+  describe "item 10: freed contexts give their memory back" do
+    @describetag :model
+
+    defp rss_mib do
+      [_, kb] = Regex.run(~r/VmRSS:\s+(\d+) kB/, File.read!("/proc/self/status"))
+      String.to_integer(kb) / 1024
+    end
+
+    # the janitor trims after frees: wait until RSS stops falling
+    defp settled_rss(last \\ nil) do
+      Process.sleep(100)
+      now = rss_mib()
+      if last && now >= last - 0.5, do: now, else: settled_rss(now)
+    end
+
+    @tag :slow
+    @tag timeout: 600_000
+    test "30 rounds of 200 contexts created and freed end where the first ended" do
+      model = load_model!()
+
+      rounds =
+        for _ <- 1..30 do
+          contexts = for _ <- 1..200, do: elem(Context.create(model, n_ctx: 512, n_threads: 1), 1)
+          Enum.each(contexts, &Context.free/1)
+          assert settled_live_objects().contexts == 0
+          settled_rss()
+        end
+
+      [first | _] = rounds
+      last = List.last(rounds)
+      IO.puts("RSS after each round (MiB): #{Enum.map_join(rounds, " ", &round/1)}")
+      assert last <= first * 1.1, "RSS #{first} MiB after the first round, #{last} MiB after the 30th"
+    end
+  end
+end
