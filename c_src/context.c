@@ -13,10 +13,31 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "context.h"
 #include "grammar_stack.h"
 #include "lcx.h"
 
-ErlNifResourceType *LCX_CONTEXT_RT;
+struct lcx_context {
+  lcx_owner owner; // who uses `ctx` (owner.h)
+  struct llama_context *ctx;
+  struct ggml_threadpool *tp;       // compute threads for single tokens
+  struct ggml_threadpool *tp_batch; // and for batches (NULL: same as tp)
+  lcx_model *model;                 // kept alive with enif_keep_resource
+  bool has_logits;                  // the last decode left logits to sample from
+  bool embeddings;                  // created with embeddings: true
+};
+
+static ErlNifResourceType *LCX_CONTEXT_RT;
+
+static lcx_context *get_context(ErlNifEnv *env, ERL_NIF_TERM t) {
+  void *p;
+  return enif_get_resource(env, t, LCX_CONTEXT_RT, &p) ? p : NULL;
+}
+
+struct llama_context *lcx_context_llama(lcx_context *c) {
+  return c->ctx;
+}
+lcx_model *lcx_context_model(lcx_context *c) { return c->model; }
 atomic_long lcx_live_contexts;
 
 // ---- resource lifecycle ----------------------------------------------------------------
@@ -73,7 +94,7 @@ static ERL_NIF_TERM claim_error(ErlNifEnv *env, lcx_claim_result r) {
 }
 
 lcx_context *lcx_context_claim(ErlNifEnv *env, ERL_NIF_TERM t, lcx_claim *who, ERL_NIF_TERM *err) {
-  lcx_context *c = lcx_get_context(env, t);
+  lcx_context *c = get_context(env, t);
   if (!c) {
     *err = lcx_raise(env, "expected a context reference");
     return NULL;
@@ -90,7 +111,7 @@ void lcx_context_release(lcx_context *c, lcx_claim *who) { lcx_owner_release(&c-
 
 bool lcx_claim_context_sampler(ErlNifEnv *env, ERL_NIF_TERM ct, ERL_NIF_TERM st, lcx_claim *who, lcx_context **cp,
                                lcx_sampler **sp, ERL_NIF_TERM *err) {
-  lcx_context *c = lcx_get_context(env, ct);
+  lcx_context *c = get_context(env, ct);
   lcx_sampler *s = lcx_get_sampler(env, st);
   if (!c) {
     *err = lcx_raise(env, "expected a context reference");
@@ -235,7 +256,7 @@ static bool check_kv_type(ErlNifEnv *env, const struct llama_model *model, enum 
   const char *keys[] = {"cache", "type", "block_size", "head_size"};
   ERL_NIF_TERM vals[] = {enif_make_atom(env, cache), enif_make_atom(env, ggml_type_name(type)),
                          enif_make_int64(env, block), enif_make_uint(env, bad)};
-  *err = lcx_error2(env, enif_make_atom(env, "unsupported_kv_type"), lcx_make_map(env, keys, vals, 4));
+  *err = lcx_err_detail(env, LCX_E_unsupported_kv_type, lcx_make_map(env, keys, vals, 4));
   return false;
 }
 
@@ -307,7 +328,7 @@ LCX_NIF(nif_context_create) {
   lcx_model *m = lcx_get_model(env, argv[0]);
   if (!m) return lcx_raise(env, "expected a model reference");
   if (!enif_is_map(env, argv[1])) return lcx_raise(env, "options must be a map");
-  if (m->vocab_only) return lcx_raise(env, "cannot create a context for a vocab_only model");
+  if (lcx_model_vocab_only(m)) return lcx_raise(env, "cannot create a context for a vocab_only model");
   struct llama_context_params p = llama_context_default_params();
   int n_ctx, n_batch, n_ubatch, n_seq_max, n_threads, n_threads_batch, flash_attn, pooling;
   bool embeddings = false;
@@ -353,21 +374,22 @@ LCX_NIF(nif_context_create) {
   if (!lcx_model_acquire(m)) return lcx_err(env, LCX_E_closed);
   // llama.cpp reserves an output row per sequence within n_batch, which it
   // clamps to n_ctx, and asserts
-  int32_t n_ctx_eff = n_ctx ? n_ctx : llama_model_n_ctx_train(m->model);
+  int32_t n_ctx_eff = n_ctx ? n_ctx : llama_model_n_ctx_train(lcx_model_llama(m));
   int32_t n_batch_eff = n_ctx_eff > 0 && n_ctx_eff < n_batch ? n_ctx_eff : n_batch;
   if (n_seq_max > n_batch_eff) {
     lcx_model_release(m, false);
     return lcx_raise(env, "n_seq_max (%d) must be at most n_batch (%d, clamped to n_ctx)", n_seq_max, n_batch_eff);
   }
   ERL_NIF_TERM kv_err;
-  if (!check_kv_type(env, m->model, p.type_k, "k", &kv_err) || !check_kv_type(env, m->model, p.type_v, "v", &kv_err)) {
+  if (!check_kv_type(env, lcx_model_llama(m), p.type_k, "k", &kv_err) ||
+      !check_kv_type(env, lcx_model_llama(m), p.type_v, "v", &kv_err)) {
     lcx_model_release(m, false);
     return kv_err;
   }
   // llama.cpp allocates the KV cache and the buffers up front; an absurd
   // n_ctx, n_seq_max or n_batch would have the kernel kill the whole VM
   // instead of failing. The limit is physical RAM, or max_memory if given.
-  ctx_estimate est = estimate_bytes(m->model, m->n_vocab, &p);
+  ctx_estimate est = estimate_bytes(lcx_model_llama(m), lcx_model_n_vocab(m), &p);
   uint64_t need = est.kv + est.output + est.compute;
   uint64_t ram = max_memory > 0 ? (uint64_t)max_memory : physical_ram();
   if (ram > 0 && need > ram) {
@@ -391,7 +413,7 @@ LCX_NIF(nif_context_create) {
   p.abort_callback_data = c;
 
   lcx_log_capture_begin();
-  c->ctx = lcx_init_from_model(m->model, p);
+  c->ctx = lcx_init_from_model(lcx_model_llama(m), p);
   const char *why = lcx_log_capture_end();
   if (!c->ctx) {
     ERL_NIF_TERM err = lcx_err_msg(env, LCX_E_context_failed, why[0] ? why : lcx_last_exception());
@@ -432,7 +454,7 @@ LCX_NIF(nif_context_create) {
 // context_free(ctx): cancels whatever runs on the context, waits for it to
 // let go, then frees. Dirty: the wait is one token or one decode.
 LCX_NIF(nif_context_free) {
-  lcx_context *c = lcx_get_context(env, argv[0]);
+  lcx_context *c = get_context(env, argv[0]);
   if (!c) return lcx_raise(env, "expected a context reference");
   lcx_owner_close(&c->owner, destroy_now, c);
   return ATOM_ok;
@@ -444,8 +466,12 @@ LCX_NIF(nif_context_info) {
   lcx_claim me = LCX_CALL_CLAIM(env);
   lcx_context *c = lcx_context_claim(env, argv[0], &me, &err);
   if (!c) return err;
-  ERL_NIF_TERM keys[7] = {ATOM_n_ctx,     ATOM_n_batch,   ATOM_n_ubatch,
-                          ATOM_n_seq_max, ATOM_n_threads, ATOM_n_threads_batch,
+  ERL_NIF_TERM keys[7] = {ATOM_n_ctx,
+                          ATOM_n_batch,
+                          ATOM_n_ubatch,
+                          ATOM_n_seq_max,
+                          ATOM_n_threads,
+                          ATOM_n_threads_batch,
                           enif_make_atom(env, "stepwise_embeddings")};
   ERL_NIF_TERM vals[7] = {
       enif_make_uint(env, llama_n_ctx(c->ctx)),    enif_make_uint(env, llama_n_batch(c->ctx)),
@@ -483,13 +509,14 @@ LCX_NIF(nif_context_clear) {
 static bool get_tokens(ErlNifEnv *env, lcx_context *c, ERL_NIF_TERM list, llama_token **toks, unsigned *n,
                        ERL_NIF_TERM *err) {
   ERL_NIF_TERM bad;
-  lcx_tokens_result r = lcx_get_tokens(env, list, c->model->n_vocab, toks, n, &bad);
+  lcx_tokens_result r = lcx_get_tokens(env, list, lcx_model_n_vocab(c->model), toks, n, &bad);
   if (r != LCX_TOKENS_OK) {
-    *err = r == LCX_TOKENS_NOMEM ? lcx_err(env, LCX_E_out_of_memory) : lcx_raise(env, "tokens must be a list of integers");
+    *err =
+        r == LCX_TOKENS_NOMEM ? lcx_err(env, LCX_E_out_of_memory) : lcx_raise(env, "tokens must be a list of integers");
     return false;
   }
   if (bad) {
-    *err = lcx_invalid_token(env, bad, c->model->n_vocab);
+    *err = lcx_invalid_token(env, bad, lcx_model_n_vocab(c->model));
     enif_free(*toks);
     *toks = NULL;
     return false;
@@ -537,7 +564,7 @@ LCX_NIF(nif_sampler_sample) {
     r = lcx_err(env, LCX_E_no_logits);
   } else {
     bool threw;
-    llama_token t = lcx_chain_sample(lcx_sampler_chain(s), c->model->max_piece, c->ctx, -1, &threw);
+    llama_token t = lcx_chain_sample(lcx_sampler_chain(s), lcx_model_max_piece(c->model), c->ctx, -1, &threw);
     r = threw ? lcx_err_msg(env, LCX_E_sampler_failed, lcx_last_exception()) : lcx_ok(env, enif_make_int(env, t));
   }
   lcx_release_context_sampler(c, s, &me);
@@ -571,7 +598,7 @@ static ERL_NIF_TERM embed_pooled(ErlNifEnv *env, lcx_context *c, const llama_tok
   const float *emb = st == LCX_DECODE_OK ? llama_get_embeddings_seq(c->ctx, 0) : NULL;
   if (st != LCX_DECODE_OK) return lcx_decode_error(env, st, code);
   if (!emb) return lcx_err(env, LCX_E_no_embeddings);
-  return vector_result(env, emb, llama_model_n_embd_out(c->model->model));
+  return vector_result(env, emb, llama_model_n_embd_out(lcx_model_llama(c->model)));
 }
 
 // Whether a text may be embedded in n_ubatch steps: the context has a memory
@@ -581,9 +608,9 @@ static ERL_NIF_TERM embed_pooled(ErlNifEnv *env, lcx_context *c, const llama_tok
 static bool embeds_stepwise(lcx_context *c) {
   if (!llama_get_memory(c->ctx)) return false;
   char arch[64], key[96], val[16];
-  if (llama_model_meta_val_str(c->model->model, "general.architecture", arch, sizeof arch) < 0) return true;
+  if (llama_model_meta_val_str(lcx_model_llama(c->model), "general.architecture", arch, sizeof arch) < 0) return true;
   snprintf(key, sizeof key, "%s.attention.causal", arch);
-  if (llama_model_meta_val_str(c->model->model, key, val, sizeof val) < 0) return true;
+  if (llama_model_meta_val_str(lcx_model_llama(c->model), key, val, sizeof val) < 0) return true;
   return strcmp(val, "false") != 0;
 }
 
@@ -592,7 +619,7 @@ static bool embeds_stepwise(lcx_context *c) {
 // one huge micro-batch, and every step can be interrupted.
 static ERL_NIF_TERM embed_stepwise(ErlNifEnv *env, lcx_context *c, const llama_token *toks, unsigned n,
                                    enum llama_pooling_type pooling) {
-  int32_t n_embd = llama_model_n_embd_out(c->model->model), code;
+  int32_t n_embd = llama_model_n_embd_out(lcx_model_llama(c->model)), code;
   uint32_t step = llama_n_ubatch(c->ctx);
   double *acc = enif_alloc(sizeof(double) * (size_t)n_embd);
   float *out = enif_alloc(sizeof(float) * (size_t)n_embd);
@@ -638,11 +665,16 @@ static ERL_NIF_TERM embed_stepwise(ErlNifEnv *env, lcx_context *c, const llama_t
 static bool pooling_from_atom(ErlNifEnv *env, ERL_NIF_TERM t, enum llama_pooling_type *out) {
   char name[16];
   if (!enif_get_atom(env, t, name, sizeof name, ERL_NIF_LATIN1)) return false;
-  if (strcmp(name, "nil") == 0) *out = LLAMA_POOLING_TYPE_UNSPECIFIED;
-  else if (strcmp(name, "mean") == 0) *out = LLAMA_POOLING_TYPE_MEAN;
-  else if (strcmp(name, "cls") == 0) *out = LLAMA_POOLING_TYPE_CLS;
-  else if (strcmp(name, "last") == 0) *out = LLAMA_POOLING_TYPE_LAST;
-  else return false;
+  if (strcmp(name, "nil") == 0)
+    *out = LLAMA_POOLING_TYPE_UNSPECIFIED;
+  else if (strcmp(name, "mean") == 0)
+    *out = LLAMA_POOLING_TYPE_MEAN;
+  else if (strcmp(name, "cls") == 0)
+    *out = LLAMA_POOLING_TYPE_CLS;
+  else if (strcmp(name, "last") == 0)
+    *out = LLAMA_POOLING_TYPE_LAST;
+  else
+    return false;
   return true;
 }
 

@@ -22,6 +22,10 @@ ERL_NIF_TERM lcx_err_detail(ErlNifEnv *env, lcx_reason r, ERL_NIF_TERM detail) {
   return enif_make_tuple2(env, enif_make_atom(env, "error"), enif_make_tuple2(env, reason_atoms[r], detail));
 }
 
+ERL_NIF_TERM lcx_err_detail2(ErlNifEnv *env, lcx_reason r, ERL_NIF_TERM a, ERL_NIF_TERM b) {
+  return enif_make_tuple2(env, enif_make_atom(env, "error"), enif_make_tuple3(env, reason_atoms[r], a, b));
+}
+
 ERL_NIF_TERM lcx_err_msg(ErlNifEnv *env, lcx_reason r, const char *msg) {
   const unsigned char *m = (const unsigned char *)(msg ? msg : "");
   size_t n = strlen((const char *)m), len = lcx_utf8_sanitized_len(m, n);

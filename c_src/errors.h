@@ -33,7 +33,12 @@
   X(detokenize_failed)   /* llama.cpp could not render a token's text */                                               \
   X(embeddings_disabled) /* the context was made without embeddings: true */                                           \
   X(unsupported_pooling) /* pooling type the context cannot embed with */                                              \
-  X(no_embeddings)       /* llama.cpp returned no embeddings */
+  X(no_embeddings)       /* llama.cpp returned no embeddings */                                                        \
+  X(unsupported_kv_type) /* a KV cache type whose block does not divide the head size */                               \
+  X(file_not_found)      /* Model.load: no such file */                                                                \
+  X(file_error)          /* Model.load: {posix, path} */                                                               \
+  X(not_regular_file)    /* Model.load: {device | other, path} (a FIFO, a socket, ...) */                              \
+  X(not_gguf)            /* Model.load: the file does not start with GGUF */
 
 typedef enum {
 #define LCX_REASON_ENUM(name) LCX_E_##name,
@@ -48,6 +53,8 @@ ERL_NIF_TERM lcx_reason_atom(lcx_reason r);
 ERL_NIF_TERM lcx_err(ErlNifEnv *env, lcx_reason r);
 // {:error, {reason, detail}}
 ERL_NIF_TERM lcx_err_detail(ErlNifEnv *env, lcx_reason r, ERL_NIF_TERM detail);
+// {:error, {reason, a, b}}
+ERL_NIF_TERM lcx_err_detail2(ErlNifEnv *env, lcx_reason r, ERL_NIF_TERM a, ERL_NIF_TERM b);
 // {:error, {reason, "message"}} (the message made valid UTF-8)
 ERL_NIF_TERM lcx_err_msg(ErlNifEnv *env, lcx_reason r, const char *msg);
 

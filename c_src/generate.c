@@ -9,8 +9,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "context.h"
 #include "grammar_stack.h"
 #include "lcx.h"
+#include "text.h"
 
 // ---- streams: the resource ---------------------------------------------------------------
 //
@@ -182,7 +184,7 @@ static ERL_NIF_TERM finish_atom(finish_t f) {
 // Only a prompt that does not fit is an error; generation itself ends when
 // the context is full (FINISH_CONTEXT_FULL).
 static bool check_job(ErlNifEnv *env, gen_t *g, ERL_NIF_TERM *err) {
-  const int32_t n_vocab = g->c->model->n_vocab;
+  const int32_t n_vocab = lcx_model_n_vocab(lcx_context_model(g->c));
   for (unsigned i = 0; i < g->n_prompt; i++) {
     if (g->prompt[i] < 0 || g->prompt[i] >= n_vocab) {
       *err = lcx_invalid_token(env, enif_make_int(env, g->prompt[i]), n_vocab);
@@ -242,12 +244,13 @@ static bool decode_prompt(gen_t *g) {
 static bool sample_next(gen_t *g, llama_token *tok) {
   bool threw;
   // on a thread with enough stack for grammar matching (grammar_stack.h)
-  *tok = lcx_chain_sample(lcx_sampler_chain(g->s), g->c->model->max_piece, g->c->ctx, -1, &threw);
+  *tok = lcx_chain_sample(lcx_sampler_chain(g->s), lcx_model_max_piece(lcx_context_model(g->c)),
+                          lcx_context_llama(g->c), -1, &threw);
   if (threw) {
     g->fail = FAIL_SAMPLER;
     return false;
   }
-  if (llama_vocab_is_eog(g->c->model->vocab, *tok)) {
+  if (llama_vocab_is_eog(lcx_model_vocab(lcx_context_model(g->c)), *tok)) {
     g->finish = FINISH_EOG;
     return false;
   }
@@ -256,7 +259,7 @@ static bool sample_next(gen_t *g, llama_token *tok) {
 
 static bool append_token(gen_t *g, llama_token tok) {
   g->out[g->n_out++] = tok;
-  switch (lcx_text_push(&g->text, g->c->model->vocab, tok)) {
+  switch (lcx_text_push(&g->text, lcx_model_vocab(lcx_context_model(g->c)), tok)) {
   case LCX_TEXT_MORE:
     return true;
   case LCX_TEXT_STOP:

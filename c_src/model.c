@@ -11,11 +11,37 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "context.h"
 #include "grammar_stack.h"
 #include "lcx.h"
+#include "model.h"
+#include "sampler.h"
 
-ErlNifResourceType *LCX_MODEL_RT;
-ErlNifResourceType *LCX_LOAD_RT;
+struct lcx_model {
+  ErlNifRWLock *lock; // read: use of `model`; write: free
+  struct llama_model *model;
+  const struct llama_vocab *vocab;
+  int32_t n_vocab;
+  int32_t max_piece;   // longest token text in bytes (grammar sampling recurses once per byte)
+  ErlNifMutex *dep_mu; // guards `dependants`; never held across llama.cpp calls
+  int dependants;      // live contexts + samplers
+  atomic_bool closed;  // free/1 called; llama_model freed when dependants hit 0
+  bool vocab_only;     // no weights: no contexts
+};
+
+// A model load in progress. With a progress function, each progress report
+// waits for the function's answer (continue or cancel), so cancelling is exact;
+// the process running the function is monitored, and its death cancels.
+typedef struct lcx_load {
+  atomic_int cancel;
+  ErlNifMutex *mu;
+  ErlNifCond *cv;
+  long answered; // under mu
+  ErlNifMonitor mon;
+} lcx_load;
+
+static ErlNifResourceType *LCX_MODEL_RT;
+static ErlNifResourceType *LCX_LOAD_RT;
 atomic_long lcx_live_models;
 
 static void free_llama_model(void *p) {
@@ -208,16 +234,15 @@ static ERL_NIF_TERM posix_atom(ErlNifEnv *env, int e) {
 }
 
 static ERL_NIF_TERM file_error(ErlNifEnv *env, int e, ERL_NIF_TERM path) {
-  if (e == ENOENT) return lcx_error2(env, enif_make_atom(env, "file_not_found"), path);
-  return lcx_error(env, enif_make_tuple3(env, enif_make_atom(env, "file_error"), posix_atom(env, e), path));
+  if (e == ENOENT) return lcx_err_detail(env, LCX_E_file_not_found, path);
+  return lcx_err_detail2(env, LCX_E_file_error, posix_atom(env, e), path);
 }
 
 // {:error, reason} for a path that is not a regular file (the shapes of Model.load/2).
 static ERL_NIF_TERM not_regular(ErlNifEnv *env, mode_t mode, ERL_NIF_TERM path) {
   if (S_ISDIR(mode)) return file_error(env, EISDIR, path);
   const char *type = S_ISCHR(mode) || S_ISBLK(mode) ? "device" : "other";
-  return lcx_error(env,
-                   enif_make_tuple3(env, enif_make_atom(env, "not_regular_file"), enif_make_atom(env, type), path));
+  return lcx_err_detail2(env, LCX_E_not_regular_file, enif_make_atom(env, type), path);
 }
 
 // "name-00001-of-00003.gguf": llama.cpp opens the other parts of a split model
@@ -272,7 +297,7 @@ static int open_model_file(ErlNifEnv *env, const char *path, ERL_NIF_TERM path_t
   }
   unsigned char magic[4];
   if (pread(fd, magic, 4, 0) != 4 || memcmp(magic, "GGUF", 4) != 0) {
-    *err = lcx_error2(env, enif_make_atom(env, "not_gguf"), path_term);
+    *err = lcx_err_detail(env, LCX_E_not_gguf, path_term);
     close(fd);
     return -1;
   }
@@ -369,19 +394,19 @@ LCX_NIF(nif_model_load) {
   if (st.ref_env) enif_free_env(st.ref_env);
 
   if (!model) {
-    if (st.load && atomic_load(&st.load->cancel)) return lcx_error(env, ATOM_load_cancelled);
+    if (st.load && atomic_load(&st.load->cancel)) return lcx_err(env, LCX_E_load_cancelled);
     const char *exc = lcx_last_exception();
     // an assertion caught by the barrier explains more than the log lines
     const char *msg = strncmp(exc, "llama.cpp assertion", 19) == 0 ? exc : why[0] ? why : exc;
     char named[2048];
     unname_fd_path(named, sizeof named, msg, llama_path, path);
-    return lcx_error_str(env, ATOM_load_failed, named[0] ? named : "llama_model_load_from_file returned NULL");
+    return lcx_err_msg(env, LCX_E_load_failed, named[0] ? named : "llama_model_load_from_file returned NULL");
   }
   int32_t max_piece = 0; // grammar sampling recurses once per byte of a token's text
   char bad_vocab[600];
   if (lcx_vocab_check_pieces(llama_model_get_vocab(model), &max_piece, bad_vocab, sizeof bad_vocab) != LCX_PIECES_OK) {
     llama_model_free(model);
-    return lcx_error_str(env, ATOM_load_failed, bad_vocab);
+    return lcx_err_msg(env, LCX_E_load_failed, bad_vocab);
   }
   if (warmup && !vocab_only) {
     const char *why_not = warm_up(model);
@@ -389,7 +414,7 @@ LCX_NIF(nif_model_load) {
       char msg[600];
       snprintf(msg, sizeof msg, "warm-up decode failed: %s", why_not);
       llama_model_free(model);
-      return lcx_error_str(env, ATOM_load_failed, msg);
+      return lcx_err_msg(env, LCX_E_load_failed, msg);
     }
   }
   lcx_model *m = enif_alloc_resource(LCX_MODEL_RT, sizeof(lcx_model));
@@ -423,6 +448,20 @@ LCX_NIF(nif_model_free) {
   return ATOM_ok;
 }
 
+lcx_model *lcx_get_model(ErlNifEnv *env, ERL_NIF_TERM t) {
+  void *p;
+  return enif_get_resource(env, t, LCX_MODEL_RT, &p) ? p : NULL;
+}
+
+struct llama_model *lcx_model_llama(const lcx_model *m) {
+  return m->model;
+}
+const struct llama_vocab *lcx_model_vocab(const lcx_model *m) { return m->vocab; }
+int32_t lcx_model_n_vocab(const lcx_model *m) { return m->n_vocab; }
+int32_t lcx_model_max_piece(const lcx_model *m) { return m->max_piece; }
+bool lcx_model_vocab_only(const lcx_model *m) { return m->vocab_only; }
+void lcx_model_unlock(lcx_model *m) { enif_rwlock_runlock(m->lock); }
+
 lcx_model *lcx_read_model(ErlNifEnv *env, ERL_NIF_TERM t, ERL_NIF_TERM *err) {
   lcx_model *m = lcx_get_model(env, t);
   if (!m) {
@@ -432,7 +471,7 @@ lcx_model *lcx_read_model(ErlNifEnv *env, ERL_NIF_TERM t, ERL_NIF_TERM *err) {
   enif_rwlock_rlock(m->lock);
   if (!m->model || m->closed) {
     enif_rwlock_runlock(m->lock);
-    *err = lcx_error(env, ATOM_closed);
+    *err = lcx_err(env, LCX_E_closed);
     return NULL;
   }
   return m;

@@ -7,8 +7,20 @@
 #include "grammar_check.h"
 #include "grammar_stack.h"
 #include "lcx.h"
+#include "sampler.h"
 
-ErlNifResourceType *LCX_SAMPLER_RT;
+struct lcx_sampler {
+  lcx_owner owner; // who uses `chain`
+  struct llama_sampler *chain;
+  lcx_model *model; // kept alive: grammar, DRY and penalties use its vocab
+};
+
+static ErlNifResourceType *LCX_SAMPLER_RT;
+
+lcx_sampler *lcx_get_sampler(ErlNifEnv *env, ERL_NIF_TERM t) {
+  void *p;
+  return enif_get_resource(env, t, LCX_SAMPLER_RT, &p) ? p : NULL;
+}
 atomic_long lcx_live_samplers;
 
 typedef struct {
@@ -37,7 +49,9 @@ static void destroy_sampler(lcx_sampler *s, bool from_destructor) {
 static void destroy_now(void *s) { destroy_sampler(s, false); }
 
 lcx_owner *lcx_sampler_owner(lcx_sampler *s) { return &s->owner; }
-struct llama_sampler *lcx_sampler_chain(lcx_sampler *s) { return s->chain; }
+struct llama_sampler *lcx_sampler_chain(lcx_sampler *s) {
+  return s->chain;
+}
 lcx_model *lcx_sampler_model(lcx_sampler *s) { return s->model; }
 
 static void sampler_dtor(ErlNifEnv *env, void *obj) {
@@ -97,12 +111,12 @@ static struct llama_sampler *grammar_stage(ErlNifEnv *env, lcx_model *m, const c
                                            ERL_NIF_TERM *err) {
   lcx_grammar_stats stats;
   if (lcx_grammar_check(g, &stats) != LCX_GRAMMAR_OK) {
-    *err = lcx_error_str(env, ATOM_invalid_grammar, stats.message);
+    *err = lcx_err_msg(env, LCX_E_invalid_grammar, stats.message);
     return NULL;
   }
   char why[512];
-  struct llama_sampler *smpl = lcx_grammar_sampler_init(m->vocab, g, root, why, sizeof why);
-  if (!smpl) *err = lcx_error_str(env, ATOM_invalid_grammar, why[0] ? why : "failed to parse grammar");
+  struct llama_sampler *smpl = lcx_grammar_sampler_init(lcx_model_vocab(m), g, root, why, sizeof why);
+  if (!smpl) *err = lcx_err_msg(env, LCX_E_invalid_grammar, why[0] ? why : "failed to parse grammar");
   return smpl;
 }
 
@@ -166,7 +180,7 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
     if (!get_u(env, a[1], &seed) || !get_f(env, a[2], &f1) || !get_f(env, a[3], &f2) || !get_i(env, a[4], &i1) ||
         i1 <= 0)
       BAD("bad mirostat arguments");
-    return llama_sampler_init_mirostat(m->n_vocab, seed, f1, f2, i1);
+    return llama_sampler_init_mirostat(lcx_model_n_vocab(m), seed, f1, f2, i1);
   }
   if (is_tag(env, a[0], "mirostat_v2") && arity == 4) {
     if (!get_u(env, a[1], &seed) || !get_f(env, a[2], &f1) || !get_f(env, a[3], &f2)) BAD("bad mirostat_v2 arguments");
@@ -176,7 +190,7 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
     if (!get_i(env, a[1], &i1) || i1 < 0 || i1 > MAX_PENALTY_WINDOW || !get_f(env, a[2], &f1) || f1 <= 0 ||
         !get_f(env, a[3], &f2) || !get_f(env, a[4], &f3))
       BAD("bad penalty arguments (penalty_last_n must be in 0..1048576, repeat_penalty > 0)");
-    return lcx_sampler_init_penalties(m->n_vocab, i1, f1, f2, f3);
+    return lcx_sampler_init_penalties(lcx_model_n_vocab(m), i1, f1, f2, f3);
   }
   if (is_tag(env, a[0], "dry") && arity == 6) {
     unsigned nb;
@@ -195,12 +209,12 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
       else
         breakers[got++] = s;
     }
-    struct llama_sampler *smpl = ok ? lcx_sampler_init_dry(m->vocab, f1, f2, i1, i2, breakers, got) : NULL;
+    struct llama_sampler *smpl = ok ? lcx_sampler_init_dry(lcx_model_vocab(m), f1, f2, i1, i2, breakers, got) : NULL;
     for (unsigned i = 0; i < got; i++)
       enif_free((void *)breakers[i]);
     if (!ok) BAD("dry sequence breakers must be binaries without NUL bytes");
     if (!smpl) {
-      *err = lcx_error_str(env, ATOM_sampler_failed, lcx_last_exception());
+      *err = lcx_err_msg(env, LCX_E_sampler_failed, lcx_last_exception());
       return NULL;
     }
     return smpl;
@@ -218,17 +232,16 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
         enif_free(lb);
         BAD("logit_bias entries must be {token, bias}");
       }
-      if (i1 < 0 || i1 >= m->n_vocab) {
+      if (i1 < 0 || i1 >= lcx_model_n_vocab(m)) {
         enif_free(lb);
-        *err = lcx_error2(env, ATOM_invalid_token,
-                          enif_make_tuple2(env, enif_make_int(env, i1), enif_make_int(env, m->n_vocab)));
+        *err = lcx_invalid_token(env, enif_make_int(env, i1), lcx_model_n_vocab(m));
         return NULL;
       }
       lb[i].token = i1;
       // beyond ±1e6 a bias only breaks llama.cpp's bucket sort; -1e6 already bans
       lb[i].bias = f1 > MAX_LOGIT_BIAS ? MAX_LOGIT_BIAS : f1 < -MAX_LOGIT_BIAS ? -MAX_LOGIT_BIAS : f1;
     }
-    struct llama_sampler *smpl = llama_sampler_init_logit_bias(m->n_vocab, (int32_t)n, lb);
+    struct llama_sampler *smpl = llama_sampler_init_logit_bias(lcx_model_n_vocab(m), (int32_t)n, lb);
     enif_free(lb);
     return smpl;
   }
@@ -253,7 +266,7 @@ LCX_NIF(nif_sampler_create) {
   unsigned n;
   if (!enif_get_list_length(env, argv[1], &n) || n == 0)
     return lcx_raise(env, "sampler stages must be a non-empty list");
-  if (!lcx_model_acquire(m)) return lcx_error(env, ATOM_closed);
+  if (!lcx_model_acquire(m)) return lcx_err(env, LCX_E_closed);
   struct llama_sampler_chain_params cp = llama_sampler_chain_default_params();
   cp.no_perf = false;
   struct llama_sampler *chain = llama_sampler_chain_init(cp);
@@ -308,9 +321,8 @@ LCX_NIF(nif_sampler_accept) {
   lcx_claim me = LCX_CALL_CLAIM(env);
   lcx_sampler *s = claim_sampler(env, argv[0], &me, &r);
   if (!s) return r;
-  if (token < 0 || token >= s->model->n_vocab)
-    r = lcx_err_detail(env, LCX_E_invalid_token,
-                       enif_make_tuple2(env, enif_make_int(env, token), enif_make_int(env, s->model->n_vocab)));
+  if (token < 0 || token >= lcx_model_n_vocab(s->model))
+    r = lcx_invalid_token(env, enif_make_int(env, token), lcx_model_n_vocab(s->model));
   else if (!lcx_sampler_accept(s->chain, token))
     r = lcx_err_msg(env, LCX_E_sampler_failed, lcx_last_exception());
   else

@@ -19,16 +19,6 @@ void lcx_init_atoms(ErlNifEnv *env) {
 
 ERL_NIF_TERM lcx_ok(ErlNifEnv *env, ERL_NIF_TERM t) { return enif_make_tuple2(env, ATOM_ok, t); }
 
-ERL_NIF_TERM lcx_error(ErlNifEnv *env, ERL_NIF_TERM reason) { return enif_make_tuple2(env, ATOM_error, reason); }
-
-ERL_NIF_TERM lcx_error2(ErlNifEnv *env, ERL_NIF_TERM tag, ERL_NIF_TERM detail) {
-  return lcx_error(env, enif_make_tuple2(env, tag, detail));
-}
-
-ERL_NIF_TERM lcx_error_str(ErlNifEnv *env, ERL_NIF_TERM tag, const char *msg) {
-  return lcx_error2(env, tag, lcx_cstr(env, msg ? msg : ""));
-}
-
 ERL_NIF_TERM lcx_binary(ErlNifEnv *env, const char *data, size_t len) {
   ERL_NIF_TERM t;
   unsigned char *buf = enif_make_new_binary(env, len, &t);
@@ -74,8 +64,8 @@ bool lcx_get_double(ErlNifEnv *env, ERL_NIF_TERM t, double *out) {
   return false;
 }
 
-lcx_tokens_result lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab, llama_token **out,
-                                 unsigned *n_out, ERL_NIF_TERM *bad) {
+lcx_tokens_result lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab, llama_token **out, unsigned *n_out,
+                                 ERL_NIF_TERM *bad) {
   unsigned n;
   *out = NULL;
   *n_out = 0;
@@ -122,26 +112,11 @@ ERL_NIF_TERM lcx_make_map(ErlNifEnv *env, const char *const *keys, const ERL_NIF
 }
 
 ERL_NIF_TERM lcx_invalid_token(ErlNifEnv *env, ERL_NIF_TERM token, int32_t n_vocab) {
-  return lcx_error2(env, ATOM_invalid_token, enif_make_tuple2(env, token, enif_make_int(env, n_vocab)));
+  return lcx_err_detail(env, LCX_E_invalid_token, enif_make_tuple2(env, token, enif_make_int(env, n_vocab)));
 }
 
 bool lcx_map_get(ErlNifEnv *env, ERL_NIF_TERM map, const char *key, ERL_NIF_TERM *out) {
   ERL_NIF_TERM k;
   if (!enif_make_existing_atom(env, key, &k, ERL_NIF_LATIN1)) k = enif_make_atom(env, key);
   return enif_get_map_value(env, map, k, out);
-}
-
-lcx_model *lcx_get_model(ErlNifEnv *env, ERL_NIF_TERM t) {
-  void *p;
-  return enif_get_resource(env, t, LCX_MODEL_RT, &p) ? p : NULL;
-}
-
-lcx_context *lcx_get_context(ErlNifEnv *env, ERL_NIF_TERM t) {
-  void *p;
-  return enif_get_resource(env, t, LCX_CONTEXT_RT, &p) ? p : NULL;
-}
-
-lcx_sampler *lcx_get_sampler(ErlNifEnv *env, ERL_NIF_TERM t) {
-  void *p;
-  return enif_get_resource(env, t, LCX_SAMPLER_RT, &p) ? p : NULL;
 }

@@ -34,6 +34,11 @@ defmodule LlamaCppEx.Error do
       `{:detokenize_failed, message}` - tokenizing and token text.
     * `:embeddings_disabled`, `{:unsupported_pooling, type}`, `:no_embeddings`
       - embeddings.
+    * `{:unsupported_kv_type, info}` - a quantized KV cache type whose block
+      does not divide the model's head size.
+    * `{:file_not_found, path}`, `{:file_error, posix, path}`,
+      `{:not_regular_file, :device | :other, path}`, `{:not_gguf, path}` -
+      `LlamaCppEx.Model.load/2` refusing a path before llama.cpp opens it.
   """
   @type reason ::
           :closed
@@ -64,6 +69,11 @@ defmodule LlamaCppEx.Error do
           | :embeddings_disabled
           | {:unsupported_pooling, integer()}
           | :no_embeddings
+          | {:unsupported_kv_type, map()}
+          | {:file_not_found, String.t()}
+          | {:file_error, atom(), String.t()}
+          | {:not_regular_file, :device | :other, String.t()}
+          | {:not_gguf, String.t()}
 
   @impl true
   def message(%{reason: reason}), do: "LlamaCppEx: #{inspect(reason)}"
