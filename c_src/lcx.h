@@ -24,6 +24,11 @@ typedef struct lcx_model {
   int dependants;      // live contexts + samplers
   atomic_bool closed;  // free/1 called; llama_model freed when dependants hit 0
   bool vocab_only;     // no weights: no contexts
+  // vocabulary facts read once at load, bounding the work of tokenizer calls
+  // (the Elixir side picks normal or dirty schedulers from them)
+  uint32_t max_piece;     // longest token piece in bytes (special tokens as text)
+  int32_t n_user_defined; // user-defined tokens: matched literally in every tokenize
+  int32_t n_special;      // those plus control and unknown tokens (with parse_special)
 } lcx_model;
 
 struct lcx_stream;

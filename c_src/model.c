@@ -294,6 +294,22 @@ static void unname_fd_path(char *out, size_t size, const char *msg, const char *
   }
 }
 
+// Reads the vocabulary facts of lcx_model (a pass over the vocabulary at
+// load, on the loading dirty scheduler).
+static void read_vocab_facts(lcx_model *m) {
+  const int32_t literal = LLAMA_TOKEN_ATTR_CONTROL | LLAMA_TOKEN_ATTR_USER_DEFINED | LLAMA_TOKEN_ATTR_UNKNOWN;
+  for (llama_token t = 0; t < m->n_vocab; t++) {
+    enum llama_token_attr attr = llama_vocab_get_attr(m->vocab, t);
+    if (attr & LLAMA_TOKEN_ATTR_USER_DEFINED) m->n_user_defined++;
+    if (attr & literal) m->n_special++;
+    char none;
+    bool threw;
+    int32_t n = lcx_token_to_piece(m->vocab, t, &none, 0, 0, true, &threw);
+    uint32_t len = threw ? 0 : n < 0 ? (uint32_t)-n : (uint32_t)n;
+    if (len > m->max_piece) m->max_piece = len;
+  }
+}
+
 // model_load(path, %{n_gpu_layers, use_mmap, use_mlock, vocab_only, warmup}, load_handle, progress_pid | nil, ref)
 LCX_NIF(nif_model_load) {
   ErlNifBinary path_bin;
@@ -392,6 +408,7 @@ LCX_NIF(nif_model_load) {
   m->vocab = llama_model_get_vocab(model);
   m->n_vocab = llama_vocab_n_tokens(m->vocab);
   m->vocab_only = vocab_only;
+  read_vocab_facts(m);
   atomic_fetch_add(&lcx_live_models, 1);
   ERL_NIF_TERM t = enif_make_resource(env, m);
   enif_release_resource(m);
@@ -451,9 +468,23 @@ LCX_NIF(nif_model_info) {
   char arch[128] = "";
   llama_model_meta_val_str(model, "general.architecture", arch, sizeof arch);
   const char *tmpl = llama_model_chat_template(model, NULL);
-  const char *keys[] = {"desc",      "size",    "n_params",     "n_ctx_train",   "n_embd",      "n_layer",    "n_head",
-                        "n_head_kv", "n_vocab", "architecture", "chat_template", "has_encoder", "has_decoder"};
-  ERL_NIF_TERM vals[13] = {
+  const char *keys[] = {"desc",
+                        "size",
+                        "n_params",
+                        "n_ctx_train",
+                        "n_embd",
+                        "n_layer",
+                        "n_head",
+                        "n_head_kv",
+                        "n_vocab",
+                        "architecture",
+                        "chat_template",
+                        "has_encoder",
+                        "has_decoder",
+                        "max_piece_bytes",
+                        "n_user_defined_tokens",
+                        "n_special_tokens"};
+  ERL_NIF_TERM vals[16] = {
       lcx_cstr(env, desc),
       enif_make_uint64(env, llama_model_size(model)),
       enif_make_uint64(env, llama_model_n_params(model)),
@@ -468,9 +499,12 @@ LCX_NIF(nif_model_info) {
       tmpl ? lcx_cstr(env, tmpl) : ATOM_nil,
       llama_model_has_encoder(model) ? ATOM_true : ATOM_false,
       llama_model_has_decoder(model) ? ATOM_true : ATOM_false,
+      enif_make_uint(env, m->max_piece),
+      enif_make_int(env, m->n_user_defined),
+      enif_make_int(env, m->n_special),
   };
   enif_rwlock_runlock(m->lock);
-  return lcx_ok(env, lcx_make_map(env, keys, vals, 13));
+  return lcx_ok(env, lcx_make_map(env, keys, vals, 16));
 }
 
 // model_metadata(model) -> %{key => value} (all GGUF key/values as strings)

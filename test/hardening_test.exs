@@ -339,4 +339,92 @@ defmodule LlamaCppEx.HardeningTest do
       assert last <= first * 1.1, "RSS #{first} MiB after the first round, #{last} MiB after the 30th"
     end
   end
+
+  describe "item 7: work that depends on model data runs on normal schedulers only when it is small" do
+    @describetag :model
+    alias LlamaCppEx.{TestGGUF, Tokenizer}
+
+    # How long the normal schedulers were busy (ms, summed) while fun ran: a
+    # NIF on a normal scheduler counts in full, one on a dirty scheduler not.
+    defp normal_scheduler_ms(fun) do
+      :erlang.system_flag(:scheduler_wall_time, true)
+      n = :erlang.system_info(:schedulers)
+      before = :erlang.statistics(:scheduler_wall_time_all)
+      t0 = System.monotonic_time(:microsecond)
+      result = fun.()
+      wall_ms = (System.monotonic_time(:microsecond) - t0) / 1000
+      later = :erlang.statistics(:scheduler_wall_time_all)
+
+      busy =
+        for {id, a1, t1} <- later, id <= n, {^id, a0, t0} <- before, t1 > t0, reduce: 0.0 do
+          acc -> acc + (a1 - a0) / (t1 - t0) * wall_ms
+        end
+
+      {busy, result}
+    end
+
+    defp crafted(path, fun), do: TestGGUF.parse(File.read!(path)) |> fun.() |> TestGGUF.write_tmp!()
+
+    test "a short text on a vocabulary of 32,000 user-defined tokens is tokenized on a dirty scheduler" do
+      # every user-defined token is matched against the text before tokenizing
+      path =
+        crafted(random_model_path(), fn g ->
+          TestGGUF.update_array(
+            g,
+            "tokenizer.ggml.token_type",
+            &Enum.map(&1, fn t -> if t in [1, 6], do: 4, else: t end)
+          )
+        end)
+
+      {:ok, model} = Model.load(path, vocab_only: true)
+      assert model.n_user_defined_tokens > 31_000
+      text = String.duplicate("Once upon a time ", 240)
+      {busy, {:ok, tokens}} = normal_scheduler_ms(fn -> Tokenizer.encode(model, text) end)
+      assert tokens != []
+      assert busy < 10, "normal schedulers were busy for #{busy} ms"
+    end
+
+    test "decoding tokens whose pieces are 1 MB runs on a dirty scheduler" do
+      path =
+        crafted(model_path(), fn g ->
+          TestGGUF.update_array(g, "tokenizer.ggml.tokens", &List.replace_at(&1, 403, String.duplicate("a", 1_000_000)))
+        end)
+
+      {:ok, model} = Model.load(path, vocab_only: true)
+      assert model.max_piece_bytes >= 1_000_000
+      {busy, {:ok, text}} = normal_scheduler_ms(fn -> Tokenizer.decode(model, List.duplicate(403, 256)) end)
+      assert byte_size(text) == 256_000_000
+      assert busy < 10, "normal schedulers were busy for #{busy} ms"
+    end
+
+    test "a 64 MB piece and a 64 MB chat template are read on a dirty scheduler" do
+      big = String.duplicate("b", 64_000_000)
+
+      path =
+        crafted(model_path(), fn g ->
+          g
+          |> TestGGUF.update_array("tokenizer.ggml.tokens", &List.replace_at(&1, 403, big))
+          |> TestGGUF.put("tokenizer.chat_template.big", :string, big)
+          |> TestGGUF.put("tokenizer.chat_template", :string, big)
+        end)
+
+      {busy, {:ok, model}} = normal_scheduler_ms(fn -> Model.load(path, vocab_only: true) end)
+      assert byte_size(model.chat_template) == 64_000_000
+      assert busy < 10, "loading: normal schedulers were busy for #{busy} ms"
+      {busy, {:ok, piece}} = normal_scheduler_ms(fn -> Tokenizer.token_to_piece(model, 403) end)
+      assert piece == big
+      assert busy < 10, "token_to_piece: normal schedulers were busy for #{busy} ms"
+      {busy, template} = normal_scheduler_ms(fn -> Model.chat_template(model, "big") end)
+      assert byte_size(template) == 64_000_000
+      assert busy < 10, "chat_template: normal schedulers were busy for #{busy} ms"
+    end
+
+    test "ordinary vocabularies keep short work on normal schedulers" do
+      model = load_model!(model_path(), vocab_only: true)
+      assert model.n_user_defined_tokens == 0
+      assert model.max_piece_bytes in 1..64
+      assert {:ok, [1, 403, 407, 261, 378]} = Tokenizer.encode(model, "Once upon a time")
+      assert {:ok, "Once upon a time"} = Tokenizer.decode(model, [403, 407, 261, 378])
+    end
+  end
 end
