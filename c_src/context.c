@@ -7,6 +7,7 @@
 // and a stream's cancel flag (set by the consumer, or by the consumer's death
 // through a monitor) is checked between tokens and, through llama.cpp's abort
 // callback, inside llama_decode.
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -534,6 +535,17 @@ LCX_NIF(nif_sampler_sample) {
   return r;
 }
 
+// {:ok, [float]}, or {:error, :non_finite_embedding} when a value is NaN or
+// infinite (enif_make_double cannot make those: it raised a bare badarg).
+static ERL_NIF_TERM embedding_result(ErlNifEnv *env, const float *emb, int32_t n) {
+  ERL_NIF_TERM list = enif_make_list(env, 0);
+  for (int32_t i = n; i > 0; i--) {
+    if (!isfinite(emb[i - 1])) return lcx_error(env, enif_make_atom(env, "non_finite_embedding"));
+    list = enif_make_list_cell(env, enif_make_double(env, emb[i - 1]), list);
+  }
+  return lcx_ok(env, list);
+}
+
 // context_embed(ctx, tokens) -> {:ok, [float]}: the pooled embedding of one
 // sequence. The context is cleared before and after.
 LCX_NIF(nif_context_embed) {
@@ -570,11 +582,7 @@ LCX_NIF(nif_context_embed) {
     } else if (!emb) {
       r = lcx_error(env, enif_make_atom(env, "no_embeddings"));
     } else {
-      int32_t n_embd = llama_model_n_embd_out(c->model->model);
-      ERL_NIF_TERM list = enif_make_list(env, 0);
-      for (int32_t i = n_embd; i > 0; i--)
-        list = enif_make_list_cell(env, enif_make_double(env, emb[i - 1]), list);
-      r = lcx_ok(env, list);
+      r = embedding_result(env, emb, llama_model_n_embd_out(c->model->model));
     }
     lcx_memory_clear(c->ctx);
     c->has_logits = false;

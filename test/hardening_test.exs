@@ -427,4 +427,23 @@ defmodule LlamaCppEx.HardeningTest do
       assert {:ok, "Once upon a time"} = Tokenizer.decode(model, [403, 407, 261, 378])
     end
   end
+
+  describe "small items" do
+    @describetag :model
+    alias LlamaCppEx.{Sampler, TestGGUF}
+
+    defp nan_f32(n), do: :binary.copy(<<0x7FC00000::little-32>>, n)
+
+    test "a NaN embedding is an error that says so" do
+      # NaN output-norm weights: every hidden state, hence every embedding, is NaN
+      g = TestGGUF.parse(File.read!(model_path()))
+      path = TestGGUF.write_tmp!(TestGGUF.patch_tensor(g, "output_norm.weight", nan_f32(64)))
+      {:ok, model} = Model.load(path)
+      {:ok, ctx} = Context.create(model, n_ctx: 256, n_threads: 1, embeddings: true, pooling: :mean)
+      assert {:error, :non_finite_embedding} = Context.embed(ctx, [1, 403, 407])
+      assert {:error, :non_finite_embedding} = LlamaCppEx.embed(model, "Once upon a time")
+      # the context still works
+      assert {:error, :non_finite_embedding} = Context.embed(ctx, [1, 403])
+    end
+  end
 end
