@@ -445,5 +445,17 @@ defmodule LlamaCppEx.HardeningTest do
       # the context still works
       assert {:error, :non_finite_embedding} = Context.embed(ctx, [1, 403])
     end
+
+    test "warmup: false reaches the native layer" do
+      # a NaN norm epsilon trips an assertion in the warm-up decode (corrupt_model_test)
+      bytes = File.read!(model_path())
+      key = "llama.attention.layer_norm_rms_epsilon"
+      {at, len} = :binary.match(bytes, key)
+      <<pre::binary-size(at + len), 6::little-32, _::binary-size(4), post::binary>> = bytes
+      path = TestGGUF.write_tmp!(<<pre::binary, 6::little-32, 0x7FC00000::little-32, post::binary>>)
+      assert {:error, {:load_failed, _}} = Model.load(path)
+      # without the warm-up it loads (and must not be decoded)
+      assert {:ok, %Model{}} = Model.load(path, warmup: false)
+    end
   end
 end

@@ -120,7 +120,8 @@ defmodule LlamaCppEx.Model do
       n_gpu_layers: int!(opts, :n_gpu_layers),
       use_mmap: bool!(opts, :use_mmap),
       use_mlock: bool!(opts, :use_mlock),
-      vocab_only: bool!(opts, :vocab_only)
+      vocab_only: bool!(opts, :vocab_only),
+      warmup: bool!(opts, :warmup)
     }
 
     with :ok <- check_file(path) do
