@@ -457,5 +457,48 @@ defmodule LlamaCppEx.HardeningTest do
       # without the warm-up it loads (and must not be decoded)
       assert {:ok, %Model{}} = Model.load(path, warmup: false)
     end
+
+    test "65 DRY sequence breakers are reported as such", %{} do
+      model = load_model!()
+      breakers = for i <- 1..65, do: "b#{i}"
+
+      assert_raise ArgumentError, ~r/at most 64 .*breakers/, fn ->
+        Sampler.create(model, dry_multiplier: 0.8, dry_sequence_breakers: breakers)
+      end
+
+      # and from the NIF directly
+      assert_raise ArgumentError, ~r/at most 64 .*breakers/, fn ->
+        NIF.sampler_create(model.ref, [{:dry, 0.8, 1.75, 2, 64, breakers}])
+      end
+
+      assert {:ok, _} = Sampler.create(model, dry_multiplier: 0.8, dry_sequence_breakers: Enum.take(breakers, 64))
+    end
+
+    test "logit biases beyond a float are clamped, as documented" do
+      model = load_model!()
+      assert {:ok, s} = Sampler.create(model, temp: 0.0, logit_bias: %{42 => 1.0e308})
+      assert {:ok, _} = Sampler.create(model, temp: 0.0, logit_bias: [{42, -1.0e308}])
+      # the clamped bias still wins: greedy picks token 42
+      {:ok, ctx} = Context.create(model, n_ctx: 256, n_threads: 1)
+      assert :ok = Context.decode(ctx, [1, 403])
+      assert {:ok, 42} = Sampler.sample(s, ctx)
+      # the NIF clamps by itself too
+      assert {:ok, _} = NIF.sampler_create(model.ref, [{:logit_bias, [{42, 1.0e308}]}, {:greedy}])
+    end
+
+    test "a number outside the float range says so, not that it is not a number" do
+      model = load_model!()
+
+      for {key, value} <- [temp: 1.0e300, top_p: 1.0e300, mirostat_tau: -1.0e300, dry_base: 1.0e40] do
+        opts = [{key, value} | if(key == :dry_base, do: [dry_multiplier: 1.0], else: [])]
+        opts = if key == :mirostat_tau, do: [mirostat: 2] ++ opts, else: opts
+        e = assert_raise ArgumentError, fn -> Sampler.create(model, opts) end
+        refute e.message =~ "must be a number", "#{key}: #{e.message}"
+        assert e.message =~ "#{key}"
+      end
+
+      e = assert_raise ArgumentError, fn -> NIF.sampler_create(model.ref, [{:temp, 1.0e300}, {:dist, 1}]) end
+      assert e.message =~ "32-bit float"
+    end
   end
 end
