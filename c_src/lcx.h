@@ -214,6 +214,12 @@ void lcx_model_release(lcx_model *m, bool in_destructor);
 // Number of bytes at the end of buf[0..len) that form an incomplete UTF-8
 // sequence (0 when the buffer ends on a character boundary).
 size_t lcx_utf8_incomplete_tail(const char *buf, size_t len);
+// NULL when src[0..len) is valid UTF-8; otherwise a copy (enif_alloc'ed, caller
+// frees; length in *out_len) with each invalid sequence replaced by U+FFFD.
+char *lcx_utf8_sanitize(const char *src, size_t len, size_t *out_len);
+// A binary of data[0..len) made valid UTF-8 (lcx_utf8_sanitize): for every
+// string built from text we do not control (llama.cpp messages, GGUF strings).
+ERL_NIF_TERM lcx_utf8_binary(ErlNifEnv *env, const char *data, size_t len);
 
 // ---- logging --------------------------------------------------------------------
 

@@ -448,11 +448,11 @@ static ERL_NIF_TERM meta_string(ErlNifEnv *env, int32_t (*get)(const struct llam
   char small[256];
   int32_t n = get(model, i, small, sizeof small);
   if (n < 0) return ATOM_nil;
-  if ((size_t)n < sizeof small) return lcx_binary(env, small, (size_t)n);
+  if ((size_t)n < sizeof small) return lcx_utf8_binary(env, small, (size_t)n);
   char *big = enif_alloc((size_t)n + 1);
   if (!big) return ATOM_nil;
   get(model, i, big, (size_t)n + 1);
-  ERL_NIF_TERM t = lcx_binary(env, big, (size_t)n);
+  ERL_NIF_TERM t = lcx_utf8_binary(env, big, (size_t)n);
   enif_free(big);
   return t;
 }
@@ -485,7 +485,7 @@ LCX_NIF(nif_model_info) {
                         "n_user_defined_tokens",
                         "n_special_tokens"};
   ERL_NIF_TERM vals[16] = {
-      lcx_cstr(env, desc),
+      lcx_utf8_binary(env, desc, strlen(desc)),
       enif_make_uint64(env, llama_model_size(model)),
       enif_make_uint64(env, llama_model_n_params(model)),
       enif_make_int(env, llama_model_n_ctx_train(model)),
@@ -495,8 +495,8 @@ LCX_NIF(nif_model_info) {
       enif_make_int(env, llama_model_n_layer(model) > 0 ? llama_model_n_head(model) : 0),
       enif_make_int(env, llama_model_n_layer(model) > 0 ? llama_model_n_head_kv(model) : 0),
       enif_make_int(env, m->n_vocab),
-      arch[0] ? lcx_cstr(env, arch) : ATOM_nil,
-      tmpl ? lcx_cstr(env, tmpl) : ATOM_nil,
+      arch[0] ? lcx_utf8_binary(env, arch, strlen(arch)) : ATOM_nil,
+      tmpl ? lcx_utf8_binary(env, tmpl, strlen(tmpl)) : ATOM_nil,
       llama_model_has_encoder(model) ? ATOM_true : ATOM_false,
       llama_model_has_decoder(model) ? ATOM_true : ATOM_false,
       enif_make_uint(env, m->max_piece),
@@ -540,7 +540,7 @@ LCX_NIF(nif_model_chat_template) {
   lcx_model *m = lcx_read_model(env, argv[0], &err);
   if (!m) return err;
   const char *t = llama_model_chat_template(m->model, named ? name : NULL);
-  ERL_NIF_TERM r = t ? lcx_cstr(env, t) : ATOM_nil;
+  ERL_NIF_TERM r = t ? lcx_utf8_binary(env, t, strlen(t)) : ATOM_nil;
   enif_rwlock_runlock(m->lock);
   return lcx_ok(env, r);
 }

@@ -26,7 +26,8 @@ ERL_NIF_TERM lcx_error2(ErlNifEnv *env, ERL_NIF_TERM tag, ERL_NIF_TERM detail) {
 }
 
 ERL_NIF_TERM lcx_error_str(ErlNifEnv *env, ERL_NIF_TERM tag, const char *msg) {
-  return lcx_error2(env, tag, lcx_cstr(env, msg ? msg : ""));
+  msg = msg ? msg : "";
+  return lcx_error2(env, tag, lcx_utf8_binary(env, msg, strlen(msg)));
 }
 
 ERL_NIF_TERM lcx_binary(ErlNifEnv *env, const char *data, size_t len) {
@@ -46,7 +47,8 @@ ERL_NIF_TERM lcx_raise(ErlNifEnv *env, const char *fmt, ...) {
   va_end(ap);
   ERL_NIF_TERM keys[3] = {enif_make_atom(env, "__struct__"), enif_make_atom(env, "__exception__"),
                           enif_make_atom(env, "message")};
-  ERL_NIF_TERM vals[3] = {enif_make_atom(env, "Elixir.ArgumentError"), ATOM_true, lcx_cstr(env, msg)};
+  ERL_NIF_TERM vals[3] = {enif_make_atom(env, "Elixir.ArgumentError"), ATOM_true,
+                          lcx_utf8_binary(env, msg, strlen(msg))};
   ERL_NIF_TERM exc;
   enif_make_map_from_arrays(env, keys, vals, 3, &exc);
   return enif_raise_exception(env, exc);
@@ -160,4 +162,72 @@ size_t lcx_utf8_incomplete_tail(const char *buf, size_t len) {
     return back < need ? back : 0;
   }
   return 0; // only continuation bytes (invalid anyway): nothing to wait for
+}
+
+// Length of the valid UTF-8 sequence at s[0..len), or 0 when the bytes there
+// do not start one; *maximal is then the length of its longest valid prefix
+// (at least 1), which is replaced as a whole (as WHATWG and Python do).
+static size_t utf8_seq(const unsigned char *s, size_t len, size_t *maximal) {
+  unsigned char c = s[0];
+  size_t need;
+  unsigned char lo = 0x80, hi = 0xBF; // range of the second byte
+  if (c < 0x80) return 1;
+  if (c >= 0xC2 && c <= 0xDF) {
+    need = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    need = 3;
+    if (c == 0xE0) lo = 0xA0; // no overlong forms
+    if (c == 0xED) hi = 0x9F; // no surrogates
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    need = 4;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F; // nothing above U+10FFFF
+  } else {
+    *maximal = 1;
+    return 0;
+  }
+  size_t i = 1;
+  for (; i < need && i < len; i++) {
+    unsigned char b = s[i];
+    if (i == 1 ? (b < lo || b > hi) : (b & 0xC0) != 0x80) break;
+  }
+  if (i == need) return need;
+  *maximal = i;
+  return 0;
+}
+
+char *lcx_utf8_sanitize(const char *src, size_t len, size_t *out_len) {
+  const unsigned char *s = (const unsigned char *)src;
+  size_t i = 0, maximal = 0, n;
+  while (i < len && (n = utf8_seq(s + i, len - i, &maximal)) > 0)
+    i += n;
+  if (i == len) return NULL; // valid: nothing to copy
+  // every invalid byte becomes at most 3 bytes (U+FFFD is EF BF BD)
+  char *out = enif_alloc(len * 3 + 1);
+  if (!out) return NULL;
+  memcpy(out, src, i);
+  size_t o = i;
+  while (i < len) {
+    n = utf8_seq(s + i, len - i, &maximal);
+    if (n > 0) {
+      memcpy(out + o, src + i, n);
+      o += n;
+      i += n;
+    } else {
+      memcpy(out + o, "\xEF\xBF\xBD", 3);
+      o += 3;
+      i += maximal;
+    }
+  }
+  *out_len = o;
+  return out;
+}
+
+ERL_NIF_TERM lcx_utf8_binary(ErlNifEnv *env, const char *data, size_t len) {
+  size_t clean_len;
+  char *clean = lcx_utf8_sanitize(data, len, &clean_len);
+  if (!clean) return lcx_binary(env, data, len); // valid (or out of memory: as it is)
+  ERL_NIF_TERM t = lcx_binary(env, clean, clean_len);
+  enif_free(clean);
+  return t;
 }

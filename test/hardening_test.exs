@@ -500,5 +500,22 @@ defmodule LlamaCppEx.HardeningTest do
       e = assert_raise ArgumentError, fn -> NIF.sampler_create(model.ref, [{:temp, 1.0e300}, {:dist, 1}]) end
       assert e.message =~ "32-bit float"
     end
+
+    test "load errors are valid UTF-8 even when llama.cpp's message is not" do
+      g = TestGGUF.parse(File.read!(model_path()))
+      path = TestGGUF.write_tmp!(TestGGUF.put(g, "general.architecture", :string, <<"llama", 0xFF, 0xFE, "x">>))
+      assert {:error, {:load_failed, msg}} = Model.load(path)
+      assert String.valid?(msg), inspect(msg)
+      assert msg =~ "\uFFFD"
+    end
+
+    test "metadata values are valid UTF-8" do
+      g = TestGGUF.parse(File.read!(model_path()))
+      path = TestGGUF.write_tmp!(TestGGUF.put(g, "general.name", :string, <<"bad", 0xC3, "name">>))
+      {:ok, model} = Model.load(path, vocab_only: true)
+      {:ok, meta} = Model.metadata(model)
+      assert meta["general.name"] == "bad\uFFFDname"
+      assert Enum.all?(meta, fn {k, v} -> String.valid?(k) and String.valid?(v) end)
+    end
   end
 end
