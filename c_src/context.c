@@ -394,9 +394,11 @@ LCX_NIF(nif_context_create) {
   uint64_t ram = max_memory > 0 ? (uint64_t)max_memory : physical_ram();
   if (ram > 0 && need > ram) {
     lcx_model_release(m, false);
-    const char *keys[] = {"needed", "available", "kv_cache"};
-    ERL_NIF_TERM vals[] = {enif_make_uint64(env, need), enif_make_uint64(env, ram), enif_make_uint64(env, est.kv)};
-    return lcx_err_detail(env, LCX_E_context_too_large, lcx_make_map(env, keys, vals, 3));
+    ERL_NIF_TERM keys[3] = {ATOM_needed, ATOM_available, enif_make_atom(env, "kv_cache")};
+    ERL_NIF_TERM vals[3] = {enif_make_uint64(env, need), enif_make_uint64(env, ram), enif_make_uint64(env, est.kv)};
+    ERL_NIF_TERM map;
+    enif_make_map_from_arrays(env, keys, vals, 3, &map);
+    return lcx_err_detail(env, LCX_E_context_too_large, map);
   }
   lcx_context *c = enif_alloc_resource(LCX_CONTEXT_RT, sizeof(lcx_context));
   if (!c) {
@@ -587,7 +589,7 @@ static bool make_vector(ErlNifEnv *env, const float *v, int32_t n, ERL_NIF_TERM 
 
 static ERL_NIF_TERM vector_result(ErlNifEnv *env, const float *v, int32_t n) {
   ERL_NIF_TERM list;
-  if (!make_vector(env, v, n, &list)) return lcx_err(env, LCX_E_no_embeddings);
+  if (!make_vector(env, v, n, &list)) return lcx_err(env, LCX_E_non_finite_embedding);
   return lcx_ok(env, list);
 }
 

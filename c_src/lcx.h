@@ -71,6 +71,9 @@ ERL_NIF_TERM lcx_ok(ErlNifEnv *env, ERL_NIF_TERM t);
 // Raises ArgumentError(message) in Elixir (see LlamaCppEx.NIF).
 ERL_NIF_TERM lcx_raise(ErlNifEnv *env, const char *fmt, ...);
 ERL_NIF_TERM lcx_binary(ErlNifEnv *env, const char *data, size_t len);
+// A binary of data[0..len) made valid UTF-8 (U+FFFD for what is not): for
+// strings from llama.cpp (log lines, metadata, messages).
+ERL_NIF_TERM lcx_utf8_binary(ErlNifEnv *env, const char *data, size_t len);
 ERL_NIF_TERM lcx_cstr(ErlNifEnv *env, const char *s);
 
 bool lcx_get_bool(ErlNifEnv *env, ERL_NIF_TERM t, bool *out);

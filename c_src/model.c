@@ -22,11 +22,16 @@ struct lcx_model {
   struct llama_model *model;
   const struct llama_vocab *vocab;
   int32_t n_vocab;
-  int32_t max_piece;   // longest token text in bytes (grammar sampling recurses once per byte)
-  ErlNifMutex *dep_mu; // guards `dependants`; never held across llama.cpp calls
-  int dependants;      // live contexts + samplers
-  atomic_bool closed;  // free/1 called; llama_model freed when dependants hit 0
-  bool vocab_only;     // no weights: no contexts
+  // vocabulary facts read once at load: grammar sampling recurses once per byte
+  // of a token's text, and the Elixir side picks normal or dirty schedulers
+  // for tokenizer calls from them
+  int32_t max_piece;      // longest token text in bytes (special tokens as text)
+  int32_t n_user_defined; // user-defined tokens: matched literally in every tokenize
+  int32_t n_special;      // those plus control and unknown tokens (with parse_special)
+  ErlNifMutex *dep_mu;    // guards `dependants`; never held across llama.cpp calls
+  int dependants;         // live contexts + samplers
+  atomic_bool closed;     // free/1 called; llama_model freed when dependants hit 0
+  bool vocab_only;        // no weights: no contexts
 };
 
 // A model load in progress. With a progress function, each progress report
@@ -326,6 +331,17 @@ static void unname_fd_path(char *out, size_t size, const char *msg, const char *
   }
 }
 
+// Counts the literal tokens of the vocabulary (a pass over it at load, on the
+// loading dirty scheduler); max_piece comes from lcx_vocab_check_pieces.
+static void read_vocab_facts(lcx_model *m) {
+  const int32_t literal = LLAMA_TOKEN_ATTR_CONTROL | LLAMA_TOKEN_ATTR_USER_DEFINED | LLAMA_TOKEN_ATTR_UNKNOWN;
+  for (llama_token t = 0; t < m->n_vocab; t++) {
+    enum llama_token_attr attr = llama_vocab_get_attr(m->vocab, t);
+    if (attr & LLAMA_TOKEN_ATTR_USER_DEFINED) m->n_user_defined++;
+    if (attr & literal) m->n_special++;
+  }
+}
+
 // model_load(path, %{n_gpu_layers, use_mmap, use_mlock, vocab_only, warmup}, load_handle, progress_pid | nil, ref)
 LCX_NIF(nif_model_load) {
   ErlNifBinary path_bin;
@@ -431,6 +447,7 @@ LCX_NIF(nif_model_load) {
   m->n_vocab = llama_vocab_n_tokens(m->vocab);
   m->max_piece = max_piece;
   m->vocab_only = vocab_only;
+  read_vocab_facts(m);
   atomic_fetch_add(&lcx_live_models, 1);
   ERL_NIF_TERM t = enif_make_resource(env, m);
   enif_release_resource(m);
@@ -484,11 +501,11 @@ static ERL_NIF_TERM meta_string(ErlNifEnv *env, int32_t (*get)(const struct llam
   char small[256];
   int32_t n = get(model, i, small, sizeof small);
   if (n < 0) return ATOM_nil;
-  if ((size_t)n < sizeof small) return lcx_binary(env, small, (size_t)n);
+  if ((size_t)n < sizeof small) return lcx_utf8_binary(env, small, (size_t)n);
   char *big = enif_alloc((size_t)n + 1);
   if (!big) return ATOM_nil;
   get(model, i, big, (size_t)n + 1);
-  ERL_NIF_TERM t = lcx_binary(env, big, (size_t)n);
+  ERL_NIF_TERM t = lcx_utf8_binary(env, big, (size_t)n);
   enif_free(big);
   return t;
 }
@@ -504,10 +521,24 @@ LCX_NIF(nif_model_info) {
   char arch[128] = "";
   llama_model_meta_val_str(model, "general.architecture", arch, sizeof arch);
   const char *tmpl = llama_model_chat_template(model, NULL);
-  const char *keys[] = {"desc",      "size",    "n_params",     "n_ctx_train",   "n_embd",      "n_layer",    "n_head",
-                        "n_head_kv", "n_vocab", "architecture", "chat_template", "has_encoder", "has_decoder"};
-  ERL_NIF_TERM vals[13] = {
-      lcx_cstr(env, desc),
+  const char *keys[] = {"desc",
+                        "size",
+                        "n_params",
+                        "n_ctx_train",
+                        "n_embd",
+                        "n_layer",
+                        "n_head",
+                        "n_head_kv",
+                        "n_vocab",
+                        "architecture",
+                        "chat_template",
+                        "has_encoder",
+                        "has_decoder",
+                        "max_piece_bytes",
+                        "n_user_defined_tokens",
+                        "n_special_tokens"};
+  ERL_NIF_TERM vals[16] = {
+      lcx_utf8_binary(env, desc, strlen(desc)),
       enif_make_uint64(env, llama_model_size(model)),
       enif_make_uint64(env, llama_model_n_params(model)),
       enif_make_int(env, llama_model_n_ctx_train(model)),
@@ -517,13 +548,16 @@ LCX_NIF(nif_model_info) {
       enif_make_int(env, llama_model_n_layer(model) > 0 ? llama_model_n_head(model) : 0),
       enif_make_int(env, llama_model_n_layer(model) > 0 ? llama_model_n_head_kv(model) : 0),
       enif_make_int(env, m->n_vocab),
-      arch[0] ? lcx_cstr(env, arch) : ATOM_nil,
-      tmpl ? lcx_cstr(env, tmpl) : ATOM_nil,
+      arch[0] ? lcx_utf8_binary(env, arch, strlen(arch)) : ATOM_nil,
+      tmpl ? lcx_utf8_binary(env, tmpl, strlen(tmpl)) : ATOM_nil,
       llama_model_has_encoder(model) ? ATOM_true : ATOM_false,
       llama_model_has_decoder(model) ? ATOM_true : ATOM_false,
+      enif_make_int(env, m->max_piece),
+      enif_make_int(env, m->n_user_defined),
+      enif_make_int(env, m->n_special),
   };
   enif_rwlock_runlock(m->lock);
-  return lcx_ok(env, lcx_make_map(env, keys, vals, 13));
+  return lcx_ok(env, lcx_make_map(env, keys, vals, 16));
 }
 
 // model_metadata(model) -> %{key => value} (all GGUF key/values as strings)
@@ -559,7 +593,7 @@ LCX_NIF(nif_model_chat_template) {
   lcx_model *m = lcx_read_model(env, argv[0], &err);
   if (!m) return err;
   const char *t = llama_model_chat_template(m->model, named ? name : NULL);
-  ERL_NIF_TERM r = t ? lcx_cstr(env, t) : ATOM_nil;
+  ERL_NIF_TERM r = t ? lcx_utf8_binary(env, t, strlen(t)) : ATOM_nil;
   enif_rwlock_runlock(m->lock);
   return lcx_ok(env, r);
 }

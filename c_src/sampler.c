@@ -73,6 +73,12 @@ static bool get_f(ErlNifEnv *env, ERL_NIF_TERM t, float *out) {
   return true;
 }
 
+// Why get_f refused t, for the message: not a number, or out of float range.
+static const char *f_why(ErlNifEnv *env, ERL_NIF_TERM t) {
+  double d;
+  return lcx_get_double(env, t, &d) ? "is outside the 32-bit float range (|x| <= 3.4e38)" : "must be a number";
+}
+
 // Longest history window for penalties and DRY: llama.cpp allocates it up front
 // (an absurd one is gigabytes on a normal allocation path, or std::bad_alloc).
 #define MAX_PENALTY_WINDOW (1 << 20)
@@ -143,6 +149,11 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
     *err = lcx_raise(env, msg);                                                                                        \
     return NULL;                                                                                                       \
   } while (0)
+#define BADF(name, term)                                                                                               \
+  do {                                                                                                                 \
+    *err = lcx_raise(env, "%s %s", name, f_why(env, term));                                                            \
+    return NULL;                                                                                                       \
+  } while (0)
   if (is_tag(env, a[0], "greedy") && arity == 1) return llama_sampler_init_greedy();
   if (is_tag(env, a[0], "dist") && arity == 2) {
     if (!get_u(env, a[1], &seed)) BAD("seed must be a non-negative 32-bit integer");
@@ -153,50 +164,61 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
     return llama_sampler_init_top_k(i1);
   }
   if ((is_tag(env, a[0], "top_p") || is_tag(env, a[0], "min_p") || is_tag(env, a[0], "typical")) && arity == 3) {
-    if (!get_f(env, a[1], &f1) || !enif_get_uint(env, a[2], &mk)) BAD("bad probability sampler arguments");
+    if (!get_f(env, a[1], &f1)) BADF("probability", a[1]);
+    if (!enif_get_uint(env, a[2], &mk)) BAD("min_keep must be a non-negative integer");
     min_keep = mk;
     if (is_tag(env, a[0], "top_p")) return llama_sampler_init_top_p(f1, min_keep);
     if (is_tag(env, a[0], "min_p")) return llama_sampler_init_min_p(f1, min_keep);
     return llama_sampler_init_typical(f1, min_keep);
   }
   if (is_tag(env, a[0], "temp") && arity == 2) {
-    if (!get_f(env, a[1], &f1)) BAD("temp must be a number");
+    if (!get_f(env, a[1], &f1)) BADF("temp", a[1]);
     return llama_sampler_init_temp(f1);
   }
   if (is_tag(env, a[0], "temp_ext") && arity == 4) {
-    if (!get_f(env, a[1], &f1) || !get_f(env, a[2], &f2) || !get_f(env, a[3], &f3)) BAD("bad dynatemp arguments");
+    if (!get_f(env, a[1], &f1)) BADF("temp", a[1]);
+    if (!get_f(env, a[2], &f2)) BADF("dynatemp_range", a[2]);
+    if (!get_f(env, a[3], &f3)) BADF("dynatemp_exponent", a[3]);
     return llama_sampler_init_temp_ext(f1, f2, f3);
   }
   if (is_tag(env, a[0], "xtc") && arity == 5) {
-    if (!get_f(env, a[1], &f1) || !get_f(env, a[2], &f2) || !enif_get_uint(env, a[3], &mk) || !get_u(env, a[4], &seed))
-      BAD("bad xtc arguments");
+    if (!get_f(env, a[1], &f1)) BADF("xtc_probability", a[1]);
+    if (!get_f(env, a[2], &f2)) BADF("xtc_threshold", a[2]);
+    if (!enif_get_uint(env, a[3], &mk) || !get_u(env, a[4], &seed)) BAD("bad xtc arguments (min_keep, seed)");
     return llama_sampler_init_xtc(f1, f2, mk, seed);
   }
   if (is_tag(env, a[0], "top_n_sigma") && arity == 2) {
-    if (!get_f(env, a[1], &f1)) BAD("top_n_sigma must be a number");
+    if (!get_f(env, a[1], &f1)) BADF("top_n_sigma", a[1]);
     return llama_sampler_init_top_n_sigma(f1);
   }
   if (is_tag(env, a[0], "mirostat") && arity == 5) {
-    if (!get_u(env, a[1], &seed) || !get_f(env, a[2], &f1) || !get_f(env, a[3], &f2) || !get_i(env, a[4], &i1) ||
-        i1 <= 0)
-      BAD("bad mirostat arguments");
+    if (!get_f(env, a[2], &f1)) BADF("mirostat_tau", a[2]);
+    if (!get_f(env, a[3], &f2)) BADF("mirostat_eta", a[3]);
+    if (!get_u(env, a[1], &seed) || !get_i(env, a[4], &i1) || i1 <= 0) BAD("bad mirostat arguments (seed, m > 0)");
     return llama_sampler_init_mirostat(lcx_model_n_vocab(m), seed, f1, f2, i1);
   }
   if (is_tag(env, a[0], "mirostat_v2") && arity == 4) {
-    if (!get_u(env, a[1], &seed) || !get_f(env, a[2], &f1) || !get_f(env, a[3], &f2)) BAD("bad mirostat_v2 arguments");
+    if (!get_f(env, a[2], &f1)) BADF("mirostat_tau", a[2]);
+    if (!get_f(env, a[3], &f2)) BADF("mirostat_eta", a[3]);
+    if (!get_u(env, a[1], &seed)) BAD("bad mirostat_v2 arguments (seed)");
     return llama_sampler_init_mirostat_v2(seed, f1, f2);
   }
   if (is_tag(env, a[0], "penalties") && arity == 5) {
-    if (!get_i(env, a[1], &i1) || i1 < 0 || i1 > MAX_PENALTY_WINDOW || !get_f(env, a[2], &f1) || f1 <= 0 ||
-        !get_f(env, a[3], &f2) || !get_f(env, a[4], &f3))
-      BAD("bad penalty arguments (penalty_last_n must be in 0..1048576, repeat_penalty > 0)");
+    if (!get_i(env, a[1], &i1) || i1 < 0 || i1 > MAX_PENALTY_WINDOW) BAD("penalty_last_n must be in 0..1048576");
+    if (!get_f(env, a[2], &f1)) BADF("repeat_penalty", a[2]);
+    if (f1 <= 0) BAD("repeat_penalty must be > 0");
+    if (!get_f(env, a[3], &f2)) BADF("frequency_penalty", a[3]);
+    if (!get_f(env, a[4], &f3)) BADF("presence_penalty", a[4]);
     return lcx_sampler_init_penalties(lcx_model_n_vocab(m), i1, f1, f2, f3);
   }
   if (is_tag(env, a[0], "dry") && arity == 6) {
     unsigned nb;
-    if (!get_f(env, a[1], &f1) || !get_f(env, a[2], &f2) || !get_i(env, a[3], &i1) || i1 < 0 ||
-        !get_i(env, a[4], &i2) || i2 < 0 || i2 > MAX_PENALTY_WINDOW || !enif_get_list_length(env, a[5], &nb) || nb > 64)
-      BAD("bad dry arguments (dry_penalty_last_n must be in 0..1048576)");
+    if (!get_f(env, a[1], &f1)) BADF("dry_multiplier", a[1]);
+    if (!get_f(env, a[2], &f2)) BADF("dry_base", a[2]);
+    if (!get_i(env, a[3], &i1) || i1 < 0) BAD("dry_allowed_length must be a non-negative integer");
+    if (!get_i(env, a[4], &i2) || i2 < 0 || i2 > MAX_PENALTY_WINDOW) BAD("dry_penalty_last_n must be in 0..1048576");
+    if (!enif_get_list_length(env, a[5], &nb)) BAD("dry sequence breakers must be a list");
+    if (nb > 64) BAD("at most 64 dry sequence breakers are allowed");
     const char *breakers[64];
     ERL_NIF_TERM head, tail = a[5];
     unsigned got = 0;
@@ -228,7 +250,9 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
       int ar;
       const ERL_NIF_TERM *pair;
       enif_get_list_cell(env, tail, &head, &tail);
-      if (!enif_get_tuple(env, head, &ar, &pair) || ar != 2 || !get_i(env, pair[0], &i1) || !get_f(env, pair[1], &f1)) {
+      double bias;
+      if (!enif_get_tuple(env, head, &ar, &pair) || ar != 2 || !get_i(env, pair[0], &i1) ||
+          !lcx_get_double(env, pair[1], &bias)) {
         enif_free(lb);
         BAD("logit_bias entries must be {token, bias}");
       }
@@ -239,7 +263,7 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
       }
       lb[i].token = i1;
       // beyond ±1e6 a bias only breaks llama.cpp's bucket sort; -1e6 already bans
-      lb[i].bias = f1 > MAX_LOGIT_BIAS ? MAX_LOGIT_BIAS : f1 < -MAX_LOGIT_BIAS ? -MAX_LOGIT_BIAS : f1;
+      lb[i].bias = bias > MAX_LOGIT_BIAS ? MAX_LOGIT_BIAS : bias < -MAX_LOGIT_BIAS ? -MAX_LOGIT_BIAS : (float)bias;
     }
     struct llama_sampler *smpl = llama_sampler_init_logit_bias(lcx_model_n_vocab(m), (int32_t)n, lb);
     enif_free(lb);
@@ -255,6 +279,7 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
     return smpl;
   }
 #undef BAD
+#undef BADF
   *err = lcx_raise(env, "unknown sampler stage");
   return NULL;
 }

@@ -63,3 +63,9 @@ void lcx_utf8_sanitize(const unsigned char *s, size_t n, unsigned char *out) {
     }
   }
 }
+
+size_t lcx_utf8_cut_tail(const unsigned char *s, size_t n) {
+  for (size_t i = 0, len; i < n; i += len)
+    if (lcx_utf8_next(s + i, n - i, &len) == LCX_UTF8_INCOMPLETE) return len;
+  return 0;
+}

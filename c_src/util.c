@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "lcx.h"
+#include "utf8.h"
 
 #define LCX_DEFINE_ATOM(name) ERL_NIF_TERM ATOM_##name;
 LCX_ATOMS(LCX_DEFINE_ATOM)
@@ -36,7 +37,8 @@ ERL_NIF_TERM lcx_raise(ErlNifEnv *env, const char *fmt, ...) {
   va_end(ap);
   ERL_NIF_TERM keys[3] = {enif_make_atom(env, "__struct__"), enif_make_atom(env, "__exception__"),
                           enif_make_atom(env, "message")};
-  ERL_NIF_TERM vals[3] = {enif_make_atom(env, "Elixir.ArgumentError"), ATOM_true, lcx_cstr(env, msg)};
+  ERL_NIF_TERM vals[3] = {enif_make_atom(env, "Elixir.ArgumentError"), ATOM_true,
+                          lcx_utf8_binary(env, msg, strlen(msg))};
   ERL_NIF_TERM exc;
   enif_make_map_from_arrays(env, keys, vals, 3, &exc);
   return enif_raise_exception(env, exc);
@@ -119,4 +121,13 @@ bool lcx_map_get(ErlNifEnv *env, ERL_NIF_TERM map, const char *key, ERL_NIF_TERM
   ERL_NIF_TERM k;
   if (!enif_make_existing_atom(env, key, &k, ERL_NIF_LATIN1)) k = enif_make_atom(env, key);
   return enif_get_map_value(env, map, k, out);
+}
+
+ERL_NIF_TERM lcx_utf8_binary(ErlNifEnv *env, const char *data, size_t len) {
+  const unsigned char *s = (const unsigned char *)data;
+  size_t clean = lcx_utf8_sanitized_len(s, len);
+  ERL_NIF_TERM t;
+  unsigned char *buf = enif_make_new_binary(env, clean, &t);
+  if (clean) lcx_utf8_sanitize(s, len, buf);
+  return t;
 }

@@ -339,4 +339,190 @@ defmodule LlamaCppEx.HardeningTest do
       assert last <= first * 1.1, "RSS #{first} MiB after the first round, #{last} MiB after the 30th"
     end
   end
+
+  describe "item 7: work that depends on model data runs on normal schedulers only when it is small" do
+    @describetag :model
+    alias LlamaCppEx.{TestGGUF, Tokenizer}
+
+    # How long the normal schedulers were busy (ms, summed) while fun ran: a
+    # NIF on a normal scheduler counts in full, one on a dirty scheduler not.
+    defp normal_scheduler_ms(fun) do
+      :erlang.system_flag(:scheduler_wall_time, true)
+      n = :erlang.system_info(:schedulers)
+      before = :erlang.statistics(:scheduler_wall_time_all)
+      t0 = System.monotonic_time(:microsecond)
+      result = fun.()
+      wall_ms = (System.monotonic_time(:microsecond) - t0) / 1000
+      later = :erlang.statistics(:scheduler_wall_time_all)
+
+      busy =
+        for {id, a1, t1} <- later, id <= n, {^id, a0, t0} <- before, t1 > t0, reduce: 0.0 do
+          acc -> acc + (a1 - a0) / (t1 - t0) * wall_ms
+        end
+
+      {busy, result}
+    end
+
+    defp crafted(path, fun), do: TestGGUF.parse(File.read!(path)) |> fun.() |> TestGGUF.write_tmp!()
+
+    test "a short text on a vocabulary of 32,000 user-defined tokens is tokenized on a dirty scheduler" do
+      # every user-defined token is matched against the text before tokenizing
+      path =
+        crafted(random_model_path(), fn g ->
+          TestGGUF.update_array(
+            g,
+            "tokenizer.ggml.token_type",
+            &Enum.map(&1, fn t -> if t in [1, 6], do: 4, else: t end)
+          )
+        end)
+
+      {:ok, model} = Model.load(path, vocab_only: true)
+      assert model.n_user_defined_tokens > 31_000
+      text = String.duplicate("Once upon a time ", 240)
+      {busy, {:ok, tokens}} = normal_scheduler_ms(fn -> Tokenizer.encode(model, text) end)
+      assert tokens != []
+      assert busy < 10, "normal schedulers were busy for #{busy} ms"
+    end
+
+    # Pieces beyond 8,192 bytes are refused at load (grammar sampling recurses
+    # once per byte); within that cap, many large pieces still make a decode large.
+    test "decoding tokens whose pieces are 8 KB runs on a dirty scheduler" do
+      path =
+        crafted(model_path(), fn g ->
+          TestGGUF.update_array(g, "tokenizer.ggml.tokens", &List.replace_at(&1, 403, String.duplicate("a", 8_000)))
+        end)
+
+      {:ok, model} = Model.load(path, vocab_only: true)
+      assert model.max_piece_bytes >= 8_000
+      {busy, {:ok, text}} = normal_scheduler_ms(fn -> Tokenizer.decode(model, List.duplicate(403, 1000)) end)
+      assert byte_size(text) == 8_000_000
+      assert busy < 10, "normal schedulers were busy for #{busy} ms"
+    end
+
+    test "a 64 MB chat template is read on a dirty scheduler; a 64 MB piece is refused at load" do
+      big = String.duplicate("b", 64_000_000)
+
+      huge_piece =
+        crafted(model_path(), fn g ->
+          TestGGUF.update_array(g, "tokenizer.ggml.tokens", &List.replace_at(&1, 403, big))
+        end)
+
+      {busy, {:error, {:load_failed, msg}}} = normal_scheduler_ms(fn -> Model.load(huge_piece, vocab_only: true) end)
+      assert msg =~ "longer than 8192 bytes"
+      assert busy < 10, "loading: normal schedulers were busy for #{busy} ms"
+
+      path =
+        crafted(model_path(), fn g ->
+          g
+          |> TestGGUF.put("tokenizer.chat_template.big", :string, big)
+          |> TestGGUF.put("tokenizer.chat_template", :string, big)
+        end)
+
+      {busy, {:ok, model}} = normal_scheduler_ms(fn -> Model.load(path, vocab_only: true) end)
+      assert byte_size(model.chat_template) == 64_000_000
+      assert busy < 10, "loading: normal schedulers were busy for #{busy} ms"
+      {busy, template} = normal_scheduler_ms(fn -> Model.chat_template(model, "big") end)
+      assert byte_size(template) == 64_000_000
+      assert busy < 10, "chat_template: normal schedulers were busy for #{busy} ms"
+    end
+
+    test "ordinary vocabularies keep short work on normal schedulers" do
+      model = load_model!(model_path(), vocab_only: true)
+      assert model.n_user_defined_tokens == 0
+      assert model.max_piece_bytes in 1..64
+      assert {:ok, [1, 403, 407, 261, 378]} = Tokenizer.encode(model, "Once upon a time")
+      assert {:ok, "Once upon a time"} = Tokenizer.decode(model, [403, 407, 261, 378])
+    end
+  end
+
+  describe "small items" do
+    @describetag :model
+    alias LlamaCppEx.{Sampler, TestGGUF}
+
+    defp nan_f32(n), do: :binary.copy(<<0x7FC00000::little-32>>, n)
+
+    test "a NaN embedding is an error that says so" do
+      # NaN output-norm weights: every hidden state, hence every embedding, is NaN
+      g = TestGGUF.parse(File.read!(model_path()))
+      path = TestGGUF.write_tmp!(TestGGUF.patch_tensor(g, "output_norm.weight", nan_f32(64)))
+      {:ok, model} = Model.load(path)
+      {:ok, ctx} = Context.create(model, n_ctx: 256, n_threads: 1, embeddings: true, pooling: :mean)
+      assert {:error, :non_finite_embedding} = Context.embed(ctx, [1, 403, 407])
+      assert {:error, :non_finite_embedding} = LlamaCppEx.embed(model, "Once upon a time")
+      # the context still works
+      assert {:error, :non_finite_embedding} = Context.embed(ctx, [1, 403])
+    end
+
+    test "warmup: false reaches the native layer" do
+      # a NaN norm epsilon trips an assertion in the warm-up decode (corrupt_model_test)
+      bytes = File.read!(model_path())
+      key = "llama.attention.layer_norm_rms_epsilon"
+      {at, len} = :binary.match(bytes, key)
+      <<pre::binary-size(at + len), 6::little-32, _::binary-size(4), post::binary>> = bytes
+      path = TestGGUF.write_tmp!(<<pre::binary, 6::little-32, 0x7FC00000::little-32, post::binary>>)
+      assert {:error, {:load_failed, _}} = Model.load(path)
+      # without the warm-up it loads (and must not be decoded)
+      assert {:ok, %Model{}} = Model.load(path, warmup: false)
+    end
+
+    test "65 DRY sequence breakers are reported as such", %{} do
+      model = load_model!()
+      breakers = for i <- 1..65, do: "b#{i}"
+
+      assert_raise ArgumentError, ~r/at most 64 .*breakers/, fn ->
+        Sampler.create(model, dry_multiplier: 0.8, dry_sequence_breakers: breakers)
+      end
+
+      # and from the NIF directly
+      assert_raise ArgumentError, ~r/at most 64 .*breakers/, fn ->
+        NIF.sampler_create(model.ref, [{:dry, 0.8, 1.75, 2, 64, breakers}])
+      end
+
+      assert {:ok, _} = Sampler.create(model, dry_multiplier: 0.8, dry_sequence_breakers: Enum.take(breakers, 64))
+    end
+
+    test "logit biases beyond a float are clamped, as documented" do
+      model = load_model!()
+      assert {:ok, s} = Sampler.create(model, temp: 0.0, logit_bias: %{42 => 1.0e308})
+      assert {:ok, _} = Sampler.create(model, temp: 0.0, logit_bias: [{42, -1.0e308}])
+      # the clamped bias still wins: greedy picks token 42
+      {:ok, ctx} = Context.create(model, n_ctx: 256, n_threads: 1)
+      assert :ok = Context.decode(ctx, [1, 403])
+      assert {:ok, 42} = Sampler.sample(s, ctx)
+      # the NIF clamps by itself too
+      assert {:ok, _} = NIF.sampler_create(model.ref, [{:logit_bias, [{42, 1.0e308}]}, {:greedy}])
+    end
+
+    test "a number outside the float range says so, not that it is not a number" do
+      model = load_model!()
+
+      for {key, value} <- [temp: 1.0e300, top_p: 1.0e300, mirostat_tau: -1.0e300, dry_base: 1.0e40] do
+        opts = [{key, value} | if(key == :dry_base, do: [dry_multiplier: 1.0], else: [])]
+        opts = if key == :mirostat_tau, do: [mirostat: 2] ++ opts, else: opts
+        e = assert_raise ArgumentError, fn -> Sampler.create(model, opts) end
+        refute e.message =~ "must be a number", "#{key}: #{e.message}"
+        assert e.message =~ "#{key}"
+      end
+
+      e = assert_raise ArgumentError, fn -> NIF.sampler_create(model.ref, [{:temp, 1.0e300}, {:dist, 1}]) end
+      assert e.message =~ "32-bit float"
+    end
+
+    test "load errors are valid UTF-8 even when llama.cpp's message is not" do
+      g = TestGGUF.parse(File.read!(model_path()))
+      path = TestGGUF.write_tmp!(TestGGUF.put(g, "general.architecture", :string, <<"llama", 0xFF, 0xFE, "x">>))
+      assert {:error, {:load_failed, msg}} = Model.load(path)
+      assert String.valid?(msg), inspect(msg)
+      assert msg =~ "\uFFFD"
+    end
+
+    test "metadata values are valid UTF-8" do
+      g = TestGGUF.parse(File.read!(model_path()))
+      path = TestGGUF.write_tmp!(TestGGUF.put(g, "general.name", :string, <<"bad", 0xC3, "name">>))
+      {:ok, model} = Model.load(path, vocab_only: true)
+      {:ok, meta} = Model.metadata(model)
+      assert meta["general.name"] == "bad\uFFFDname"
+      assert Enum.all?(meta, fn {k, v} -> String.valid?(k) and String.valid?(v) end)
+    end
+  end
 end

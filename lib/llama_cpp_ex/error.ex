@@ -32,8 +32,8 @@ defmodule LlamaCppEx.Error do
     * `{:template_failed, message}`, `:unknown_template` - chat templates.
     * `:invalid_utf8`, `{:tokenize_failed, message}`,
       `{:detokenize_failed, message}` - tokenizing and token text.
-    * `:embeddings_disabled`, `{:unsupported_pooling, type}`, `:no_embeddings`
-      - embeddings.
+    * `:embeddings_disabled`, `{:unsupported_pooling, type}`, `:no_embeddings`,
+      `:non_finite_embedding` - embeddings.
     * `{:unsupported_kv_type, info}` - a quantized KV cache type whose block
       does not divide the model's head size.
     * `{:file_not_found, path}`, `{:file_error, posix, path}`,
@@ -69,6 +69,7 @@ defmodule LlamaCppEx.Error do
           | :embeddings_disabled
           | {:unsupported_pooling, integer()}
           | :no_embeddings
+          | :non_finite_embedding
           | {:unsupported_kv_type, map()}
           | {:file_not_found, String.t()}
           | {:file_error, atom(), String.t()}

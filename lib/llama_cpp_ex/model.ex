@@ -3,7 +3,12 @@ defmodule LlamaCppEx.Model do
   A GGUF model loaded into memory.
 
   The struct carries the native reference plus facts read once at load time, so
-  `inspect/1` shows which model it is. The weights are freed when the model is
+  `inspect/1` shows which model it is. Among them, three facts about the
+  vocabulary bound the work of tokenizer calls (`LlamaCppEx.Tokenizer` picks a
+  normal or a dirty scheduler from them): `max_piece_bytes` (the longest
+  token text), `n_user_defined_tokens` (tokens matched literally in every
+  text before tokenizing) and `n_special_tokens` (those plus the control and
+  unknown tokens matched with `parse_special: true`). The weights are freed when the model is
   garbage collected or when `free/1` is called; contexts and samplers made from
   the model keep the weights alive until they are gone too.
 
@@ -30,7 +35,10 @@ defmodule LlamaCppEx.Model do
     :n_head_kv,
     :n_vocab,
     :chat_template,
-    vocab_only: false
+    vocab_only: false,
+    max_piece_bytes: 0,
+    n_user_defined_tokens: 0,
+    n_special_tokens: 0
   ]
 
   @type t :: %__MODULE__{
@@ -47,7 +55,10 @@ defmodule LlamaCppEx.Model do
           n_head_kv: integer(),
           n_vocab: pos_integer(),
           chat_template: String.t() | nil,
-          vocab_only: boolean()
+          vocab_only: boolean(),
+          max_piece_bytes: non_neg_integer(),
+          n_user_defined_tokens: non_neg_integer(),
+          n_special_tokens: non_neg_integer()
         }
 
   @typedoc """
@@ -112,7 +123,8 @@ defmodule LlamaCppEx.Model do
       n_gpu_layers: int!(opts, :n_gpu_layers),
       use_mmap: bool!(opts, :use_mmap),
       use_mlock: bool!(opts, :use_mlock),
-      vocab_only: bool!(opts, :vocab_only)
+      vocab_only: bool!(opts, :vocab_only),
+      warmup: bool!(opts, :warmup)
     }
 
     with :ok <- check_file(path) do
