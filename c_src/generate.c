@@ -26,6 +26,11 @@
 // tokens of the text it received.
 
 #define STREAM_WINDOW 16
+// A consumer that keeps up would otherwise get one message (and one wake-up)
+// per token; with tokens faster than this, ready text is held until this long
+// after the previous chunk (or until the window is full). Slower tokens go out
+// one by one, at once.
+#define STREAM_MIN_INTERVAL_US 1000
 
 typedef struct stream {
   lcx_claim claim; // first: wake() gets back from the claim to the stream
@@ -154,10 +159,11 @@ typedef struct {
   lcx_text text;
   llama_token *out;
   unsigned n_out;
-  unsigned max_room; // most tokens this job can produce (max_tokens, or a full context)
-  int32_t pos0;      // where the prompt starts
-  uint32_t n_seq;    // cells one sequence can hold
-  unsigned unsent;   // tokens since the last chunk (streams)
+  unsigned max_room;    // most tokens this job can produce (max_tokens, or a full context)
+  int32_t pos0;         // where the prompt starts
+  uint32_t n_seq;       // cells one sequence can hold
+  unsigned unsent;      // tokens since the last chunk (streams)
+  int64_t last_sent_us; // when the last chunk went (streams)
   ErlNifEnv *msg_env;
   finish_t finish;
   fail_t fail;
@@ -284,6 +290,9 @@ static bool deliver(gen_t *g) {
   g->unsent++;
   bool ready = lcx_text_ready(&g->text) > 0;
   if (!ready && g->unsent < STREAM_WINDOW) return true;
+  // the first chunk goes at once; later ones at most every STREAM_MIN_INTERVAL_US
+  bool soon = g->last_sent_us != 0 && now_us() - g->last_sent_us < STREAM_MIN_INTERVAL_US;
+  if (soon && g->unsent < STREAM_WINDOW) return true;
   switch (stream_turn(st, g->unsent >= STREAM_WINDOW, &g->waited_us)) {
   case TURN_CANCELLED:
     g->finish = FINISH_CANCELLED;
@@ -294,6 +303,7 @@ static bool deliver(gen_t *g) {
       const char *data = lcx_text_take(&g->text, &len);
       send_chunk(st, g->msg_env, data, len);
       g->unsent = 0;
+      g->last_sent_us = now_us();
     }
     return true;
   default:
