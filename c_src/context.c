@@ -244,8 +244,8 @@ static uint32_t head_size(const struct llama_model *model, const char *kind, uin
 // A quantized KV cache stores each head's vector in blocks of ggml_blck_size
 // values: a head size the block does not divide makes every attention read
 // straddle blocks and gives garbage. llama.cpp refuses it only with flash
-// attention on; here it is refused whatever the setting. Returns 0, or the
-// {:error, {:unsupported_kv_type, info}} term in *err.
+// attention on; here it is refused whatever the setting. Returns true, or
+// false with {:error, {:unsupported_kv_type, info}} in *err.
 static bool check_kv_type(ErlNifEnv *env, const struct llama_model *model, enum ggml_type type, const char *cache,
                           ERL_NIF_TERM *err) {
   int64_t block = ggml_blck_size(type);
@@ -428,7 +428,7 @@ LCX_NIF(nif_context_create) {
   // paused: an unpaused pool's workers busy-poll for work from the moment
   // they start, and with llama.cpp's default poll level (50: 1024 * 128 * 50
   // pause instructions, about a second here) a hundred freshly created
-  // contexts kept every core spinning, so creating the next one took 20-40 ms
+  // contexts kept every core spinning, so creating the next one took 20-60 ms
   // instead of 1. The first graph computed resumes a pool. Poll level 1 keeps
   // the workers spinning for ~20 ms after each graph (enough for back-to-back
   // tokens) instead of a second of CPU burnt after every use.
