@@ -162,14 +162,14 @@ LCX_NIF(nif_load_handle) {
   ErlNifPid pid;
   if (!enif_get_local_pid(env, argv[0], &pid)) return lcx_raise(env, "expected a local pid");
   lcx_load *load = enif_alloc_resource(LCX_LOAD_RT, sizeof(lcx_load));
-  if (!load) return lcx_raise(env, "out of memory");
+  if (!load) return lcx_err(env, LCX_E_out_of_memory);
   memset(load, 0, sizeof *load);
   atomic_init(&load->cancel, 0);
   load->mu = enif_mutex_create("lcx_load");
   load->cv = enif_cond_create("lcx_load");
   if (!load->mu || !load->cv) {
     enif_release_resource(load); // the destructor frees what was created
-    return lcx_raise(env, "out of memory");
+    return lcx_err(env, LCX_E_out_of_memory);
   }
   if (enif_monitor_process(env, load, &pid, &load->mon) != 0) atomic_store(&load->cancel, 1);
   ERL_NIF_TERM t = enif_make_resource(env, load);
@@ -436,7 +436,7 @@ LCX_NIF(nif_model_load) {
   lcx_model *m = enif_alloc_resource(LCX_MODEL_RT, sizeof(lcx_model));
   if (!m) {
     llama_model_free(model);
-    return lcx_raise(env, "out of memory");
+    return lcx_err(env, LCX_E_out_of_memory);
   }
   memset(m, 0, sizeof *m);
   m->lock = enif_rwlock_create("lcx_model");

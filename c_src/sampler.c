@@ -116,7 +116,12 @@ static char *dup_cstr(ErlNifEnv *env, ERL_NIF_TERM t) {
 static struct llama_sampler *grammar_stage(ErlNifEnv *env, lcx_model *m, const char *g, const char *root,
                                            ERL_NIF_TERM *err) {
   lcx_grammar_stats stats;
-  if (lcx_grammar_check(g, &stats) != LCX_GRAMMAR_OK) {
+  lcx_grammar_rc rc = lcx_grammar_check(g, &stats);
+  if (rc == LCX_GRAMMAR_NO_MEMORY) {
+    *err = lcx_err(env, LCX_E_out_of_memory);
+    return NULL;
+  }
+  if (rc != LCX_GRAMMAR_OK) {
     *err = lcx_err_msg(env, LCX_E_invalid_grammar, stats.message);
     return NULL;
   }

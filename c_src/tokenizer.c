@@ -35,7 +35,7 @@ LCX_NIF(nif_tokenize) {
   lcx_model_unlock(m);
   ERL_NIF_TERM result;
   if (!toks)
-    result = lcx_raise(env, "out of memory");
+    result = lcx_err(env, LCX_E_out_of_memory);
   else if (threw)
     result = lcx_err_msg(env, LCX_E_tokenize_failed, lcx_last_exception());
   else if (n < 0)
@@ -91,7 +91,7 @@ LCX_NIF(nif_detokenize) {
   lcx_model_unlock(m);
   enif_free(toks);
   ERL_NIF_TERM result;
-  if (!text) return lcx_raise(env, "out of memory");
+  if (!text) return lcx_err(env, LCX_E_out_of_memory);
   if (threw)
     result = lcx_err_msg(env, LCX_E_tokenize_failed, lcx_last_exception());
   else if (len < 0)

@@ -350,7 +350,16 @@ defmodule LlamaCppEx.HardeningTest do
 
     # How long the normal schedulers were busy (ms, summed) while fun ran: a
     # NIF on a normal scheduler counts in full, one on a dirty scheduler not.
+    # Normal-scheduler time spent during fun.(), less what the same schedulers
+    # spend on their own (the test runner, Logger, a loaded machine) over as
+    # long a quiet interval right after.
     defp normal_scheduler_ms(fun) do
+      {busy, wall_ms, result} = busy_during(fun)
+      {idle, _, _} = busy_during(fn -> Process.sleep(max(round(wall_ms), 1)) end)
+      {max(busy - idle, 0.0), result}
+    end
+
+    defp busy_during(fun) do
       :erlang.system_flag(:scheduler_wall_time, true)
       n = :erlang.system_info(:schedulers)
       before = :erlang.statistics(:scheduler_wall_time_all)
@@ -364,7 +373,7 @@ defmodule LlamaCppEx.HardeningTest do
           acc -> acc + (a1 - a0) / (t1 - t0) * wall_ms
         end
 
-      {busy, result}
+      {busy, wall_ms, result}
     end
 
     defp crafted(path, fun), do: TestGGUF.parse(File.read!(path)) |> fun.() |> TestGGUF.write_tmp!()
