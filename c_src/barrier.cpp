@@ -145,6 +145,17 @@ bool lcx_memory_clear(struct llama_context *ctx) {
   });
 }
 
+bool lcx_memory_seq_rm(struct llama_context *ctx, llama_seq_id seq, llama_pos p0, llama_pos p1) {
+  return guarded<bool>(false, nullptr, [&] { return llama_memory_seq_rm(llama_get_memory(ctx), seq, p0, p1); });
+}
+
+bool lcx_memory_seq_cp(struct llama_context *ctx, llama_seq_id src, llama_seq_id dst, llama_pos p0, llama_pos p1) {
+  return guarded<bool>(false, nullptr, [&] {
+    llama_memory_seq_cp(llama_get_memory(ctx), src, dst, p0, p1);
+    return true;
+  });
+}
+
 struct ggml_threadpool *lcx_threadpool_new(struct ggml_threadpool_params *params) {
   return guarded<struct ggml_threadpool *>(nullptr, nullptr, [&] { return ggml_threadpool_new(params); });
 }

@@ -44,6 +44,9 @@ int32_t lcx_chat_apply_template(const char *tmpl, const struct llama_chat_messag
 struct llama_model *lcx_model_load(const char *path, struct llama_model_params params);
 struct llama_context *lcx_init_from_model(struct llama_model *model, struct llama_context_params params);
 bool lcx_memory_clear(struct llama_context *ctx);
+// llama_memory_seq_rm / llama_memory_seq_cp (false if llama.cpp threw or, for rm, refused)
+bool lcx_memory_seq_rm(struct llama_context *ctx, llama_seq_id seq, llama_pos p0, llama_pos p1);
+bool lcx_memory_seq_cp(struct llama_context *ctx, llama_seq_id src, llama_seq_id dst, llama_pos p0, llama_pos p1);
 // ggml_threadpool_new asserts when a thread cannot be created.
 struct ggml_threadpool *lcx_threadpool_new(struct ggml_threadpool_params *params);
 

@@ -149,6 +149,8 @@ int32_t lcx_next_position(lcx_context *c) {
 }
 
 uint32_t lcx_context_seq_size(lcx_context *c) { return llama_n_ctx_seq(c->ctx); }
+lcx_owner *lcx_context_owner(lcx_context *c) { return &c->owner; }
+bool lcx_context_embeddings(lcx_context *c) { return c->embeddings; }
 
 // Decodes tokens into sequence 0 in n_ubatch chunks (what llama_decode would
 // split them into anyway), so that a cancelled claim or a dead caller stops it
@@ -360,6 +362,8 @@ LCX_NIF(nif_context_create) {
   if (lcx_map_get(env, argv[1], "max_memory", &v) && !enif_is_identical(v, ATOM_nil) &&
       (!enif_get_int64(env, v, &max_memory) || max_memory < 1))
     return lcx_raise(env, "max_memory must be a positive integer or nil");
+  if (lcx_map_get(env, argv[1], "kv_unified", &v) && !lcx_get_bool(env, v, &p.kv_unified))
+    return lcx_raise(env, "kv_unified must be a boolean");
   p.n_ctx = (uint32_t)n_ctx;
   p.n_batch = (uint32_t)n_batch;
   p.n_ubatch = (uint32_t)(n_ubatch < n_batch ? n_ubatch : n_batch);

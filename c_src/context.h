@@ -24,6 +24,14 @@ bool lcx_claim_context_sampler(ErlNifEnv *env, ERL_NIF_TERM ct, ERL_NIF_TERM st,
                                lcx_sampler **s, ERL_NIF_TERM *err);
 void lcx_release_context_sampler(lcx_context *c, lcx_sampler *s, lcx_claim *who);
 
+// llama.cpp's abort callback of every context (data: the context): whether
+// its holder was cancelled.
+bool lcx_abort_cb(void *data);
+
+// Who uses the context (the batching engine claims it for its life).
+lcx_owner *lcx_context_owner(lcx_context *c);
+bool lcx_context_embeddings(lcx_context *c); // created with embeddings: true
+
 // With a claim held:
 struct llama_context *lcx_context_llama(lcx_context *c);
 lcx_model *lcx_context_model(lcx_context *c);

@@ -6,6 +6,7 @@ int lcx_model_load_types(ErlNifEnv *env);
 int lcx_context_load_types(ErlNifEnv *env);
 int lcx_sampler_load_types(ErlNifEnv *env);
 int lcx_generate_load_types(ErlNifEnv *env);
+int lcx_batch_load_types(ErlNifEnv *env);
 void lcx_model_init_system_info(void);
 
 LCX_NIF(nif_load_handle);
@@ -39,6 +40,13 @@ LCX_NIF(nif_stream_start);
 LCX_NIF(nif_stream_cancel);
 LCX_NIF(nif_stream_demand);
 LCX_NIF(nif_generate);
+LCX_NIF(nif_batch_new);
+LCX_NIF(nif_batch_admit);
+LCX_NIF(nif_batch_admit_embed);
+LCX_NIF(nif_batch_step);
+LCX_NIF(nif_batch_release);
+LCX_NIF(nif_batch_purge);
+LCX_NIF(nif_batch_info);
 LCX_NIF(nif_chat_apply_template);
 LCX_NIF(nif_chat_builtin_templates);
 LCX_NIF(nif_set_log_handler);
@@ -109,6 +117,19 @@ static ErlNifFunc nif_funcs[] = {
     // Set a flag or bump a counter: normal.
     {"stream_cancel", 1, nif_stream_cancel, 0},
     {"stream_demand", 1, nif_stream_demand, 0},
+    // The batching server's engine (batch.c). A step is a forward pass plus
+    // sampling for every slot: dirty CPU. Admitting copies the prompt and
+    // edits the KV cache (a pass over its cells), releasing and purging edit
+    // it too, and every call waits for the engine lock: all dirty CPU. The
+    // engine is created once per server, from a context: dirty CPU (waits for
+    // the context lock).
+    {"batch_new", 2, nif_batch_new, DIRTY_CPU},
+    {"batch_admit", 5, nif_batch_admit, DIRTY_CPU},
+    {"batch_admit_embed", 4, nif_batch_admit_embed, DIRTY_CPU},
+    {"batch_step", 2, nif_batch_step, DIRTY_CPU},
+    {"batch_release", 3, nif_batch_release, DIRTY_CPU},
+    {"batch_purge", 3, nif_batch_purge, DIRTY_CPU},
+    {"batch_info", 1, nif_batch_info, DIRTY_CPU},
     // Template rendering is linear in the conversation: dirty CPU.
     {"chat_apply_template", 3, nif_chat_apply_template, DIRTY_CPU},
     {"chat_builtin_templates", 0, nif_chat_builtin_templates, 0},
@@ -119,7 +140,7 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   lcx_init_atoms(env);
   lcx_init_reasons(env);
   if (lcx_model_load_types(env) || lcx_context_load_types(env) || lcx_sampler_load_types(env) ||
-      lcx_generate_load_types(env))
+      lcx_generate_load_types(env) || lcx_batch_load_types(env))
     return -1;
   if (lcx_log_load() || lcx_janitor_load()) return -1;
   lcx_barrier_init();

@@ -16,6 +16,11 @@ defmodule LlamaCppEx.Completion do
     * `:sample_ms` - the part of `:generation_ms` spent outside `llama_decode`:
       sampling, turning tokens into text, stop strings and, for streams,
       sending chunks and waiting for the consumer to ask for more.
+    * `:cached_tokens`, `:queue_ms`, `:ttft_ms` - set by `LlamaCppEx.Server`
+      (`nil` elsewhere): prompt tokens taken from the prefix cache, time spent
+      waiting for a slot, and time from submission to the first token (queue
+      wait included). There `:prompt_ms` runs from admission to the first
+      token and `:sample_ms` is this request's own sampling and text work.
   """
 
   defstruct text: "",
@@ -25,7 +30,10 @@ defmodule LlamaCppEx.Completion do
             generated_tokens: 0,
             prompt_ms: 0.0,
             generation_ms: 0.0,
-            sample_ms: 0.0
+            sample_ms: 0.0,
+            cached_tokens: nil,
+            queue_ms: nil,
+            ttft_ms: nil
 
   @type finish_reason :: :eog | :max_tokens | :stop | :context_full | :cancelled
   @type t :: %__MODULE__{
@@ -36,7 +44,10 @@ defmodule LlamaCppEx.Completion do
           generated_tokens: non_neg_integer(),
           prompt_ms: float(),
           generation_ms: float(),
-          sample_ms: float()
+          sample_ms: float(),
+          cached_tokens: non_neg_integer() | nil,
+          queue_ms: float() | nil,
+          ttft_ms: float() | nil
         }
 
   @doc false

@@ -69,7 +69,8 @@ defmodule LlamaCppEx.Context do
       :type_k,
       :type_v,
       :pooling,
-      :max_memory
+      :max_memory,
+      :kv_unified
     ]
 
   @doc """
@@ -103,6 +104,10 @@ defmodule LlamaCppEx.Context do
       `:n_seq_max` sequences gets at least 256 cells), and a context that would
       need more is refused with `{:error, {:context_too_large, %{needed: n,
       available: limit, kv_cache: kv}}}` instead of being OOM-killed.
+    * `:kv_unified` - with `n_seq_max > 1`: one KV cache shared by all
+      sequences (`true`: each may use all `n_ctx` cells, and cells can belong to
+      several sequences) or one part of `n_ctx / n_seq_max` cells per
+      sequence (`false`, the default, as llama.cpp).
   """
   @spec create(Model.t(), keyword()) :: {:ok, t()} | {:error, term()}
   def create(%Model{} = model, opts \\ []) do
@@ -121,7 +126,8 @@ defmodule LlamaCppEx.Context do
         type_k: :f16,
         type_v: :f16,
         pooling: :unspecified,
-        max_memory: nil
+        max_memory: nil,
+        kv_unified: false
       )
 
     if model.vocab_only, do: raise(ArgumentError, "cannot create a context for a vocab_only model")
@@ -142,7 +148,8 @@ defmodule LlamaCppEx.Context do
       type_k: cache_type!(opts, :type_k),
       type_v: cache_type!(opts, :type_v),
       pooling: Map.get(@pooling, opts[:pooling]) || raise(ArgumentError, "unknown :pooling #{inspect(opts[:pooling])}"),
-      max_memory: max_memory!(opts[:max_memory])
+      max_memory: max_memory!(opts[:max_memory]),
+      kv_unified: bool!(opts, :kv_unified)
     }
 
     if native.n_seq_max > native.n_batch and n_ctx > 0,

@@ -39,6 +39,12 @@ defmodule LlamaCppEx.Error do
     * `{:file_not_found, path}`, `{:file_error, posix, path}`,
       `{:not_regular_file, :device | :other, path}`, `{:not_gguf, path}` -
       `LlamaCppEx.Model.load/2` refusing a path before llama.cpp opens it.
+    * `LlamaCppEx.Server` also returns: `:overloaded` (its queue is full),
+      `:timeout` (the request's `:timeout` passed), `:context_full` (no KV
+      cells left for it before its first token), `:embeddings_only` (a
+      generation on an embedding server), `:duplicate_ref` (a `:ref` already
+      in use), `{:server_down, reason}` (the server stopped or crashed while
+      the request waited).
   """
   @type reason ::
           :closed
@@ -75,6 +81,12 @@ defmodule LlamaCppEx.Error do
           | {:file_error, atom(), String.t()}
           | {:not_regular_file, :device | :other, String.t()}
           | {:not_gguf, String.t()}
+          | :overloaded
+          | :timeout
+          | :context_full
+          | :embeddings_only
+          | :duplicate_ref
+          | {:server_down, term()}
 
   @impl true
   def message(%{reason: reason}), do: "LlamaCppEx: #{inspect(reason)}"

@@ -81,6 +81,14 @@ defmodule LlamaCppEx.NIF do
   def stream_cancel(_stream), do: nif_error()
   def stream_demand(_stream), do: nif_error()
 
+  def batch_new(_ctx, _opts), do: nif_error()
+  def batch_admit(_engine, _slot, _sampler, _tokens, _opts), do: nif_error()
+  def batch_admit_embed(_engine, _slot, _tokens, _pooling), do: nif_error()
+  def batch_step(_engine, _skip), do: nif_error()
+  def batch_release(_engine, _slot, _keep), do: nif_error()
+  def batch_purge(_engine, _slot, _from), do: nif_error()
+  def batch_info(_engine), do: nif_error()
+
   def chat_apply_template(_template, _messages, _add_assistant), do: nif_error()
   def chat_builtin_templates, do: nif_error()
 

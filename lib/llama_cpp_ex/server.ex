@@ -1,0 +1,533 @@
+defmodule LlamaCppEx.Server do
+  @moduledoc """
+  Serves many concurrent callers from one model with continuous batching.
+
+  A server owns one model and one context with `:n_parallel` sequence slots.
+  Every step it builds one batch holding one token for each generating
+  request plus chunks of prompts being absorbed (within `:n_batch` tokens per
+  step), decodes it once, samples every request with its own sampler chain and
+  hands each caller its text. Requests join at the next step and leave the
+  moment they finish; there is no batching timer.
+
+      children = [
+        {LlamaCppEx.Server, model_path: "model.gguf", n_parallel: 8, name: MyApp.LLM}
+      ]
+
+      {:ok, text} = LlamaCppEx.Server.generate(MyApp.LLM, "Once upon a time", max_tokens: 64)
+
+      MyApp.LLM
+      |> LlamaCppEx.Server.stream("Once upon a time", temp: 0.7)
+      |> Enum.each(&IO.write/1)
+
+  ## Starting
+
+  `start_link/1` and `child_spec/1` take:
+
+    * `:model` - a loaded `LlamaCppEx.Model`, or `:model_path` and
+      `:model_options` (for `LlamaCppEx.Model.load/2`): the server loads it
+      after it has started, so a supervisor is not held up. Calls made while
+      it loads wait until it is done (within their `:timeout`); if loading
+      fails, the server stops and those callers get
+      `{:error, {:server_down, reason}}`.
+    * `:n_parallel` - sequence slots, i.e. requests generating at once (default `4`).
+    * `:n_ctx` - cells **per slot**: the longest prompt plus generation of one
+      request (default the model's training length, at most 2048). A prompt
+      longer than that is refused (`{:context_overflow, info}`); a generation
+      that reaches it ends with `finish_reason: :context_full`.
+    * `:kv_unified` - one stream of `:n_ctx` cells per slot (`false`, the
+      default) or one KV cache for all slots (`true`), where slots share the
+      cells of a common prefix instead of copying them, and which may be
+      overcommitted (`:kv_cells`); but each sequence's attention then spans
+      the cells of all, and its output equals the unbatched path only up to
+      rounding. See `docs/architecture.md` for the figures.
+    * `:kv_cells` - total cells of a unified cache (default `n_ctx * n_parallel`).
+      Fewer overcommits: idle cached prefixes are purged when the cells run
+      out, and a request that still cannot fit ends with `:context_full`.
+    * `:n_batch` - tokens per step, the chunked-prefill budget (default `256`,
+      at least `:n_parallel`): a long prompt is absorbed in chunks while the
+      other requests keep getting a token every step. `:n_ubatch` (default
+      `512`) is llama.cpp's micro-batch.
+    * `:n_threads`, `:n_threads_batch`, `:type_k`, `:type_v` - as for
+      `LlamaCppEx.Context.create/2`.
+    * `:flash_attn` - as for `LlamaCppEx.Context.create/2`, but `false` by
+      default for generation: llama.cpp's CPU flash attention rounds
+      differently with the number of tokens in a batch, so a request's output
+      would depend on what else is batched with it. `:auto` for an embedding
+      server, as `LlamaCppEx.embed/3` uses.
+    * `:max_queue` - requests that may wait for a slot (default `64`); past
+      it a request gets `{:error, :overloaded}` at once.
+    * `:starvation_limit` - see *Priorities* (default `4`).
+    * `:prefix_cache` - reuse cached prompt prefixes (default `true`).
+    * `:embeddings` - an embedding server (default `false`): it serves
+      `embed/3` only.
+    * `:name` - a name to register the server under.
+
+  ## Requests
+
+  `generate/3`, `complete/3`, `stream/3`, `chat/3`, `chat_complete/3` and
+  `stream_chat/3` take the options of the same functions of `LlamaCppEx`
+  (a prompt is a string, or a list of token ids that is used as it is):
+  `:max_tokens`, `:stop`, every `LlamaCppEx.Sampler` option (`:temp`,
+  `:seed`, `:grammar`, ...), `:add_special`/`:parse_special`, and for chats
+  `:template`/`:add_assistant`; context options belong to the server and
+  are refused. Each request is tokenized and its sampler built in the calling
+  process, so a bad request (an unknown option, an invalid grammar, a prompt
+  longer than a slot) fails alone, before it reaches the server. Also:
+
+    * `:priority` - `:high`, `:normal` (default) or `:low`.
+    * `:timeout` - milliseconds (default `:infinity`): past it, the request
+      returns `{:error, :timeout}` (a stream raises) and its slot is freed.
+    * `:ref` - a reference of your own (`make_ref/0`) that `cancel/2` takes.
+    * `:session` - a conversation id: the next turn goes to the slot that
+      holds the conversation, if it is free.
+    * `:cache_scope` - a tenant: prefixes are shared only between requests of
+      the same scope (default `nil`, one scope for all).
+
+  A request ends when it finishes, when its caller dies, on `cancel/2`, on
+  its timeout, or when its stream is halted; its slot goes to the next
+  waiting request at the next step. Failures are `{:error, reason}`;
+  besides those of `LlamaCppEx`: `:overloaded`, `:timeout`,
+  `:context_full` (KV pressure, before any token), `:embeddings_only`,
+  `{:server_down, reason}` (the server stopped or crashed while the request
+  waited). A cancelled request returns `{:ok, %Completion{finish_reason: :cancelled}}`.
+
+  ## Priorities
+
+  Higher classes are admitted first, first come, first served within a
+  class. A class passed over `:starvation_limit` times in a row while it
+  waits goes next, so a `:low` request waits for at most that many
+  admissions of others (the n-th in line for at most n × (limit + 1)).
+
+  ## Prefix cache
+
+  A slot keeps its cells after its request ends. A new request starts from
+  the longest prefix of its prompt held by any slot of its cache scope, busy
+  or idle, copied into its own sequence (in a unified cache the cells are
+  shared, not copied), and computes only the rest: a long system prompt is
+  computed once. `stats/1` shows the hit ratio; `Completion.cached_tokens`
+  the tokens a request reused.
+
+  ## Output
+
+  With the default `kv_unified: false` and `flash_attn: false`, a request's
+  tokens are exactly those of `LlamaCppEx.generate/3` for the same prompt
+  and options (`flash_attn: false` there too), whatever else is in the batch
+  and however its prompt was split into steps, greedy or seeded. With a
+  unified cache or flash attention they are equal up to floating-point
+  rounding, which can change a greedy choice where two tokens are nearly tied.
+  """
+
+  alias LlamaCppEx.{Chat, Completion, Context, Options, Sampler, Tokenizer}
+  alias LlamaCppEx.Server.{Loop, Queue, Request}
+
+  @type server :: GenServer.server()
+
+  @start_opts [
+    model: nil,
+    model_path: nil,
+    model_options: [],
+    n_parallel: 4,
+    n_ctx: nil,
+    kv_unified: false,
+    kv_cells: nil,
+    n_batch: 256,
+    n_ubatch: 512,
+    n_threads: nil,
+    n_threads_batch: nil,
+    flash_attn: nil,
+    type_k: :f16,
+    type_v: :f16,
+    max_queue: 64,
+    starvation_limit: 4,
+    prefix_cache: true,
+    embeddings: false,
+    name: nil
+  ]
+
+  @gen_keys [max_tokens: 256, stop: []]
+  @call_keys [add_special: true, parse_special: false]
+  @request_keys [priority: :normal, timeout: :infinity, ref: nil, session: nil, cache_scope: nil]
+  @chat_keys [template: nil, add_assistant: true]
+  @stream_keys [on_complete: nil]
+
+  @doc "A child specification: `{LlamaCppEx.Server, opts}` in a supervisor's children."
+  @spec child_spec(keyword()) :: Supervisor.child_spec()
+  def child_spec(opts) do
+    %{id: Keyword.get(opts, :name) || __MODULE__, start: {__MODULE__, :start_link, [opts]}, type: :worker}
+  end
+
+  @doc """
+  Starts a server (see the module doc for the options).
+
+      {:ok, server} = LlamaCppEx.Server.start_link(model: model, n_parallel: 8)
+  """
+  @spec start_link(keyword()) :: GenServer.on_start()
+  def start_link(opts) do
+    opts = Keyword.validate!(opts, @start_opts)
+
+    case {opts[:model], opts[:model_path]} do
+      {%LlamaCppEx.Model{}, nil} -> :ok
+      {nil, path} when is_binary(path) -> :ok
+      _ -> raise ArgumentError, "give either :model (a LlamaCppEx.Model) or :model_path"
+    end
+
+    n = Options.pos!(opts, :n_parallel)
+    if opts[:n_ctx], do: Options.pos!(opts, :n_ctx)
+    if opts[:kv_cells], do: Options.pos!(opts, :kv_cells)
+    n_batch = Options.pos!(opts, :n_batch)
+    Options.pos!(opts, :n_ubatch)
+    Options.non_neg!(opts, :max_queue)
+    Options.pos!(opts, :starvation_limit)
+    Options.bool!(opts, :kv_unified)
+    Options.bool!(opts, :prefix_cache)
+    Options.bool!(opts, :embeddings)
+
+    if n_batch < n, do: raise(ArgumentError, ":n_batch (#{n_batch}) must be at least :n_parallel (#{n})")
+
+    if opts[:kv_cells] && opts[:n_ctx] && opts[:kv_cells] < opts[:n_ctx],
+      do: raise(ArgumentError, ":kv_cells must be at least :n_ctx")
+
+    opts =
+      opts
+      |> Keyword.put(:n_threads, opts[:n_threads] || Context.default_threads())
+      |> Keyword.put(
+        :flash_attn,
+        if(is_nil(opts[:flash_attn]), do: opts[:embeddings] && :auto, else: opts[:flash_attn])
+      )
+
+    Loop.start_link(opts)
+  end
+
+  # ---- generation ---------------------------------------------------------------------------
+
+  @doc """
+  Generates text from `prompt`; returns only the text (see `complete/3`).
+
+      {:ok, text} = LlamaCppEx.Server.generate(server, "Once upon a time", max_tokens: 32, temp: 0.0)
+  """
+  @spec generate(server(), String.t() | [integer()], keyword()) :: {:ok, String.t()} | {:error, term()}
+  def generate(server, prompt, opts \\ []) do
+    with {:ok, %Completion{text: text}} <- complete(server, prompt, opts), do: {:ok, text}
+  end
+
+  @doc """
+  Like `generate/3`, returning a `LlamaCppEx.Completion`, with the finish
+  reason, token counts and timings, including `:queue_ms`, `:ttft_ms` (time
+  to first token from submission) and `:cached_tokens`.
+
+      {:ok, %LlamaCppEx.Completion{ttft_ms: ttft}} = LlamaCppEx.Server.complete(server, "Hi", max_tokens: 8)
+  """
+  @spec complete(server(), String.t() | [integer()], keyword()) :: {:ok, Completion.t()} | {:error, term()}
+  def complete(server, prompt, opts \\ []) when is_binary(prompt) or is_list(prompt) do
+    opts = split!(opts, [])
+    call(server, opts, &encode(&1, prompt, opts.call))
+  end
+
+  @doc """
+  A reply to a conversation, rendered with the model's chat template (or
+  `:template`); returns the reply text.
+
+      {:ok, reply} = LlamaCppEx.Server.chat(server, [%{role: "user", content: "Hello"}], session: "user-42")
+  """
+  @spec chat(server(), [Chat.message()], keyword()) :: {:ok, String.t()} | {:error, term()}
+  def chat(server, messages, opts \\ []) do
+    with {:ok, %Completion{text: text}} <- chat_complete(server, messages, opts), do: {:ok, text}
+  end
+
+  @doc "Like `chat/3`, returning a `LlamaCppEx.Completion`."
+  @spec chat_complete(server(), [Chat.message()], keyword()) :: {:ok, Completion.t()} | {:error, term()}
+  def chat_complete(server, messages, opts \\ []) do
+    opts = split!(opts, chat: @chat_keys)
+    call(server, opts, &Chat.tokenize(&1, messages, opts.chat))
+  end
+
+  @doc """
+  A lazy stream of text chunks (valid UTF-8, never the start of a stop
+  string). Nothing is sent to the server until the stream is consumed.
+  Halting it (`Enum.take/2`) frees the slot at the next step; the server runs
+  at most #{LlamaCppEx.Context.stream_window()} tokens past the last chunk
+  its consumer took. Failures raise `LlamaCppEx.Error` (e.g.
+  `reason: {:server_down, reason}` if the server stops). Takes `:on_complete`
+  as `LlamaCppEx.stream/3` does.
+
+      server |> LlamaCppEx.Server.stream("Once upon a time") |> Enum.each(&IO.write/1)
+  """
+  @spec stream(server(), String.t() | [integer()], keyword()) :: Enumerable.t()
+  def stream(server, prompt, opts \\ []) when is_binary(prompt) or is_list(prompt) do
+    opts = split!(opts, stream: @stream_keys)
+    LlamaCppEx.Server.Stream.new(server, opts, &encode(&1, prompt, opts.call))
+  end
+
+  @doc "A lazy stream of the reply to a conversation (see `chat/3` and `stream/3`)."
+  @spec stream_chat(server(), [Chat.message()], keyword()) :: Enumerable.t()
+  def stream_chat(server, messages, opts \\ []) do
+    opts = split!(opts, chat: @chat_keys, stream: @stream_keys)
+    LlamaCppEx.Server.Stream.new(server, opts, &Chat.tokenize(&1, messages, opts.chat))
+  end
+
+  @doc """
+  Cancels the request made with `ref: ref`: its caller gets
+  `{:ok, %Completion{finish_reason: :cancelled}}` with the text so far (a
+  stream ends). `{:error, :not_found}` if no such request is running or waiting.
+
+      ref = make_ref()
+      task = Task.async(fn -> LlamaCppEx.Server.generate(server, "Once", ref: ref) end)
+      :ok = LlamaCppEx.Server.cancel(server, ref)
+  """
+  @spec cancel(server(), reference()) :: :ok | {:error, :not_found}
+  def cancel(server, ref) when is_reference(ref), do: GenServer.call(server, {:cancel, ref})
+
+  @doc """
+  What the server is doing: slots busy and total, queue depth (per class),
+  request counts, prompt and generated tokens (totals, and per second of
+  stepping), the prefix cache's hit ratio (prompt tokens reused over all
+  prompt tokens) and what each slot holds, KV cells used, and the steps: per
+  number of generating sequences, the time of a step, of a cycle (from one
+  step's start to the next's, so including the hops between the server
+  process and the dirty scheduler) and the share of the cycle spent outside
+  `llama_decode`.
+  """
+  @spec stats(server()) :: map()
+  def stats(server), do: GenServer.call(server, :stats)
+
+  # ---- embeddings -------------------------------------------------------------------------------
+
+  @doc """
+  Embeds a text, or a list of texts, on a server started with
+  `embeddings: true`. The texts of concurrent callers are decoded together,
+  each in its own sequence, a chunk per step; the vectors equal
+  `LlamaCppEx.embed/3`'s (within floating-point noise).
+
+  Options: `:pooling` (`:mean`, `:cls`, `:last`), `:normalize` (default
+  `true`), `:add_special` (default `true`), `:truncate` (cut texts longer
+  than the server's `:n_ctx`; otherwise `{:error, {:too_long, info}}`),
+  `:priority` and `:timeout`.
+
+      {:ok, [v1, v2]} = LlamaCppEx.Server.embed(server, ["a cat", "a dog"])
+  """
+  @spec embed(server(), String.t() | [String.t()], keyword()) :: {:ok, [float()] | [[float()]]} | {:error, term()}
+  def embed(server, text_or_texts, opts \\ [])
+
+  def embed(server, text, opts) when is_binary(text) do
+    with {:ok, [vector]} <- embed(server, [text], opts), do: {:ok, vector}
+  end
+
+  def embed(server, texts, opts) when is_list(texts) do
+    opts =
+      Keyword.validate!(opts,
+        pooling: :mean,
+        normalize: true,
+        add_special: true,
+        truncate: false,
+        priority: :normal,
+        timeout: :infinity
+      )
+
+    unless opts[:pooling] in [:mean, :cls, :last],
+      do: raise(ArgumentError, ":pooling must be :mean, :cls or :last, got: #{inspect(opts[:pooling])}")
+
+    Options.bool!(opts, :normalize)
+    priority!(opts[:priority])
+    timeout!(opts[:timeout])
+
+    with {:ok, pid, cfg} <- config(server, opts[:timeout]),
+         :ok <- if(cfg.embedding, do: :ok, else: {:error, :embeddings_disabled}),
+         {:ok, lists} <- encode_all(cfg.model, texts, opts[:add_special]),
+         {:ok, lists} <- fit(lists, cfg.n_ctx_slot, Options.bool!(opts, :truncate)) do
+      reqs =
+        for tokens <- lists do
+          %Request{
+            ref: make_ref(),
+            pid: self(),
+            kind: :embed,
+            tokens: tokens,
+            pooling: opts[:pooling],
+            normalize: opts[:normalize],
+            priority: opts[:priority],
+            timeout: opts[:timeout]
+          }
+        end
+
+      mon = Process.monitor(pid)
+
+      case submit(pid, reqs) do
+        :ok ->
+          results = Enum.map(reqs, &await(&1.ref, mon))
+          Process.demonitor(mon, [:flush])
+
+          case Enum.find(results, &match?({:error, _}, &1)) do
+            nil -> {:ok, Enum.map(results, fn {:ok, v} -> v end)}
+            error -> error
+          end
+
+        error ->
+          Process.demonitor(mon, [:flush])
+          error
+      end
+    end
+  end
+
+  defp encode_all(model, texts, add_special) do
+    Enum.reduce_while(texts, {:ok, []}, fn
+      text, {:ok, acc} when is_binary(text) ->
+        case Tokenizer.encode(model, text, add_special: add_special) do
+          {:ok, tokens} -> {:cont, {:ok, [tokens | acc]}}
+          error -> {:halt, error}
+        end
+
+      other, _ ->
+        raise ArgumentError, "texts must be strings, got: #{inspect(other)}"
+    end)
+    |> case do
+      {:ok, acc} -> {:ok, Enum.reverse(acc)}
+      error -> error
+    end
+  end
+
+  defp fit(lists, max, truncate?) do
+    case Enum.find(lists, &(length(&1) > max)) do
+      nil -> {:ok, lists}
+      _ when truncate? -> {:ok, Enum.map(lists, &Enum.take(&1, max))}
+      long -> {:error, {:too_long, %{tokens: length(long), max: max}}}
+    end
+  end
+
+  # ---- the caller's half of a request -----------------------------------------------------------
+
+  defp split!(opts, extra) do
+    opts =
+      Options.split!(
+        opts,
+        [gen: @gen_keys, call: @call_keys, request: @request_keys, sampler: Sampler.option_keys()] ++ extra
+      )
+
+    priority!(opts.request[:priority])
+    timeout!(opts.request[:timeout])
+
+    unless is_nil(opts.request[:ref]) or is_reference(opts.request[:ref]),
+      do: raise(ArgumentError, ":ref must be a reference, got: #{inspect(opts.request[:ref])}")
+
+    if opts[:stream] do
+      f = opts.stream[:on_complete]
+      unless is_nil(f) or is_function(f, 1), do: raise(ArgumentError, ":on_complete must be a 1-arity function")
+    end
+
+    %{opts | gen: Context.generate_opts(opts.gen)}
+  end
+
+  defp priority!(p) do
+    unless p in Queue.classes(),
+      do: raise(ArgumentError, ":priority must be :high, :normal or :low, got: #{inspect(p)}")
+  end
+
+  defp timeout!(t) do
+    unless t == :infinity or (is_integer(t) and t > 0),
+      do: raise(ArgumentError, ":timeout must be a positive integer or :infinity, got: #{inspect(t)}")
+  end
+
+  # a prompt given as token ids is checked natively (ids in range) when it is admitted
+  defp encode(_model, tokens, _call) when is_list(tokens) do
+    if Enum.all?(tokens, &is_integer/1),
+      do: {:ok, tokens},
+      else: raise(ArgumentError, "a prompt must be a string or a list of token ids")
+  end
+
+  defp encode(model, prompt, call) do
+    Tokenizer.encode(model, prompt, add_special: call[:add_special], parse_special: call[:parse_special])
+  end
+
+  defp call(server, opts, tokenize) do
+    with {:ok, pid, req} <- request(server, opts, tokenize, :call) do
+      mon = Process.monitor(pid)
+
+      case submit(pid, [req]) do
+        :ok ->
+          result = await(req.ref, mon)
+          Process.demonitor(mon, [:flush])
+          result
+
+        error ->
+          Process.demonitor(mon, [:flush])
+          Sampler.free(req.sampler)
+          error
+      end
+    end
+  end
+
+  @doc false
+  # Tokenizes, checks and builds a request in the calling process: {:ok, pid, request}.
+  def request(server, opts, tokenize, kind) do
+    with {:ok, pid, cfg} <- config(server, opts.request[:timeout]),
+         :ok <- if(cfg.embedding, do: {:error, :embeddings_only}, else: :ok),
+         {:ok, tokens} <- tokenize.(cfg.model),
+         :ok <- check_prompt(tokens, opts.gen, cfg),
+         {:ok, sampler} <- Sampler.create(cfg.model, opts.sampler) do
+      r = opts.request
+
+      {:ok, pid,
+       %Request{
+         ref: r[:ref] || make_ref(),
+         pid: self(),
+         kind: kind,
+         tokens: tokens,
+         key: LlamaCppEx.Server.Cache.key(tokens),
+         sampler: sampler,
+         max_tokens: opts.gen.max_tokens,
+         stop: opts.gen.stop,
+         priority: r[:priority],
+         timeout: r[:timeout],
+         session: r[:session],
+         scope: r[:cache_scope]
+       }}
+    end
+  end
+
+  defp check_prompt([], _gen, _cfg), do: {:error, :empty_prompt}
+
+  defp check_prompt(tokens, gen, cfg) do
+    n = length(tokens)
+
+    if n > cfg.n_ctx_slot,
+      do:
+        {:error,
+         {:context_overflow, %{position: 0, prompt_tokens: n, max_tokens: gen.max_tokens, n_ctx: cfg.n_ctx_slot}}},
+      else: :ok
+  end
+
+  # The server's model and sizes; waits while the server is loading.
+  defp config(server, timeout) do
+    case GenServer.whereis(server) do
+      nil ->
+        {:error, {:server_down, :noproc}}
+
+      pid ->
+        try do
+          {:ok, cfg} = GenServer.call(pid, :config, timeout)
+          {:ok, pid, cfg}
+        catch
+          :exit, {:timeout, _} -> {:error, :timeout}
+          :exit, {reason, _} -> {:error, {:server_down, reason}}
+        end
+    end
+  end
+
+  @doc false
+  def submit(pid, reqs) do
+    GenServer.call(pid, {:submit, reqs}, :infinity)
+  catch
+    :exit, {reason, _} -> {:error, {:server_down, reason}}
+  end
+
+  @doc false
+  def await(ref, mon) do
+    receive do
+      {^ref, {:done, result}} ->
+        result
+
+      {:DOWN, ^mon, :process, _, reason} ->
+        # the other requests of this caller waiting on the same monitor see it too
+        send(self(), {:DOWN, mon, :process, nil, reason})
+        {:error, {:server_down, reason}}
+    end
+  end
+end

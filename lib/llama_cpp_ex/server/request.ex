@@ -1,0 +1,42 @@
+defmodule LlamaCppEx.Server.Request do
+  @moduledoc false
+  # One request to LlamaCppEx.Server, as the server process keeps it. Built
+  # and validated by the caller (tokens, sampler, options), so a bad request
+  # never reaches the server's batch; the server adds its bookkeeping.
+
+  @enforce_keys [:ref, :pid, :kind, :tokens]
+  defstruct [
+    :ref,
+    # the caller (for a stream: its consumer); monitored
+    :pid,
+    # :call (blocking), :stream or :embed
+    :kind,
+    :tokens,
+    # the prompt as a LlamaCppEx.Server.Cache key
+    key: <<>>,
+    sampler: nil,
+    max_tokens: 256,
+    stop: [],
+    priority: :normal,
+    scope: nil,
+    session: nil,
+    timeout: :infinity,
+    # embeddings
+    pooling: :mean,
+    normalize: true,
+    # the server's bookkeeping
+    mon: nil,
+    timer: nil,
+    slot: nil,
+    order: nil,
+    submitted_at: nil,
+    admitted_at: nil,
+    # streams: chunks asked for and sent, text not sent yet, tokens since the last chunk
+    demanded: 0,
+    sent: 0,
+    pending: "",
+    unsent: 0
+  ]
+
+  @type t :: %__MODULE__{}
+end
