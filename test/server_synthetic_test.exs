@@ -6,6 +6,8 @@ defmodule LlamaCppEx.ServerSyntheticTest do
   # of the unbatched path, however prompts are split and batched.
   use ExUnit.Case, async: false
   @moduletag :slow
+  # two compute threads on a shared 2-core machine: slow when anything else runs
+  @moduletag timeout: 300_000
 
   alias LlamaCppEx.{Context, Sampler, Server}
 
