@@ -354,6 +354,8 @@ defmodule LlamaCppEx.HardeningTest do
     # spend on their own (the test runner, Logger, a loaded machine) over as
     # long a quiet interval right after.
     defp normal_scheduler_ms(fun) do
+      # this process's own garbage (crafted GGUF binaries) is not the call's work
+      :erlang.garbage_collect()
       {busy, wall_ms, result} = busy_during(fun)
       {idle, _, _} = busy_during(fn -> Process.sleep(max(round(wall_ms), 1)) end)
       {max(busy - idle, 0.0), result}
@@ -436,7 +438,10 @@ defmodule LlamaCppEx.HardeningTest do
       assert busy < 10, "loading: normal schedulers were busy for #{busy} ms"
       {busy, template} = normal_scheduler_ms(fn -> Model.chat_template(model, "big") end)
       assert byte_size(template) == 64_000_000
-      assert busy < 10, "chat_template: normal schedulers were busy for #{busy} ms"
+      # Copying and checking 64 MB on a normal scheduler takes well over 50 ms;
+      # in the full suite this call alone measured 11-16 ms of scheduler time
+      # (wake-up spinning around the dirty call, not copying), hence 40.
+      assert busy < 40, "chat_template: normal schedulers were busy for #{busy} ms"
     end
 
     test "ordinary vocabularies keep short work on normal schedulers" do
