@@ -350,15 +350,18 @@ defmodule LlamaCppEx.HardeningTest do
 
     # How long the normal schedulers were busy (ms, summed) while fun ran: a
     # NIF on a normal scheduler counts in full, one on a dirty scheduler not.
-    # Normal-scheduler time spent during fun.(), less what the same schedulers
-    # spend on their own (the test runner, Logger, a loaded machine) over as
-    # long a quiet interval right after.
+    # Normal-scheduler time spent during fun.() beyond what the schedulers
+    # spend on their own over as long a quiet interval right after (the test
+    # runner, Logger, a loaded machine) and beyond a fifth of the call's own
+    # duration (schedulers spinning around a dirty call's hand-offs measured up
+    # to 25 ms of a few hundred in the full suite). Work done on a normal
+    # scheduler shows nearly all of its duration here.
     defp normal_scheduler_ms(fun) do
       # this process's own garbage (crafted GGUF binaries) is not the call's work
       :erlang.garbage_collect()
       {busy, wall_ms, result} = busy_during(fun)
       {idle, _, _} = busy_during(fn -> Process.sleep(max(round(wall_ms), 1)) end)
-      {max(busy - idle, 0.0), result}
+      {max(busy - idle - wall_ms / 5, 0.0), result}
     end
 
     defp busy_during(fun) do
@@ -438,10 +441,7 @@ defmodule LlamaCppEx.HardeningTest do
       assert busy < 10, "loading: normal schedulers were busy for #{busy} ms"
       {busy, template} = normal_scheduler_ms(fn -> Model.chat_template(model, "big") end)
       assert byte_size(template) == 64_000_000
-      # Copying and checking 64 MB on a normal scheduler takes well over 50 ms;
-      # in the full suite this call alone measured 11-16 ms of scheduler time
-      # (wake-up spinning around the dirty call, not copying), hence 40.
-      assert busy < 40, "chat_template: normal schedulers were busy for #{busy} ms"
+      assert busy < 10, "chat_template: normal schedulers were busy for #{busy} ms"
     end
 
     test "ordinary vocabularies keep short work on normal schedulers" do
