@@ -107,6 +107,17 @@ defmodule LlamaCppEx.Server do
   computed once. `stats/1` shows the hit ratio; `Completion.cached_tokens`
   the tokens a request reused.
 
+  ## Performance
+
+  The server's own work (building the batch, sampling, text, the NIF call and
+  the process's bookkeeping) is a few per cent of a step; the rest is
+  `llama_decode` (`stats/1` shows it, `mix llama.server_bench` measures it
+  against llama.cpp's `llama-batched-bench`). On a machine with few cores,
+  the BEAM's schedulers spin while they wait for work and take CPU from the
+  compute threads: run the VM with `+sbwt none +sbwtdcpu none +sbwtdio none`
+  (e.g. `ELIXIR_ERL_OPTIONS`), which made single-stream decoding about 10 %
+  faster on a 2-core machine.
+
   ## Output
 
   With the default `kv_unified: false` and `flash_attn: false`, a request's

@@ -540,8 +540,8 @@ defmodule LlamaCppEx.Server.Loop do
     st = s.stats
 
     by_batch =
-      Map.update(st.by_batch, step.generating, {1, wall_us, step.decode_us}, fn {n, w, d} ->
-        {n + 1, w + wall_us, d + step.decode_us}
+      Map.update(st.by_batch, step.generating, {1, wall_us, step.decode_us, step.step_us}, fn {n, w, d, c} ->
+        {n + 1, w + wall_us, d + step.decode_us, c + step.step_us}
       end)
 
     %{
@@ -584,13 +584,15 @@ defmodule LlamaCppEx.Server.Loop do
         decode_ms: st.decode_us / 1000,
         outside_decode: outside_decode(st),
         by_batch:
-          Map.new(st.by_batch, fn {b, {n, w, d}} ->
+          Map.new(st.by_batch, fn {b, {n, w, d, native}} ->
             {c_n, c_us, c_d} = Map.get(st.cycles, b, {0, 0, 0})
 
             {b,
              %{
                steps: n,
                step_ms: w / n / 1000,
+               native_ms: native / n / 1000,
+               decode_ms: d / n / 1000,
                cycle_ms: if(c_n > 0, do: c_us / c_n / 1000, else: nil),
                outside_decode: if(c_us > 0, do: 1 - c_d / c_us, else: if(w > 0, do: 1 - d / w, else: 0.0))
              }}

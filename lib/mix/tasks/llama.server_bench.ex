@@ -78,7 +78,7 @@ defmodule Mix.Tasks.Llama.ServerBench do
         other -> Mix.raise("--flash-attn takes auto, true or false, got #{other}")
       end
 
-    bin = if opts[:skip_native] or :tg not in sections, do: nil, else: tools_dir(root)
+    bin = if opts[:skip_native] || :tg not in sections, do: nil, else: tools_dir(root)
 
     cfg = %{
       model: model,
@@ -142,14 +142,18 @@ defmodule Mix.Tasks.Llama.ServerBench do
 
       server =
         for kv <- cfg.kvs, into: %{} do
-          {kv, Map.new([:tg, :tg_wall, :e2e, :step_ms, :cycle_ms, :outside], fn k -> {k, med.(& &1.server[kv][k])} end)}
+          {kv,
+           Map.new([:tg, :tg_wall, :e2e, :decode_ms, :native_ms, :step_ms, :cycle_ms, :outside], fn k ->
+             {k, med.(& &1.server[kv][k])}
+           end)}
         end
 
       %{
         b: b,
+        threads: cfg.threads,
         native: if(skip_native?, do: nil, else: %{tg: med.(&(&1.native && &1.native.tg))}),
         server: server,
-        independent: %{e2e: med.(& &1.independent.e2e)}
+        independent: %{e2e: med.(& &1.independent.e2e), e2e_default: med.(& &1.independent.e2e_default)}
       }
     end
   end
@@ -208,7 +212,14 @@ defmodule Mix.Tasks.Llama.ServerBench do
     generated = for {{:ok, c}, _} <- done, do: c.generated_tokens
     tg_ms = Enum.max(ends) - Enum.max(firsts)
 
-    steps = Map.get(stats.steps.by_batch, b, %{step_ms: 0.0, cycle_ms: nil, outside_decode: 0.0})
+    steps =
+      Map.get(stats.steps.by_batch, b, %{
+        step_ms: 0.0,
+        native_ms: 0.0,
+        decode_ms: 0.0,
+        cycle_ms: nil,
+        outside_decode: 0.0
+      })
 
     %{
       # while all B generate: B tokens per cycle (from one step's start to the next's)
@@ -216,13 +227,22 @@ defmodule Mix.Tasks.Llama.ServerBench do
       tg_wall: (Enum.sum(generated) - b) / (tg_ms / 1000),
       e2e: Enum.sum(generated) / ((Enum.max(ends) - t0) / 1000),
       step_ms: steps.step_ms,
+      native_ms: steps.native_ms,
+      decode_ms: steps.decode_ms,
       cycle_ms: steps.cycle_ms || 0.0,
       outside: steps.outside_decode
     }
   end
 
-  # today's path: each caller its own context and sampler, as LlamaCppEx.complete/3 makes them
+  # today's path: each caller its own context and sampler, as LlamaCppEx.complete/3 makes them,
+  # with the same threads per context, and with its default (Context.default_threads/0)
   defp independent_tg(cfg, prompts) do
+    %{e2e: e2e} = independent_tg(cfg, prompts, cfg.threads)
+    %{e2e: default} = independent_tg(cfg, prompts, Context.default_threads())
+    %{e2e: e2e, e2e_default: default}
+  end
+
+  defp independent_tg(cfg, prompts, threads) do
     opts = gen_opts(cfg.model, @ntg)
     t0 = now_ms()
 
@@ -230,7 +250,7 @@ defmodule Mix.Tasks.Llama.ServerBench do
       prompts
       |> Enum.map(fn p ->
         Task.async(fn ->
-          {:ok, ctx} = Context.create(cfg.model, n_ctx: @npp + @ntg, n_threads: cfg.threads, flash_attn: cfg.fa)
+          {:ok, ctx} = Context.create(cfg.model, n_ctx: @npp + @ntg, n_threads: threads, flash_attn: cfg.fa)
           {:ok, s} = Sampler.create(cfg.model, Keyword.delete(opts, :max_tokens))
           {:ok, c} = Context.generate(ctx, s, p, max_tokens: @ntg)
           Sampler.free(s)
@@ -460,9 +480,10 @@ defmodule Mix.Tasks.Llama.ServerBench do
     head =
       "| B | batched-bench S_TG | " <>
         Enum.map_join(kvs, " | ", &"server #{kv_name(&1)} TG | ÷ native") <>
-        " | independent e2e | " <> Enum.map_join(kvs, " | ", &"server #{kv_name(&1)} e2e | ÷ indep.") <> " |"
+        " | independent e2e, #{hd(rows).threads} thr. | independent e2e, default #{Context.default_threads()} thr. | " <>
+        Enum.map_join(kvs, " | ", &"server #{kv_name(&1)} e2e | ÷ best indep.") <> " |"
 
-    sep = "|" <> String.duplicate("---|", 2 + 4 * length(kvs) + 1)
+    sep = "|" <> String.duplicate("---|", 2 + 4 * length(kvs) + 2)
 
     lines =
       for r <- rows do
@@ -470,19 +491,24 @@ defmodule Mix.Tasks.Llama.ServerBench do
 
         tg = Enum.map_join(kvs, " | ", fn kv -> "#{fmt(r.server[kv].tg)} | #{ratio(r.server[kv].tg, native)}" end)
 
+        best = max(r.independent.e2e, r.independent.e2e_default)
+
         e2e =
           Enum.map_join(kvs, " | ", fn kv ->
-            "#{fmt(r.server[kv].e2e)} | #{ratio(r.server[kv].e2e, r.independent.e2e)}"
+            "#{fmt(r.server[kv].e2e)} | #{ratio(r.server[kv].e2e, best)}"
           end)
 
-        "| #{r.b} | #{fmt(native)} | #{tg} | #{fmt(r.independent.e2e)} | #{e2e} |"
+        "| #{r.b} | #{fmt(native)} | #{tg} | #{fmt(r.independent.e2e)} | #{fmt(r.independent.e2e_default)} | #{e2e} |"
       end
 
     overhead =
       for r <- rows do
         "| #{r.b} | " <>
           Enum.map_join(kvs, " | ", fn kv ->
-            "#{fmt(r.server[kv].step_ms, 2)} / #{fmt(r.server[kv].cycle_ms, 2)} ms, #{fmt(100 * r.server[kv].outside, 1)} %"
+            v = r.server[kv]
+
+            "#{fmt(v.decode_ms, 2)} / #{fmt(v.native_ms, 2)} / #{fmt(v.step_ms, 2)} / #{fmt(v.cycle_ms, 2)} ms, " <>
+              "#{fmt(100 * v.outside, 1)} %"
           end) <> " |"
       end
 
@@ -499,9 +525,10 @@ defmodule Mix.Tasks.Llama.ServerBench do
     #{sep}
     #{Enum.join(lines, "\n")}
 
-    Server step / cycle time while B sequences generate, and the share of the cycle spent outside
-    `llama_decode` (building the batch, sampling, text, the NIF call, the server process's own work
-    and the hops between the dirty scheduler and the server process):
+    While B sequences generate, per step: `llama_decode` / the native step (decode plus building the
+    batch, sampling, text) / the step seen from the server process (plus the NIF call and the events'
+    handling) / the cycle (plus what happens until the next step starts); and the share of the cycle
+    spent outside `llama_decode`:
 
     | B | #{Enum.map_join(kvs, " | ", &kv_name/1)} |
     |---|#{String.duplicate("---|", length(kvs))}
