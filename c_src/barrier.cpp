@@ -66,6 +66,8 @@ const char *lcx_last_exception(void) { return last_exception; }
 
 void lcx_clear_exception(void) { last_exception[0] = '\0'; }
 
+void lcx_set_exception(const char *what) { remember(what); }
+
 int32_t lcx_tokenize(const struct llama_vocab *vocab, const char *text, int32_t len, llama_token *tokens, int32_t n_max,
                      bool add_special, bool parse_special, bool *threw) {
   return guarded<int32_t>(0, threw,

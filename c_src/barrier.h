@@ -22,6 +22,8 @@ extern "C" {
 void lcx_barrier_init(void);
 const char *lcx_last_exception(void);
 void lcx_clear_exception(void);
+// Sets this thread's message (relaying one from a thread that ran a call for it).
+void lcx_set_exception(const char *what);
 int32_t lcx_tokenize(const struct llama_vocab *vocab, const char *text, int32_t len, llama_token *tokens, int32_t n_max,
                      bool add_special, bool parse_special, bool *threw);
 int32_t lcx_token_to_piece(const struct llama_vocab *vocab, llama_token token, char *buf, int32_t len, int32_t lstrip,

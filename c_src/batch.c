@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "batch.h"
+#include "context.h"
 #include "lcx.h"
 #include "slot.h"
 
@@ -469,7 +470,7 @@ LCX_NIF(nif_batch_step) {
     if (!threw && rc == 1) {
       release_samplers(&st);
       leave(st.e, &me);
-      r = enif_make_tuple2(env, ATOM_no_kv_slot, st.events);
+      r = enif_make_tuple2(env, lcx_reason_atom(LCX_E_no_kv_slot), st.events);
       goto out;
     }
     if (threw || rc != 0) {

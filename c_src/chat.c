@@ -60,9 +60,9 @@ LCX_NIF(nif_chat_apply_template) {
       len = lcx_chat_apply_template(tmpl, msgs, n, add_ass, buf, cap, &threw);
     }
     if (threw)
-      result = lcx_error_str(env, ATOM_template_failed, lcx_last_exception());
+      result = lcx_err_msg(env, LCX_E_template_failed, lcx_last_exception());
     else if (len < 0)
-      result = lcx_error(env, ATOM_unknown_template);
+      result = lcx_err(env, LCX_E_unknown_template);
     else
       result = lcx_ok(env, lcx_binary(env, buf, (size_t)len));
     enif_free(buf);

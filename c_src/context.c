@@ -8,12 +8,36 @@
 // call stops when its calling process dies; llama.cpp's abort callback checks
 // all of it inside llama_decode.
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "context.h"
+#include "grammar_stack.h"
 #include "lcx.h"
 
-ErlNifResourceType *LCX_CONTEXT_RT;
+struct lcx_context {
+  lcx_owner owner; // who uses `ctx` (owner.h)
+  struct llama_context *ctx;
+  struct ggml_threadpool *tp;       // compute threads for single tokens
+  struct ggml_threadpool *tp_batch; // and for batches (NULL: same as tp)
+  lcx_model *model;                 // kept alive with enif_keep_resource
+  bool has_logits;                  // the last decode left logits to sample from
+  bool embeddings;                  // created with embeddings: true
+};
+
+static ErlNifResourceType *LCX_CONTEXT_RT;
+
+static lcx_context *get_context(ErlNifEnv *env, ERL_NIF_TERM t) {
+  void *p;
+  return enif_get_resource(env, t, LCX_CONTEXT_RT, &p) ? p : NULL;
+}
+
+struct llama_context *lcx_context_llama(lcx_context *c) {
+  return c->ctx;
+}
+lcx_model *lcx_context_model(lcx_context *c) { return c->model; }
 atomic_long lcx_live_contexts;
 
 // ---- resource lifecycle ----------------------------------------------------------------
@@ -35,6 +59,7 @@ static void free_native(void *arg) {
   if (n->tp) ggml_threadpool_free(n->tp);
   if (n->tp_batch) ggml_threadpool_free(n->tp_batch);
   if (n->model) lcx_model_release(n->model, false);
+  if (n->ctx) lcx_janitor_trim_soon();
 }
 
 static void destroy_context(lcx_context *c, bool from_destructor) {
@@ -60,6 +85,8 @@ int lcx_context_load_types(ErlNifEnv *env) {
 
 bool lcx_abort_cb(void *data) { return lcx_owner_cancelled(&((lcx_context *)data)->owner); }
 
+static bool embeds_stepwise(lcx_context *c);
+
 // ---- claims ---------------------------------------------------------------------------------
 
 static ERL_NIF_TERM claim_error(ErlNifEnv *env, lcx_claim_result r) {
@@ -67,7 +94,7 @@ static ERL_NIF_TERM claim_error(ErlNifEnv *env, lcx_claim_result r) {
 }
 
 lcx_context *lcx_context_claim(ErlNifEnv *env, ERL_NIF_TERM t, lcx_claim *who, ERL_NIF_TERM *err) {
-  lcx_context *c = lcx_get_context(env, t);
+  lcx_context *c = get_context(env, t);
   if (!c) {
     *err = lcx_raise(env, "expected a context reference");
     return NULL;
@@ -84,7 +111,7 @@ void lcx_context_release(lcx_context *c, lcx_claim *who) { lcx_owner_release(&c-
 
 bool lcx_claim_context_sampler(ErlNifEnv *env, ERL_NIF_TERM ct, ERL_NIF_TERM st, lcx_claim *who, lcx_context **cp,
                                lcx_sampler **sp, ERL_NIF_TERM *err) {
-  lcx_context *c = lcx_get_context(env, ct);
+  lcx_context *c = get_context(env, ct);
   lcx_sampler *s = lcx_get_sampler(env, st);
   if (!c) {
     *err = lcx_raise(env, "expected a context reference");
@@ -122,10 +149,6 @@ int32_t lcx_next_position(lcx_context *c) {
 }
 
 uint32_t lcx_context_seq_size(lcx_context *c) { return llama_n_ctx_seq(c->ctx); }
-struct llama_context *lcx_context_llama(lcx_context *c) {
-  return c->ctx;
-}
-lcx_model *lcx_context_model(lcx_context *c) { return c->model; }
 lcx_owner *lcx_context_owner(lcx_context *c) { return &c->owner; }
 bool lcx_context_embeddings(lcx_context *c) { return c->embeddings; }
 
@@ -204,38 +227,110 @@ static bool ggml_type_from_atom(ErlNifEnv *env, ERL_NIF_TERM t, enum ggml_type *
   return false;
 }
 
+// A model's head size for K or V ("key" or "value"): <arch>.attention.<kind>_length,
+// else n_embd / n_head, as llama.cpp reads it; *swa the size for sliding-window
+// layers (<kind>_length_swa, else the same).
+static uint32_t head_size(const struct llama_model *model, const char *kind, uint32_t *swa) {
+  char arch[64] = "", key[128], val[32];
+  llama_model_meta_val_str(model, "general.architecture", arch, sizeof arch);
+  int32_t n_head = llama_model_n_head(model);
+  uint32_t full = n_head > 0 ? (uint32_t)(llama_model_n_embd(model) / n_head) : 0;
+  snprintf(key, sizeof key, "%s.attention.%s_length", arch, kind);
+  if (llama_model_meta_val_str(model, key, val, sizeof val) > 0) full = (uint32_t)strtoul(val, NULL, 10);
+  *swa = full;
+  snprintf(key, sizeof key, "%s.attention.%s_length_swa", arch, kind);
+  if (llama_model_meta_val_str(model, key, val, sizeof val) > 0) *swa = (uint32_t)strtoul(val, NULL, 10);
+  return full;
+}
+
+// A quantized KV cache stores each head's vector in blocks of ggml_blck_size
+// values: a head size the block does not divide makes every attention read
+// straddle blocks and gives garbage. llama.cpp refuses it only with flash
+// attention on; here it is refused whatever the setting. Returns true, or
+// false with {:error, {:unsupported_kv_type, info}} in *err.
+static bool check_kv_type(ErlNifEnv *env, const struct llama_model *model, enum ggml_type type, const char *cache,
+                          ERL_NIF_TERM *err) {
+  int64_t block = ggml_blck_size(type);
+  if (block <= 1 || llama_model_n_layer(model) == 0) return true;
+  uint32_t swa, full = head_size(model, cache[0] == 'k' ? "key" : "value", &swa);
+  uint32_t bad = full % block != 0 ? full : swa % block != 0 ? swa : 0;
+  if (full == 0 || bad == 0) return true;
+  const char *keys[] = {"cache", "type", "block_size", "head_size"};
+  ERL_NIF_TERM vals[] = {enif_make_atom(env, cache), enif_make_atom(env, ggml_type_name(type)),
+                         enif_make_int64(env, block), enif_make_uint(env, bad)};
+  *err = lcx_err_detail(env, LCX_E_unsupported_kv_type, lcx_make_map(env, keys, vals, 4));
+  return false;
+}
+
 static uint64_t physical_ram(void) {
   long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
   return pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
 }
 
-// Lower bound of what llama_init_from_model allocates: K and V caches for
-// every layer, the attention scores of one micro-batch, and the logits of a
-// full batch. (llama.cpp rounds n_ctx up to
-// a multiple of 256 and clamps n_batch to n_ctx.)
-static uint64_t estimate_bytes(const struct llama_model *model, int32_t n_vocab, const struct llama_context_params *p) {
+// What llama_init_from_model allocates, mirrored from the pinned llama.cpp
+// (llama_context's constructor in src/llama-context.cpp, llama_kv_cache's in
+// src/llama-kv-cache.cpp, output_reserve):
+//  * cells: n_ctx (0: the training length) is padded to a multiple of 256.
+//    The cache is not unified (kv_unified, never set here), so each of the
+//    n_seq_max sequences gets a stream of its own of n_ctx_seq =
+//    pad(n_ctx / n_seq_max, 256) cells, and the cache holds n_ctx_seq *
+//    n_seq_max cells: n_ctx 256 with 256 sequences is 65,536 cells, not 256.
+//    Sliding-window layers get full-size caches too (swa_full, llama.cpp's
+//    default, is kept).
+//  * KV: per layer and cell, a K row of n_embd_head_k * n_head_kv values of
+//    type_k and a V row of n_embd_head_v * n_head_kv values of type_v.
+//  * outputs: logits of the last token of each sequence; with embeddings on,
+//    logits and embeddings of every token of a batch (decodes here ask for
+//    all outputs then).
+//  * compute: the logits of one micro-batch, a few activations per token,
+//    the attention mask of a micro-batch against a sequence's cells and,
+//    unless flash attention is forced on, its f32 attention scores (auto
+//    counts them: it may resolve to off).
+// Not counted: the weights (loaded already). Layers without a KV cache
+// (recurrent, shared) are counted as if they had one: an over-estimate.
+typedef struct {
+  uint64_t kv, output, compute;
+} ctx_estimate;
+
+static ctx_estimate estimate_bytes(const struct llama_model *model, int32_t n_vocab,
+                                   const struct llama_context_params *p) {
   uint64_t n_ctx = p->n_ctx ? p->n_ctx : (uint64_t)llama_model_n_ctx_train(model);
   n_ctx = (n_ctx + 255) / 256 * 256;
+  uint64_t n_seq = p->n_seq_max ? p->n_seq_max : 1;
+  uint64_t n_ctx_seq = (n_ctx / n_seq + 255) / 256 * 256;
+  uint64_t cells = n_ctx_seq * n_seq;
   uint64_t n_layer = (uint64_t)llama_model_n_layer(model);
-  int32_t n_head = llama_model_n_head(model), n_head_kv = llama_model_n_head_kv(model);
-  uint64_t n_embd_kv = n_head > 0 ? (uint64_t)llama_model_n_embd(model) * (uint64_t)n_head_kv / (uint64_t)n_head : 0;
-  double k = ggml_type_size(p->type_k) / (double)ggml_blck_size(p->type_k);
-  double v = ggml_type_size(p->type_v) / (double)ggml_blck_size(p->type_v);
-  uint64_t kv = (uint64_t)((double)(n_layer * n_ctx * n_embd_kv) * (k + v));
-  uint64_t n_batch = p->n_batch < n_ctx ? p->n_batch : n_ctx;
+  uint64_t n_head = (uint64_t)(llama_model_n_head(model) > 0 ? llama_model_n_head(model) : 0);
+  uint64_t n_head_kv = (uint64_t)(llama_model_n_head_kv(model) > 0 ? llama_model_n_head_kv(model) : 0);
+  uint64_t n_embd = (uint64_t)llama_model_n_embd(model);
+  uint32_t swa_k, swa_v;
+  uint64_t head_k = n_head ? head_size(model, "key", &swa_k) : 0,
+           head_v = n_head ? head_size(model, "value", &swa_v) : 0;
+  if (n_head && swa_k > head_k) head_k = swa_k;
+  if (n_head && swa_v > head_v) head_v = swa_v;
+  ctx_estimate e;
+  e.kv = n_layer * cells *
+         (ggml_row_size(p->type_k, (int64_t)(head_k * n_head_kv)) +
+          ggml_row_size(p->type_v, (int64_t)(head_v * n_head_kv)));
+  // the batch is clamped to the context before n_ctx is padded
+  uint64_t n_batch = p->n_batch < (p->n_ctx ? p->n_ctx : n_ctx) ? p->n_batch : (p->n_ctx ? p->n_ctx : n_ctx);
   uint64_t n_ubatch = p->n_ubatch < n_batch ? p->n_ubatch : n_batch;
-  // attention scores of one micro-batch against the whole cache (without flash attention)
-  uint64_t kq = n_ctx * n_ubatch * (uint64_t)(n_head > 0 ? n_head : 1) * sizeof(float);
-  return kv + kq + n_batch * (uint64_t)n_vocab * sizeof(float);
+  uint64_t n_out = p->embeddings ? (n_batch > n_seq ? n_batch : n_seq) : n_seq;
+  e.output = n_out * ((uint64_t)n_vocab + (p->embeddings ? n_embd : 0)) * sizeof(float);
+  bool fa = p->flash_attn_type == LLAMA_FLASH_ATTN_TYPE_ENABLED;
+  uint64_t kq = fa ? 0 : n_ctx_seq * n_ubatch * n_head * sizeof(float);
+  uint64_t mask = n_ctx_seq * n_ubatch * (fa ? 2 : sizeof(float)); // the KQ mask: f16 with flash attention
+  e.compute = n_ubatch * ((uint64_t)n_vocab + 16 * n_embd) * sizeof(float) + kq + mask;
+  return e;
 }
 
 // context_create(model, %{n_ctx, n_batch, n_ubatch, n_seq_max, n_threads, n_threads_batch,
-//                         embeddings, flash_attn, type_k, type_v, pooling})
+//                         embeddings, flash_attn, type_k, type_v, pooling[, max_memory]})
 LCX_NIF(nif_context_create) {
   lcx_model *m = lcx_get_model(env, argv[0]);
   if (!m) return lcx_raise(env, "expected a model reference");
   if (!enif_is_map(env, argv[1])) return lcx_raise(env, "options must be a map");
-  if (m->vocab_only) return lcx_raise(env, "cannot create a context for a vocab_only model");
+  if (lcx_model_vocab_only(m)) return lcx_raise(env, "cannot create a context for a vocab_only model");
   struct llama_context_params p = llama_context_default_params();
   int n_ctx, n_batch, n_ubatch, n_seq_max, n_threads, n_threads_batch, flash_attn, pooling;
   bool embeddings = false;
@@ -263,6 +358,10 @@ LCX_NIF(nif_context_create) {
     return lcx_raise(env, "unknown type_k");
   if (lcx_map_get(env, argv[1], "type_v", &v) && !ggml_type_from_atom(env, v, &p.type_v))
     return lcx_raise(env, "unknown type_v");
+  ErlNifSInt64 max_memory = 0;
+  if (lcx_map_get(env, argv[1], "max_memory", &v) && !enif_is_identical(v, ATOM_nil) &&
+      (!enif_get_int64(env, v, &max_memory) || max_memory < 1))
+    return lcx_raise(env, "max_memory must be a positive integer or nil");
   if (lcx_map_get(env, argv[1], "kv_unified", &v) && !lcx_get_bool(env, v, &p.kv_unified))
     return lcx_raise(env, "kv_unified must be a boolean");
   p.n_ctx = (uint32_t)n_ctx;
@@ -277,16 +376,32 @@ LCX_NIF(nif_context_create) {
   p.no_perf = false;
 
   if (!lcx_model_acquire(m)) return lcx_err(env, LCX_E_closed);
-  // llama.cpp allocates the KV cache and the logits buffer up front; an absurd
-  // n_ctx or n_batch would have the kernel kill the whole VM instead of failing.
-  uint64_t need = estimate_bytes(m->model, m->n_vocab, &p);
-  uint64_t ram = physical_ram();
+  // llama.cpp reserves an output row per sequence within n_batch, which it
+  // clamps to n_ctx, and asserts
+  int32_t n_ctx_eff = n_ctx ? n_ctx : llama_model_n_ctx_train(lcx_model_llama(m));
+  int32_t n_batch_eff = n_ctx_eff > 0 && n_ctx_eff < n_batch ? n_ctx_eff : n_batch;
+  if (n_seq_max > n_batch_eff) {
+    lcx_model_release(m, false);
+    return lcx_raise(env, "n_seq_max (%d) must be at most n_batch (%d, clamped to n_ctx)", n_seq_max, n_batch_eff);
+  }
+  ERL_NIF_TERM kv_err;
+  if (!check_kv_type(env, lcx_model_llama(m), p.type_k, "k", &kv_err) ||
+      !check_kv_type(env, lcx_model_llama(m), p.type_v, "v", &kv_err)) {
+    lcx_model_release(m, false);
+    return kv_err;
+  }
+  // llama.cpp allocates the KV cache and the buffers up front; an absurd
+  // n_ctx, n_seq_max or n_batch would have the kernel kill the whole VM
+  // instead of failing. The limit is physical RAM, or max_memory if given.
+  ctx_estimate est = estimate_bytes(lcx_model_llama(m), lcx_model_n_vocab(m), &p);
+  uint64_t need = est.kv + est.output + est.compute;
+  uint64_t ram = max_memory > 0 ? (uint64_t)max_memory : physical_ram();
   if (ram > 0 && need > ram) {
     lcx_model_release(m, false);
-    ERL_NIF_TERM keys[2] = {ATOM_needed, ATOM_available};
-    ERL_NIF_TERM vals[2] = {enif_make_uint64(env, need), enif_make_uint64(env, ram)};
+    ERL_NIF_TERM keys[3] = {ATOM_needed, ATOM_available, enif_make_atom(env, "kv_cache")};
+    ERL_NIF_TERM vals[3] = {enif_make_uint64(env, need), enif_make_uint64(env, ram), enif_make_uint64(env, est.kv)};
     ERL_NIF_TERM map;
-    enif_make_map_from_arrays(env, keys, vals, 2, &map);
+    enif_make_map_from_arrays(env, keys, vals, 3, &map);
     return lcx_err_detail(env, LCX_E_context_too_large, map);
   }
   lcx_context *c = enif_alloc_resource(LCX_CONTEXT_RT, sizeof(lcx_context));
@@ -304,7 +419,7 @@ LCX_NIF(nif_context_create) {
   p.abort_callback_data = c;
 
   lcx_log_capture_begin();
-  c->ctx = lcx_init_from_model(m->model, p);
+  c->ctx = lcx_init_from_model(lcx_model_llama(m), p);
   const char *why = lcx_log_capture_end();
   if (!c->ctx) {
     ERL_NIF_TERM err = lcx_err_msg(env, LCX_E_context_failed, why[0] ? why : lcx_last_exception());
@@ -312,14 +427,23 @@ LCX_NIF(nif_context_create) {
     return err;
   }
   atomic_fetch_add(&lcx_live_contexts, 1);
-  // A pool of compute threads per context (as llama.cpp's own tools do); a
-  // second one for batches when their thread count differs, the first then
-  // starting paused so the two never spin at once.
+  // A pool of compute threads per context (as llama.cpp's own tools do), and
+  // a second one for batches when their thread count differs. Both start
+  // paused: an unpaused pool's workers busy-poll for work from the moment
+  // they start, and with llama.cpp's default poll level (50: 1024 * 128 * 50
+  // pause instructions, about a second here) a hundred freshly created
+  // contexts kept every core spinning, so creating the next one took 20-60 ms
+  // instead of 1. The first graph computed resumes a pool. Poll level 1 keeps
+  // the workers spinning for ~20 ms after each graph (enough for back-to-back
+  // tokens) instead of a second of CPU burnt after every use.
   struct ggml_threadpool_params tpp = ggml_threadpool_params_default(n_threads);
+  tpp.paused = true;
+  tpp.poll = 1;
   if (n_threads_batch != n_threads) {
     struct ggml_threadpool_params tpp_batch = ggml_threadpool_params_default(n_threads_batch);
+    tpp_batch.paused = true;
+    tpp_batch.poll = 1;
     c->tp_batch = lcx_threadpool_new(&tpp_batch);
-    tpp.paused = true;
   }
   c->tp = lcx_threadpool_new(&tpp);
   if (!c->tp || (n_threads_batch != n_threads && !c->tp_batch)) {
@@ -336,7 +460,7 @@ LCX_NIF(nif_context_create) {
 // context_free(ctx): cancels whatever runs on the context, waits for it to
 // let go, then frees. Dirty: the wait is one token or one decode.
 LCX_NIF(nif_context_free) {
-  lcx_context *c = lcx_get_context(env, argv[0]);
+  lcx_context *c = get_context(env, argv[0]);
   if (!c) return lcx_raise(env, "expected a context reference");
   lcx_owner_close(&c->owner, destroy_now, c);
   return ATOM_ok;
@@ -348,15 +472,21 @@ LCX_NIF(nif_context_info) {
   lcx_claim me = LCX_CALL_CLAIM(env);
   lcx_context *c = lcx_context_claim(env, argv[0], &me, &err);
   if (!c) return err;
-  ERL_NIF_TERM keys[6] = {ATOM_n_ctx,     ATOM_n_batch,   ATOM_n_ubatch,
-                          ATOM_n_seq_max, ATOM_n_threads, ATOM_n_threads_batch};
-  ERL_NIF_TERM vals[6] = {
+  ERL_NIF_TERM keys[7] = {ATOM_n_ctx,
+                          ATOM_n_batch,
+                          ATOM_n_ubatch,
+                          ATOM_n_seq_max,
+                          ATOM_n_threads,
+                          ATOM_n_threads_batch,
+                          enif_make_atom(env, "stepwise_embeddings")};
+  ERL_NIF_TERM vals[7] = {
       enif_make_uint(env, llama_n_ctx(c->ctx)),    enif_make_uint(env, llama_n_batch(c->ctx)),
       enif_make_uint(env, llama_n_ubatch(c->ctx)), enif_make_uint(env, llama_n_seq_max(c->ctx)),
-      enif_make_int(env, llama_n_threads(c->ctx)), enif_make_int(env, llama_n_threads_batch(c->ctx))};
+      enif_make_int(env, llama_n_threads(c->ctx)), enif_make_int(env, llama_n_threads_batch(c->ctx)),
+      embeds_stepwise(c) ? ATOM_true : ATOM_false};
   lcx_context_release(c, &me);
   ERL_NIF_TERM map;
-  enif_make_map_from_arrays(env, keys, vals, 6, &map);
+  enif_make_map_from_arrays(env, keys, vals, 7, &map);
   return lcx_ok(env, map);
 }
 
@@ -385,13 +515,14 @@ LCX_NIF(nif_context_clear) {
 static bool get_tokens(ErlNifEnv *env, lcx_context *c, ERL_NIF_TERM list, llama_token **toks, unsigned *n,
                        ERL_NIF_TERM *err) {
   ERL_NIF_TERM bad;
-  lcx_tokens_result r = lcx_get_tokens(env, list, c->model->n_vocab, toks, n, &bad);
+  lcx_tokens_result r = lcx_get_tokens(env, list, lcx_model_n_vocab(c->model), toks, n, &bad);
   if (r != LCX_TOKENS_OK) {
-    *err = r == LCX_TOKENS_NOMEM ? lcx_err(env, LCX_E_out_of_memory) : lcx_raise(env, "tokens must be a list of integers");
+    *err =
+        r == LCX_TOKENS_NOMEM ? lcx_err(env, LCX_E_out_of_memory) : lcx_raise(env, "tokens must be a list of integers");
     return false;
   }
   if (bad) {
-    *err = lcx_invalid_token(env, bad, c->model->n_vocab);
+    *err = lcx_invalid_token(env, bad, lcx_model_n_vocab(c->model));
     enif_free(*toks);
     *toks = NULL;
     return false;
@@ -439,7 +570,7 @@ LCX_NIF(nif_sampler_sample) {
     r = lcx_err(env, LCX_E_no_logits);
   } else {
     bool threw;
-    llama_token t = lcx_sampler_sample(lcx_sampler_chain(s), c->ctx, -1, &threw);
+    llama_token t = lcx_chain_sample(lcx_sampler_chain(s), lcx_model_max_piece(c->model), c->ctx, -1, &threw);
     r = threw ? lcx_err_msg(env, LCX_E_sampler_failed, lcx_last_exception()) : lcx_ok(env, enif_make_int(env, t));
   }
   lcx_release_context_sampler(c, s, &me);
@@ -462,7 +593,7 @@ static bool make_vector(ErlNifEnv *env, const float *v, int32_t n, ERL_NIF_TERM 
 
 static ERL_NIF_TERM vector_result(ErlNifEnv *env, const float *v, int32_t n) {
   ERL_NIF_TERM list;
-  if (!make_vector(env, v, n, &list)) return lcx_err(env, LCX_E_no_embeddings);
+  if (!make_vector(env, v, n, &list)) return lcx_err(env, LCX_E_non_finite_embedding);
   return lcx_ok(env, list);
 }
 
@@ -473,16 +604,28 @@ static ERL_NIF_TERM embed_pooled(ErlNifEnv *env, lcx_context *c, const llama_tok
   const float *emb = st == LCX_DECODE_OK ? llama_get_embeddings_seq(c->ctx, 0) : NULL;
   if (st != LCX_DECODE_OK) return lcx_decode_error(env, st, code);
   if (!emb) return lcx_err(env, LCX_E_no_embeddings);
-  return vector_result(env, emb, llama_model_n_embd_out(c->model->model));
+  return vector_result(env, emb, llama_model_n_embd_out(lcx_model_llama(c->model)));
 }
 
-// A context without pooling (per-token embeddings): the text is decoded in
-// n_ubatch steps (a causal model's token embeddings do not depend on how the
-// sequence is split) and pooled here, so a long text never makes one huge
-// micro-batch, and every step can be interrupted.
+// Whether a text may be embedded in n_ubatch steps: the context has a memory
+// (a KV cache the steps attend to; llama.cpp gives BERT-like models none and
+// encodes each batch alone) and the model's attention is causal (a token's
+// embedding then does not depend on what follows it).
+static bool embeds_stepwise(lcx_context *c) {
+  if (!llama_get_memory(c->ctx)) return false;
+  char arch[64], key[96], val[16];
+  if (llama_model_meta_val_str(lcx_model_llama(c->model), "general.architecture", arch, sizeof arch) < 0) return true;
+  snprintf(key, sizeof key, "%s.attention.causal", arch);
+  if (llama_model_meta_val_str(lcx_model_llama(c->model), key, val, sizeof val) < 0) return true;
+  return strcmp(val, "false") != 0;
+}
+
+// A context without pooling (per-token embeddings) where embeds_stepwise: the
+// text is decoded in n_ubatch steps and pooled here, so a long text never makes
+// one huge micro-batch, and every step can be interrupted.
 static ERL_NIF_TERM embed_stepwise(ErlNifEnv *env, lcx_context *c, const llama_token *toks, unsigned n,
                                    enum llama_pooling_type pooling) {
-  int32_t n_embd = llama_model_n_embd_out(c->model->model), code;
+  int32_t n_embd = llama_model_n_embd_out(lcx_model_llama(c->model)), code;
   uint32_t step = llama_n_ubatch(c->ctx);
   double *acc = enif_alloc(sizeof(double) * (size_t)n_embd);
   float *out = enif_alloc(sizeof(float) * (size_t)n_embd);
@@ -528,11 +671,16 @@ static ERL_NIF_TERM embed_stepwise(ErlNifEnv *env, lcx_context *c, const llama_t
 static bool pooling_from_atom(ErlNifEnv *env, ERL_NIF_TERM t, enum llama_pooling_type *out) {
   char name[16];
   if (!enif_get_atom(env, t, name, sizeof name, ERL_NIF_LATIN1)) return false;
-  if (strcmp(name, "nil") == 0) *out = LLAMA_POOLING_TYPE_UNSPECIFIED;
-  else if (strcmp(name, "mean") == 0) *out = LLAMA_POOLING_TYPE_MEAN;
-  else if (strcmp(name, "cls") == 0) *out = LLAMA_POOLING_TYPE_CLS;
-  else if (strcmp(name, "last") == 0) *out = LLAMA_POOLING_TYPE_LAST;
-  else return false;
+  if (strcmp(name, "nil") == 0)
+    *out = LLAMA_POOLING_TYPE_UNSPECIFIED;
+  else if (strcmp(name, "mean") == 0)
+    *out = LLAMA_POOLING_TYPE_MEAN;
+  else if (strcmp(name, "cls") == 0)
+    *out = LLAMA_POOLING_TYPE_CLS;
+  else if (strcmp(name, "last") == 0)
+    *out = LLAMA_POOLING_TYPE_LAST;
+  else
+    return false;
   return true;
 }
 
@@ -550,7 +698,7 @@ LCX_NIF(nif_context_embed) {
   unsigned n = 0;
   enum llama_pooling_type own = llama_pooling_type(c->ctx);
   bool stepwise = own == LLAMA_POOLING_TYPE_NONE && asked != LLAMA_POOLING_TYPE_UNSPECIFIED;
-  bool causal = llama_model_has_decoder(c->model->model) && !llama_model_has_encoder(c->model->model);
+  bool causal = embeds_stepwise(c);
   uint32_t n_seq = lcx_context_seq_size(c), n_ubatch = llama_n_ubatch(c->ctx);
   if (!get_tokens(env, c, argv[1], &toks, &n, &err)) {
     r = err;

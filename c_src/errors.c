@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "errors.h"
+#include "utf8.h"
 
 static ERL_NIF_TERM reason_atoms[LCX_N_REASONS];
 
@@ -21,11 +22,15 @@ ERL_NIF_TERM lcx_err_detail(ErlNifEnv *env, lcx_reason r, ERL_NIF_TERM detail) {
   return enif_make_tuple2(env, enif_make_atom(env, "error"), enif_make_tuple2(env, reason_atoms[r], detail));
 }
 
+ERL_NIF_TERM lcx_err_detail2(ErlNifEnv *env, lcx_reason r, ERL_NIF_TERM a, ERL_NIF_TERM b) {
+  return enif_make_tuple2(env, enif_make_atom(env, "error"), enif_make_tuple3(env, reason_atoms[r], a, b));
+}
+
 ERL_NIF_TERM lcx_err_msg(ErlNifEnv *env, lcx_reason r, const char *msg) {
-  if (!msg) msg = "";
+  const unsigned char *m = (const unsigned char *)(msg ? msg : "");
+  size_t n = strlen((const char *)m), len = lcx_utf8_sanitized_len(m, n);
   ERL_NIF_TERM t;
-  size_t len = strlen(msg);
   unsigned char *buf = enif_make_new_binary(env, len, &t);
-  if (len) memcpy(buf, msg, len);
+  if (len) lcx_utf8_sanitize(m, n, buf);
   return lcx_err_detail(env, r, t);
 }

@@ -9,7 +9,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "context.h"
+#include "grammar_stack.h"
 #include "lcx.h"
+#include "text.h"
 
 // ---- streams: the resource ---------------------------------------------------------------
 //
@@ -23,6 +26,11 @@
 // tokens of the text it received.
 
 #define STREAM_WINDOW 16
+// A consumer that keeps up would otherwise get one message (and one wake-up)
+// per token; with tokens faster than this, ready text is held until this long
+// after the previous chunk (or until the window is full). Slower tokens go out
+// one by one, at once.
+#define STREAM_MIN_INTERVAL_US 1000
 
 typedef struct stream {
   lcx_claim claim; // first: wake() gets back from the claim to the stream
@@ -43,8 +51,18 @@ typedef struct stream {
 
 static ErlNifResourceType *STREAM_RT;
 
+// What Elixir holds: a handle on the stream. The thread keeps the stream
+// itself alive; when the handle goes (a consumer that dropped a suspended
+// stream), its destructor cancels the stream, so nothing runs for nobody.
+typedef struct {
+  struct stream *st;
+} handle_t;
+
+static ErlNifResourceType *HANDLE_RT;
+
 static void stream_wake(lcx_claim *claim) {
   stream_t *st = (stream_t *)claim;
+  if (!st->mu || !st->cv) return; // never started (out of memory)
   enif_mutex_lock(st->mu);
   enif_cond_broadcast(st->cv);
   enif_mutex_unlock(st->mu);
@@ -63,19 +81,34 @@ static void stream_dtor(ErlNifEnv *env, void *obj) {
   if (st->ref_env) enif_free_env(st->ref_env);
 }
 
+static void handle_dtor(ErlNifEnv *env, void *obj) {
+  handle_t *h = obj;
+  if (!h->st) return;
+  lcx_claim_cancel(&h->st->claim);
+  enif_release_resource(h->st);
+}
+
 int lcx_generate_load_types(ErlNifEnv *env) {
   ErlNifResourceTypeInit init = {.dtor = stream_dtor, .stop = NULL, .down = stream_down};
   STREAM_RT = enif_open_resource_type_x(env, "lcx_stream", &init, ERL_NIF_RT_CREATE, NULL);
-  return STREAM_RT ? 0 : -1;
+  HANDLE_RT = enif_open_resource_type(env, NULL, "lcx_stream_handle", handle_dtor, ERL_NIF_RT_CREATE, NULL);
+  return STREAM_RT && HANDLE_RT ? 0 : -1;
 }
 
 typedef enum { TURN_NOT_YET, TURN_SEND, TURN_CANCELLED } turn_t;
 
-// Whether a chunk may go now; with `wait`, blocks until one may (or the stream is cancelled).
-static turn_t stream_turn(stream_t *st, bool wait) {
+static int64_t now_us(void);
+
+// Whether a chunk may go now; with `wait`, blocks until one may (or the stream
+// is cancelled), adding the time waited to *waited_us.
+static turn_t stream_turn(stream_t *st, bool wait, int64_t *waited_us) {
   enif_mutex_lock(st->mu);
-  while (wait && st->demanded <= st->sent && !atomic_load(&st->claim.cancel))
-    enif_cond_wait(st->cv, st->mu);
+  if (wait && st->demanded <= st->sent && !atomic_load(&st->claim.cancel)) {
+    int64_t t = now_us();
+    while (st->demanded <= st->sent && !atomic_load(&st->claim.cancel))
+      enif_cond_wait(st->cv, st->mu);
+    *waited_us += now_us() - t;
+  }
   turn_t t = atomic_load(&st->claim.cancel) ? TURN_CANCELLED : st->demanded > st->sent ? TURN_SEND : TURN_NOT_YET;
   enif_mutex_unlock(st->mu);
   return t;
@@ -126,15 +159,17 @@ typedef struct {
   lcx_text text;
   llama_token *out;
   unsigned n_out;
-  int32_t pos0;   // where the prompt starts
-  uint32_t n_seq; // cells one sequence can hold
-  unsigned unsent; // tokens since the last chunk (streams)
+  unsigned max_room;    // most tokens this job can produce (max_tokens, or a full context)
+  int32_t pos0;         // where the prompt starts
+  uint32_t n_seq;       // cells one sequence can hold
+  unsigned unsent;      // tokens since the last chunk (streams)
+  int64_t last_sent_us; // when the last chunk went (streams)
   ErlNifEnv *msg_env;
   finish_t finish;
   fail_t fail;
   lcx_decode_status dst;
   int32_t dcode;
-  int64_t t0, t1, t2, decode_us;
+  int64_t t0, t1, t2, decode_us, waited_us; // waited: for a stream's consumer
 } gen_t;
 
 static ERL_NIF_TERM finish_atom(finish_t f) {
@@ -155,7 +190,7 @@ static ERL_NIF_TERM finish_atom(finish_t f) {
 // Only a prompt that does not fit is an error; generation itself ends when
 // the context is full (FINISH_CONTEXT_FULL).
 static bool check_job(ErlNifEnv *env, gen_t *g, ERL_NIF_TERM *err) {
-  const int32_t n_vocab = g->c->model->n_vocab;
+  const int32_t n_vocab = lcx_model_n_vocab(lcx_context_model(g->c));
   for (unsigned i = 0; i < g->n_prompt; i++) {
     if (g->prompt[i] < 0 || g->prompt[i] >= n_vocab) {
       *err = lcx_invalid_token(env, enif_make_int(env, g->prompt[i]), n_vocab);
@@ -172,7 +207,13 @@ static bool check_job(ErlNifEnv *env, gen_t *g, ERL_NIF_TERM *err) {
     *err = lcx_overflow_error(env, g->pos0, g->n_prompt, g->max_tokens, g->n_seq);
     return false;
   }
-  g->out = enif_alloc(sizeof(llama_token) * (size_t)g->max_tokens);
+  // a full context ends generation first: at most n_seq - pos0 - n_prompt + 1 tokens
+  uint64_t room = (uint64_t)g->n_seq - (uint64_t)g->pos0 - g->n_prompt + 1;
+  if ((uint64_t)g->max_tokens > room)
+    g->max_room = (unsigned)room;
+  else
+    g->max_room = (unsigned)g->max_tokens;
+  g->out = enif_alloc(sizeof(llama_token) * (size_t)g->max_room);
   g->msg_env = g->stream ? enif_alloc_env() : NULL;
   if (!g->out || (g->stream && !g->msg_env)) {
     *err = lcx_err(env, LCX_E_out_of_memory);
@@ -208,12 +249,14 @@ static bool decode_prompt(gen_t *g) {
 // Samples the next token; false at the end of generation or on failure.
 static bool sample_next(gen_t *g, llama_token *tok) {
   bool threw;
-  *tok = lcx_sampler_sample(lcx_sampler_chain(g->s), g->c->ctx, -1, &threw);
+  // on a thread with enough stack for grammar matching (grammar_stack.h)
+  *tok = lcx_chain_sample(lcx_sampler_chain(g->s), lcx_model_max_piece(lcx_context_model(g->c)),
+                          lcx_context_llama(g->c), -1, &threw);
   if (threw) {
     g->fail = FAIL_SAMPLER;
     return false;
   }
-  if (llama_vocab_is_eog(g->c->model->vocab, *tok)) {
+  if (llama_vocab_is_eog(lcx_model_vocab(lcx_context_model(g->c)), *tok)) {
     g->finish = FINISH_EOG;
     return false;
   }
@@ -222,7 +265,7 @@ static bool sample_next(gen_t *g, llama_token *tok) {
 
 static bool append_token(gen_t *g, llama_token tok) {
   g->out[g->n_out++] = tok;
-  switch (lcx_text_push(&g->text, g->c->model->vocab, tok)) {
+  switch (lcx_text_push(&g->text, lcx_model_vocab(lcx_context_model(g->c)), tok)) {
   case LCX_TEXT_MORE:
     return true;
   case LCX_TEXT_STOP:
@@ -237,24 +280,32 @@ static bool append_token(gen_t *g, llama_token tok) {
   }
 }
 
-// Streams: sends the ready text if a chunk was asked for; waits for that only
-// once STREAM_WINDOW tokens went unsent. False when the stream was cancelled.
+// Streams: sends the ready text if a chunk was asked for. Once STREAM_WINDOW
+// tokens went unsent it waits to be asked, whether or not text is ready
+// (tokens with empty pieces, a held-back stop prefix), so a consumer that
+// stopped asking stops the loop. False when the stream was cancelled.
 static bool deliver(gen_t *g) {
   stream_t *st = g->stream;
   if (!st) return true;
   g->unsent++;
-  if (lcx_text_ready(&g->text) == 0) return true;
-  switch (stream_turn(st, g->unsent >= STREAM_WINDOW)) {
+  bool ready = lcx_text_ready(&g->text) > 0;
+  if (!ready && g->unsent < STREAM_WINDOW) return true;
+  // the first chunk goes at once; later ones at most every STREAM_MIN_INTERVAL_US
+  bool soon = g->last_sent_us != 0 && now_us() - g->last_sent_us < STREAM_MIN_INTERVAL_US;
+  if (soon && g->unsent < STREAM_WINDOW) return true;
+  switch (stream_turn(st, g->unsent >= STREAM_WINDOW, &g->waited_us)) {
   case TURN_CANCELLED:
     g->finish = FINISH_CANCELLED;
     return false;
-  case TURN_SEND: {
-    size_t len;
-    const char *data = lcx_text_take(&g->text, &len);
-    send_chunk(st, g->msg_env, data, len);
-    g->unsent = 0;
+  case TURN_SEND:
+    if (ready) {
+      size_t len;
+      const char *data = lcx_text_take(&g->text, &len);
+      send_chunk(st, g->msg_env, data, len);
+      g->unsent = 0;
+      g->last_sent_us = now_us();
+    }
     return true;
-  }
   default:
     return true;
   }
@@ -285,9 +336,15 @@ static void run(gen_t *g) {
     go = room_for_next(g) && !stopped(g) && decode_next(g);
   }
   g->t2 = now_us();
-  if (g->fail == FAIL_NONE && !lcx_text_finish(&g->text)) g->fail = FAIL_NOMEM;
-  // the rest of the text, without waiting to be asked: it is the last chunk
-  if (g->stream && g->fail == FAIL_NONE && g->finish != FINISH_CANCELLED) {
+  if (g->fail == FAIL_NONE) {
+    lcx_text_status ts = lcx_text_finish(&g->text);
+    if (ts == LCX_TEXT_NOMEM) g->fail = FAIL_NOMEM;
+    if (ts == LCX_TEXT_STOP) g->finish = FINISH_STOP;
+  }
+  // The rest of the text, without waiting to be asked: it is the last chunk.
+  // Also when cancelled: a consumer that halted flushes it, and one whose
+  // context was freed under it still gets all of the completion's text.
+  if (g->stream && g->fail == FAIL_NONE) {
     size_t len;
     const char *data = lcx_text_take(&g->text, &len);
     send_chunk(g->stream, g->msg_env, data, len);
@@ -299,15 +356,17 @@ static ERL_NIF_TERM result(ErlNifEnv *env, gen_t *g) {
   case FAIL_DECODE:
     return lcx_decode_error(env, g->dst, g->dcode);
   case FAIL_SAMPLER:
-  case FAIL_TEXT:
     return lcx_err_msg(env, LCX_E_sampler_failed, lcx_last_exception());
+  case FAIL_TEXT:
+    return lcx_err_msg(env, LCX_E_detokenize_failed, lcx_last_exception());
   case FAIL_NOMEM:
     return lcx_err(env, LCX_E_out_of_memory);
   default:
     break;
   }
-  ERL_NIF_TERM keys[8] = {ATOM_text,          ATOM_tokens,   ATOM_finish_reason, ATOM_prompt_tokens,
-                          ATOM_generated_tokens, ATOM_prompt_ms, ATOM_generation_ms, ATOM_sample_ms};
+  ERL_NIF_TERM keys[8] = {ATOM_text,          ATOM_tokens,           ATOM_finish_reason,
+                          ATOM_prompt_tokens, ATOM_generated_tokens, ATOM_prompt_ms,
+                          ATOM_generation_ms, ATOM_sample_ms};
   ERL_NIF_TERM vals[8] = {lcx_binary(env, g->text.data ? g->text.data : "", g->text.len),
                           lcx_make_tokens(env, g->out, g->n_out),
                           finish_atom(g->finish),
@@ -315,7 +374,7 @@ static ERL_NIF_TERM result(ErlNifEnv *env, gen_t *g) {
                           enif_make_uint(env, g->n_out),
                           enif_make_double(env, (double)(g->t1 - g->t0) / 1000.0),
                           enif_make_double(env, (double)(g->t2 - g->t1) / 1000.0),
-                          enif_make_double(env, (double)(g->t2 - g->t1 - g->decode_us) / 1000.0)};
+                          enif_make_double(env, (double)(g->t2 - g->t1 - g->decode_us - g->waited_us) / 1000.0)};
   ERL_NIF_TERM map;
   enif_make_map_from_arrays(env, keys, vals, 8, &map);
   return lcx_ok(env, map);
@@ -460,9 +519,14 @@ LCX_NIF(nif_stream_start) {
   ERL_NIF_TERM err;
   if (!enif_get_local_pid(env, argv[4], &consumer)) return lcx_raise(env, "expected a local pid");
   stream_t *st = stream_new(consumer);
-  if (!st) return lcx_err(env, LCX_E_out_of_memory);
-  ERL_NIF_TERM handle = enif_make_resource(env, st);
-  enif_release_resource(st); // the term (and, below, the thread) keep it
+  handle_t *h = st ? enif_alloc_resource(HANDLE_RT, sizeof(handle_t)) : NULL;
+  if (!h) {
+    if (st) enif_release_resource(st);
+    return lcx_err(env, LCX_E_out_of_memory);
+  }
+  h->st = st; // the handle (and, below, the thread) keep the stream
+  ERL_NIF_TERM handle = enif_make_resource(env, h);
+  enif_release_resource(h);
   if (!st->mu || !st->cv || !st->ref_env) return lcx_err(env, LCX_E_out_of_memory);
   if (!read_options(env, argv[3], &st->max_tokens, &st->stops, &err)) return err;
   if (!read_prompt(env, argv[2], &st->prompt, &st->n_prompt, &err)) return err;
@@ -485,7 +549,7 @@ LCX_NIF(nif_stream_start) {
 
 static stream_t *get_stream(ErlNifEnv *env, ERL_NIF_TERM t) {
   void *p;
-  return enif_get_resource(env, t, STREAM_RT, &p) ? p : NULL;
+  return enif_get_resource(env, t, HANDLE_RT, &p) ? ((handle_t *)p)->st : NULL;
 }
 
 LCX_NIF(nif_stream_cancel) {

@@ -21,6 +21,10 @@ void lcx_janitor_run(void (*fn)(void *), void *arg);
 // bytes at `native` (so the resource's memory may go at once).
 void lcx_dispose(void (*fn)(void *), const void *native, size_t size, bool from_destructor);
 
+// After freeing large buffers: the janitor returns free heap memory to the
+// system when enough has accumulated (glibc; see janitor.c). Never blocks.
+void lcx_janitor_trim_soon(void);
+
 // Joins a finished thread (a thread cannot join itself).
 void lcx_janitor_join(ErlNifTid tid);
 

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "lcx.h"
+#include "utf8.h"
 
 typedef struct log_line {
   struct log_line *next;
@@ -67,7 +68,7 @@ static void *log_thread(void *arg) {
     enif_mutex_unlock(log_mutex);
     if (send) {
       ERL_NIF_TERM msg =
-          enif_make_tuple3(env, ATOM_llama_log, level_atom(line->level), lcx_binary(env, line->text, line->len));
+          enif_make_tuple3(env, ATOM_llama_log, level_atom(line->level), lcx_utf8_binary(env, line->text, line->len));
       enif_send(NULL, &pid, env, msg);
       enif_clear_env(env);
     }
@@ -165,6 +166,9 @@ void lcx_log_capture_begin(void) {
 const char *lcx_log_capture_end(void) {
   capturing = false;
   size_t n = strlen(captured);
+  if (n == sizeof captured - 1)
+    n -= lcx_utf8_cut_tail((const unsigned char *)captured, n); // cut mid-character by the buffer
+  captured[n] = '\0';
   while (n > 0 && (captured[n - 1] == '\n' || captured[n - 1] == ' '))
     captured[--n] = '\0';
   return captured;

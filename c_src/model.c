@@ -3,18 +3,56 @@
 // A model is pinned by every context and sampler made from it (their
 // "dependants"). Model.free/1 marks it closed at once; the llama_model itself is
 // freed when the last dependant goes, so a live context never sees freed weights.
+#define _POSIX_C_SOURCE 200809L // O_CLOEXEC, pread
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include "context.h"
+#include "grammar_stack.h"
 #include "lcx.h"
+#include "model.h"
+#include "sampler.h"
 
-ErlNifResourceType *LCX_MODEL_RT;
-ErlNifResourceType *LCX_LOAD_RT;
+struct lcx_model {
+  ErlNifRWLock *lock; // read: use of `model`; write: free
+  struct llama_model *model;
+  const struct llama_vocab *vocab;
+  int32_t n_vocab;
+  // vocabulary facts read once at load: grammar sampling recurses once per byte
+  // of a token's text, and the Elixir side picks normal or dirty schedulers
+  // for tokenizer calls from them
+  int32_t max_piece;      // longest token text in bytes (special tokens as text)
+  int32_t n_user_defined; // user-defined tokens: matched literally in every tokenize
+  int32_t n_special;      // those plus control and unknown tokens (with parse_special)
+  ErlNifMutex *dep_mu;    // guards `dependants`; never held across llama.cpp calls
+  int dependants;         // live contexts + samplers
+  atomic_bool closed;     // free/1 called; llama_model freed when dependants hit 0
+  bool vocab_only;        // no weights: no contexts
+};
+
+// A model load in progress. With a progress function, each progress report
+// waits for the function's answer (continue or cancel), so cancelling is exact;
+// the process running the function is monitored, and its death cancels.
+typedef struct lcx_load {
+  atomic_int cancel;
+  ErlNifMutex *mu;
+  ErlNifCond *cv;
+  long answered; // under mu
+  ErlNifMonitor mon;
+} lcx_load;
+
+static ErlNifResourceType *LCX_MODEL_RT;
+static ErlNifResourceType *LCX_LOAD_RT;
 atomic_long lcx_live_models;
 
 static void free_llama_model(void *p) {
   llama_model_free(*(struct llama_model **)p);
   atomic_fetch_sub(&lcx_live_models, 1);
+  lcx_janitor_trim_soon();
 }
 
 static void model_dtor(ErlNifEnv *env, void *obj) {
@@ -124,14 +162,14 @@ LCX_NIF(nif_load_handle) {
   ErlNifPid pid;
   if (!enif_get_local_pid(env, argv[0], &pid)) return lcx_raise(env, "expected a local pid");
   lcx_load *load = enif_alloc_resource(LCX_LOAD_RT, sizeof(lcx_load));
-  if (!load) return lcx_raise(env, "out of memory");
+  if (!load) return lcx_err(env, LCX_E_out_of_memory);
   memset(load, 0, sizeof *load);
   atomic_init(&load->cancel, 0);
   load->mu = enif_mutex_create("lcx_load");
   load->cv = enif_cond_create("lcx_load");
   if (!load->mu || !load->cv) {
     enif_release_resource(load); // the destructor frees what was created
-    return lcx_raise(env, "out of memory");
+    return lcx_err(env, LCX_E_out_of_memory);
   }
   if (enif_monitor_process(env, load, &pid, &load->mon) != 0) atomic_store(&load->cancel, 1);
   ERL_NIF_TERM t = enif_make_resource(env, load);
@@ -184,6 +222,126 @@ static const char *warm_up(struct llama_model *model) {
   return threw ? lcx_last_exception() : NULL;
 }
 
+// ---- the model file ------------------------------------------------------------------
+
+// The posix atom File.posix/0 uses for the errors open/stat/pread can give here.
+static ERL_NIF_TERM posix_atom(ErlNifEnv *env, int e) {
+  static const struct {
+    int code;
+    const char *name;
+  } table[] = {{EACCES, "eacces"},       {EPERM, "eperm"},   {ENOENT, "enoent"}, {ENOTDIR, "enotdir"},
+               {ELOOP, "eloop"},         {EMFILE, "emfile"}, {ENFILE, "enfile"}, {ENAMETOOLONG, "enametoolong"},
+               {ENOMEM, "enomem"},       {EISDIR, "eisdir"}, {ENXIO, "enxio"},   {ENODEV, "enodev"},
+               {EOVERFLOW, "eoverflow"}, {EIO, "eio"}};
+  for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
+    if (table[i].code == e) return enif_make_atom(env, table[i].name);
+  return enif_make_atom(env, "eio");
+}
+
+static ERL_NIF_TERM file_error(ErlNifEnv *env, int e, ERL_NIF_TERM path) {
+  if (e == ENOENT) return lcx_err_detail(env, LCX_E_file_not_found, path);
+  return lcx_err_detail2(env, LCX_E_file_error, posix_atom(env, e), path);
+}
+
+// {:error, reason} for a path that is not a regular file (the shapes of Model.load/2).
+static ERL_NIF_TERM not_regular(ErlNifEnv *env, mode_t mode, ERL_NIF_TERM path) {
+  if (S_ISDIR(mode)) return file_error(env, EISDIR, path);
+  const char *type = S_ISCHR(mode) || S_ISBLK(mode) ? "device" : "other";
+  return lcx_err_detail2(env, LCX_E_not_regular_file, enif_make_atom(env, type), path);
+}
+
+// "name-00001-of-00003.gguf": llama.cpp opens the other parts of a split model
+// by names derived from this one, so such a path must reach it unchanged.
+static bool is_split_name(const char *path) {
+  size_t n = strlen(path);
+  static const char pat[] = "-#####-of-#####.gguf";
+  size_t m = sizeof pat - 1;
+  if (n < m) return false;
+  for (size_t i = 0; i < m; i++) {
+    char c = path[n - m + i];
+    if (pat[i] == '#' ? (c < '0' || c > '9') : c != pat[i]) return false;
+  }
+  return true;
+}
+
+// Opens the model file without ever blocking: stat first (a FIFO, socket,
+// device or directory is refused before anything opens it), then open with
+// O_NONBLOCK and check the opened file again (the path may have been swapped
+// in between) and its GGUF magic. Returns the fd, or -1 with *err set.
+//
+// llama.cpp opens the file itself, by name. On Linux it is handed
+// /proc/self/fd/<fd>, which names the very file checked here, so swapping the
+// path afterwards cannot make it open a FIFO. Split models keep their name
+// (llama.cpp derives the names of the other parts from it; those parts are
+// opened unchecked), as do systems without /proc.
+static int open_model_file(ErlNifEnv *env, const char *path, ERL_NIF_TERM path_term, char *llama_path,
+                           size_t llama_path_size, ERL_NIF_TERM *err) {
+  struct stat st;
+  if (stat(path, &st) != 0) {
+    *err = file_error(env, errno, path_term);
+    return -1;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    *err = not_regular(env, st.st_mode, path_term);
+    return -1;
+  }
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+  if (fd < 0) {
+    *err = file_error(env, errno, path_term);
+    return -1;
+  }
+  if (fstat(fd, &st) != 0) {
+    *err = file_error(env, errno, path_term);
+    close(fd);
+    return -1;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    *err = not_regular(env, st.st_mode, path_term);
+    close(fd);
+    return -1;
+  }
+  unsigned char magic[4];
+  if (pread(fd, magic, 4, 0) != 4 || memcmp(magic, "GGUF", 4) != 0) {
+    *err = lcx_err_detail(env, LCX_E_not_gguf, path_term);
+    close(fd);
+    return -1;
+  }
+  snprintf(llama_path, llama_path_size, "%s", path);
+#ifdef __linux__
+  char by_fd[64];
+  struct stat st_fd;
+  snprintf(by_fd, sizeof by_fd, "/proc/self/fd/%d", fd);
+  if (!is_split_name(path) && stat(by_fd, &st_fd) == 0 && st_fd.st_dev == st.st_dev && st_fd.st_ino == st.st_ino)
+    snprintf(llama_path, llama_path_size, "%s", by_fd);
+#endif
+  return fd;
+}
+
+// llama.cpp's messages name the path it was given: put the caller's back.
+static void unname_fd_path(char *out, size_t size, const char *msg, const char *llama_path, const char *path) {
+  size_t from = strlen(llama_path), used = 0;
+  out[0] = '\0';
+  while (*msg && used + 1 < size) {
+    const char *at = strcmp(llama_path, path) != 0 ? strstr(msg, llama_path) : NULL;
+    size_t head = at ? (size_t)(at - msg) : strlen(msg);
+    int n = snprintf(out + used, size - used, "%.*s%s", (int)head, msg, at ? path : "");
+    if (n < 0 || (size_t)n >= size - used) break; // truncated: out is still a string
+    used += (size_t)n;
+    msg += head + (at ? from : 0);
+  }
+}
+
+// Counts the literal tokens of the vocabulary (a pass over it at load, on the
+// loading dirty scheduler); max_piece comes from lcx_vocab_check_pieces.
+static void read_vocab_facts(lcx_model *m) {
+  const int32_t literal = LLAMA_TOKEN_ATTR_CONTROL | LLAMA_TOKEN_ATTR_USER_DEFINED | LLAMA_TOKEN_ATTR_UNKNOWN;
+  for (llama_token t = 0; t < m->n_vocab; t++) {
+    enum llama_token_attr attr = llama_vocab_get_attr(m->vocab, t);
+    if (attr & LLAMA_TOKEN_ATTR_USER_DEFINED) m->n_user_defined++;
+    if (attr & literal) m->n_special++;
+  }
+}
+
 // model_load(path, %{n_gpu_layers, use_mmap, use_mlock, vocab_only, warmup}, load_handle, progress_pid | nil, ref)
 LCX_NIF(nif_model_load) {
   ErlNifBinary path_bin;
@@ -214,6 +372,10 @@ LCX_NIF(nif_model_load) {
                                      : LLAMA_LOAD_MODE_NONE;
   params.vocab_only = vocab_only;
 
+  char path[4097], llama_path[4097];
+  memcpy(path, path_bin.data, path_bin.size);
+  path[path_bin.size] = '\0';
+
   progress_state st = {.caller_env = env, .last_sent = -1.0f};
   void *p;
   if (enif_get_resource(env, argv[2], LCX_LOAD_RT, &p))
@@ -228,6 +390,9 @@ LCX_NIF(nif_model_load) {
   // reports that wait for an answer cannot go to the loading process itself
   if (st.load && st.has_pid && enif_self(env, &self) && enif_compare_pids(&self, &st.pid) == 0)
     return lcx_raise(env, "progress reports that wait for answers must go to another process");
+  ERL_NIF_TERM file_err;
+  int fd = open_model_file(env, path, argv[0], llama_path, sizeof llama_path, &file_err);
+  if (fd < 0) return file_err;
   if (st.has_pid) {
     st.msg_env = enif_alloc_env();
     st.ref_env = enif_alloc_env();
@@ -236,23 +401,28 @@ LCX_NIF(nif_model_load) {
   params.progress_callback = progress_cb;
   params.progress_callback_user_data = &st;
 
-  char path[4097];
-  memcpy(path, path_bin.data, path_bin.size);
-  path[path_bin.size] = '\0';
-
   lcx_log_capture_begin();
   lcx_clear_exception();
-  struct llama_model *model = lcx_model_load(path, params);
+  struct llama_model *model = lcx_model_load(llama_path, params);
   const char *why = lcx_log_capture_end();
+  close(fd);
   if (st.msg_env) enif_free_env(st.msg_env);
   if (st.ref_env) enif_free_env(st.ref_env);
 
   if (!model) {
-    if (st.load && atomic_load(&st.load->cancel)) return lcx_error(env, ATOM_load_cancelled);
+    if (st.load && atomic_load(&st.load->cancel)) return lcx_err(env, LCX_E_load_cancelled);
     const char *exc = lcx_last_exception();
     // an assertion caught by the barrier explains more than the log lines
     const char *msg = strncmp(exc, "llama.cpp assertion", 19) == 0 ? exc : why[0] ? why : exc;
-    return lcx_error_str(env, ATOM_load_failed, msg[0] ? msg : "llama_model_load_from_file returned NULL");
+    char named[2048];
+    unname_fd_path(named, sizeof named, msg, llama_path, path);
+    return lcx_err_msg(env, LCX_E_load_failed, named[0] ? named : "llama_model_load_from_file returned NULL");
+  }
+  int32_t max_piece = 0; // grammar sampling recurses once per byte of a token's text
+  char bad_vocab[600];
+  if (lcx_vocab_check_pieces(llama_model_get_vocab(model), &max_piece, bad_vocab, sizeof bad_vocab) != LCX_PIECES_OK) {
+    llama_model_free(model);
+    return lcx_err_msg(env, LCX_E_load_failed, bad_vocab);
   }
   if (warmup && !vocab_only) {
     const char *why_not = warm_up(model);
@@ -260,13 +430,13 @@ LCX_NIF(nif_model_load) {
       char msg[600];
       snprintf(msg, sizeof msg, "warm-up decode failed: %s", why_not);
       llama_model_free(model);
-      return lcx_error_str(env, ATOM_load_failed, msg);
+      return lcx_err_msg(env, LCX_E_load_failed, msg);
     }
   }
   lcx_model *m = enif_alloc_resource(LCX_MODEL_RT, sizeof(lcx_model));
   if (!m) {
     llama_model_free(model);
-    return lcx_raise(env, "out of memory");
+    return lcx_err(env, LCX_E_out_of_memory);
   }
   memset(m, 0, sizeof *m);
   m->lock = enif_rwlock_create("lcx_model");
@@ -275,7 +445,9 @@ LCX_NIF(nif_model_load) {
   m->model = model;
   m->vocab = llama_model_get_vocab(model);
   m->n_vocab = llama_vocab_n_tokens(m->vocab);
+  m->max_piece = max_piece;
   m->vocab_only = vocab_only;
+  read_vocab_facts(m);
   atomic_fetch_add(&lcx_live_models, 1);
   ERL_NIF_TERM t = enif_make_resource(env, m);
   enif_release_resource(m);
@@ -293,6 +465,20 @@ LCX_NIF(nif_model_free) {
   return ATOM_ok;
 }
 
+lcx_model *lcx_get_model(ErlNifEnv *env, ERL_NIF_TERM t) {
+  void *p;
+  return enif_get_resource(env, t, LCX_MODEL_RT, &p) ? p : NULL;
+}
+
+struct llama_model *lcx_model_llama(const lcx_model *m) {
+  return m->model;
+}
+const struct llama_vocab *lcx_model_vocab(const lcx_model *m) { return m->vocab; }
+int32_t lcx_model_n_vocab(const lcx_model *m) { return m->n_vocab; }
+int32_t lcx_model_max_piece(const lcx_model *m) { return m->max_piece; }
+bool lcx_model_vocab_only(const lcx_model *m) { return m->vocab_only; }
+void lcx_model_unlock(lcx_model *m) { enif_rwlock_runlock(m->lock); }
+
 lcx_model *lcx_read_model(ErlNifEnv *env, ERL_NIF_TERM t, ERL_NIF_TERM *err) {
   lcx_model *m = lcx_get_model(env, t);
   if (!m) {
@@ -302,17 +488,11 @@ lcx_model *lcx_read_model(ErlNifEnv *env, ERL_NIF_TERM t, ERL_NIF_TERM *err) {
   enif_rwlock_rlock(m->lock);
   if (!m->model || m->closed) {
     enif_rwlock_runlock(m->lock);
-    *err = lcx_error(env, ATOM_closed);
+    *err = lcx_err(env, LCX_E_closed);
     return NULL;
   }
   return m;
 }
-
-// For other areas (the batching server), instead of reading the struct: valid
-// while a dependant (a context, a sampler) pins the model.
-const struct llama_vocab *lcx_model_vocab(const lcx_model *m) { return m->vocab; }
-int32_t lcx_model_n_vocab(const lcx_model *m) { return m->n_vocab; }
-const struct llama_model *lcx_model_llama(const lcx_model *m) { return m->model; }
 
 // ---- introspection -------------------------------------------------------------------
 
@@ -321,11 +501,11 @@ static ERL_NIF_TERM meta_string(ErlNifEnv *env, int32_t (*get)(const struct llam
   char small[256];
   int32_t n = get(model, i, small, sizeof small);
   if (n < 0) return ATOM_nil;
-  if ((size_t)n < sizeof small) return lcx_binary(env, small, (size_t)n);
+  if ((size_t)n < sizeof small) return lcx_utf8_binary(env, small, (size_t)n);
   char *big = enif_alloc((size_t)n + 1);
   if (!big) return ATOM_nil;
   get(model, i, big, (size_t)n + 1);
-  ERL_NIF_TERM t = lcx_binary(env, big, (size_t)n);
+  ERL_NIF_TERM t = lcx_utf8_binary(env, big, (size_t)n);
   enif_free(big);
   return t;
 }
@@ -341,10 +521,24 @@ LCX_NIF(nif_model_info) {
   char arch[128] = "";
   llama_model_meta_val_str(model, "general.architecture", arch, sizeof arch);
   const char *tmpl = llama_model_chat_template(model, NULL);
-  const char *keys[] = {"desc",      "size",    "n_params",     "n_ctx_train",   "n_embd",      "n_layer",    "n_head",
-                        "n_head_kv", "n_vocab", "architecture", "chat_template", "has_encoder", "has_decoder"};
-  ERL_NIF_TERM vals[13] = {
-      lcx_cstr(env, desc),
+  const char *keys[] = {"desc",
+                        "size",
+                        "n_params",
+                        "n_ctx_train",
+                        "n_embd",
+                        "n_layer",
+                        "n_head",
+                        "n_head_kv",
+                        "n_vocab",
+                        "architecture",
+                        "chat_template",
+                        "has_encoder",
+                        "has_decoder",
+                        "max_piece_bytes",
+                        "n_user_defined_tokens",
+                        "n_special_tokens"};
+  ERL_NIF_TERM vals[16] = {
+      lcx_utf8_binary(env, desc, strlen(desc)),
       enif_make_uint64(env, llama_model_size(model)),
       enif_make_uint64(env, llama_model_n_params(model)),
       enif_make_int(env, llama_model_n_ctx_train(model)),
@@ -354,13 +548,16 @@ LCX_NIF(nif_model_info) {
       enif_make_int(env, llama_model_n_layer(model) > 0 ? llama_model_n_head(model) : 0),
       enif_make_int(env, llama_model_n_layer(model) > 0 ? llama_model_n_head_kv(model) : 0),
       enif_make_int(env, m->n_vocab),
-      arch[0] ? lcx_cstr(env, arch) : ATOM_nil,
-      tmpl ? lcx_cstr(env, tmpl) : ATOM_nil,
+      arch[0] ? lcx_utf8_binary(env, arch, strlen(arch)) : ATOM_nil,
+      tmpl ? lcx_utf8_binary(env, tmpl, strlen(tmpl)) : ATOM_nil,
       llama_model_has_encoder(model) ? ATOM_true : ATOM_false,
       llama_model_has_decoder(model) ? ATOM_true : ATOM_false,
+      enif_make_int(env, m->max_piece),
+      enif_make_int(env, m->n_user_defined),
+      enif_make_int(env, m->n_special),
   };
   enif_rwlock_runlock(m->lock);
-  return lcx_ok(env, lcx_make_map(env, keys, vals, 13));
+  return lcx_ok(env, lcx_make_map(env, keys, vals, 16));
 }
 
 // model_metadata(model) -> %{key => value} (all GGUF key/values as strings)
@@ -396,7 +593,7 @@ LCX_NIF(nif_model_chat_template) {
   lcx_model *m = lcx_read_model(env, argv[0], &err);
   if (!m) return err;
   const char *t = llama_model_chat_template(m->model, named ? name : NULL);
-  ERL_NIF_TERM r = t ? lcx_cstr(env, t) : ATOM_nil;
+  ERL_NIF_TERM r = t ? lcx_utf8_binary(env, t, strlen(t)) : ATOM_nil;
   enif_rwlock_runlock(m->lock);
   return lcx_ok(env, r);
 }

@@ -64,31 +64,41 @@ static ErlNifFunc nif_funcs[] = {
     {"load_handle", 1, nif_load_handle, 0},
     {"load_cancel", 1, nif_load_cancel, 0},
     {"load_answer", 2, nif_load_answer, 0},
-    {"model_info", 1, nif_model_info, 0},
-    {"model_chat_template", 2, nif_model_chat_template, 0},
     {"live_counts", 0, nif_live_counts, 0},
     {"system_info", 0, nif_system_info, 0},
     {"vocab_info", 1, nif_vocab_info, 0},
     {"token_is_eog", 2, nif_token_is_eog, 0},
+    // Copies a chat template, which a file can make any size: dirty CPU.
+    {"model_info", 1, nif_model_info, DIRTY_CPU},
+    {"model_chat_template", 2, nif_model_chat_template, DIRTY_CPU},
+    // Copies one piece: normal, unless the model's longest piece is large
+    // (max_piece_bytes, read at load): the Elixir side then uses the dirty one.
     {"token_to_piece", 3, nif_token_to_piece, 0},
+    {"token_to_piece_dirty", 3, nif_token_to_piece, DIRTY_CPU},
     // Hundreds of keys on large models, some with big values (templates): dirty CPU.
     {"model_metadata", 1, nif_model_metadata, DIRTY_CPU},
-    // Tokenizing is linear in the input: the Elixir side uses the normal variant
-    // for short inputs (well under 1 ms) and the dirty one otherwise.
+    // Tokenizing is linear in the input times the tokens matched literally
+    // (user-defined, and with parse_special control tokens), detokenizing in
+    // the tokens times the longest piece: the Elixir side uses the normal
+    // variant when that bound is small (well under 1 ms) and the dirty one
+    // otherwise, from vocabulary facts read at load.
     {"tokenize", 4, nif_tokenize, 0},
     {"tokenize_dirty", 4, nif_tokenize, DIRTY_CPU},
     {"detokenize", 4, nif_detokenize, 0},
     {"detokenize_dirty", 4, nif_detokenize, DIRTY_CPU},
     // Grammar parsing and DRY set-up scale with the grammar and the vocabulary,
     // and accept/reset wait for the sampler lock, which generation holds for
-    // its whole run: all dirty CPU.
+    // its whole run: all dirty CPU. Grammar parsing (create, and reset of a
+    // chain with a grammar) runs on a thread with a 16 MiB stack that the
+    // scheduler waits for (grammar_stack.c): llama.cpp's parser recurses.
     {"sampler_create", 2, nif_sampler_create, DIRTY_CPU},
     {"sampler_accept", 2, nif_sampler_accept, DIRTY_CPU},
     {"sampler_reset", 1, nif_sampler_reset, DIRTY_CPU},
     // Takes the sampler lock, which generation holds for long: dirty CPU.
     {"sampler_free", 1, nif_sampler_free, DIRTY_CPU},
     // Sampling touches the whole vocabulary (and the grammar), and waits for the
-    // context lock: dirty CPU.
+    // context lock: dirty CPU. With a grammar, it moves to a thread with a
+    // larger stack when the model's longest token needs more than is left here.
     {"sampler_sample", 2, nif_sampler_sample, DIRTY_CPU},
     // Allocates the KV cache and compute buffers (GPU memory too): dirty CPU.
     {"context_create", 2, nif_context_create, DIRTY_CPU},

@@ -26,16 +26,17 @@ typedef struct lcx_claim {
 typedef struct lcx_owner {
   ErlNifMutex *mu;
   ErlNifCond *cv;
-  lcx_claim *holder;               // under mu
-  _Atomic(lcx_claim *) running;    // the same, readable without mu (abort callbacks)
-  bool closed, destroyed;          // under mu
+  lcx_claim *holder;            // under mu
+  _Atomic(lcx_claim *) running; // the same, readable without mu (abort callbacks)
+  bool closed, destroyed;       // under mu
 } lcx_owner;
 
 typedef enum { LCX_CLAIM_OK, LCX_CLAIM_BUSY, LCX_CLAIM_CLOSED } lcx_claim_result;
 
 // A claim by the NIF call running in `env`, on its stack: it waits for other
 // short claims, and stops when its calling process dies.
-#define LCX_CALL_CLAIM(env) {.cancel = 0, .caller = (env), .long_running = false, .wake = NULL}
+#define LCX_CALL_CLAIM(env)                                                                                            \
+  { .cancel = 0, .caller = (env), .long_running = false, .wake = NULL }
 
 bool lcx_owner_init(lcx_owner *o, const char *name);
 void lcx_owner_destroy(lcx_owner *o);

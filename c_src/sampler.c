@@ -4,9 +4,23 @@
 #include <float.h>
 #include <string.h>
 
+#include "grammar_check.h"
+#include "grammar_stack.h"
 #include "lcx.h"
+#include "sampler.h"
 
-ErlNifResourceType *LCX_SAMPLER_RT;
+struct lcx_sampler {
+  lcx_owner owner; // who uses `chain`
+  struct llama_sampler *chain;
+  lcx_model *model; // kept alive: grammar, DRY and penalties use its vocab
+};
+
+static ErlNifResourceType *LCX_SAMPLER_RT;
+
+lcx_sampler *lcx_get_sampler(ErlNifEnv *env, ERL_NIF_TERM t) {
+  void *p;
+  return enif_get_resource(env, t, LCX_SAMPLER_RT, &p) ? p : NULL;
+}
 atomic_long lcx_live_samplers;
 
 typedef struct {
@@ -35,7 +49,9 @@ static void destroy_sampler(lcx_sampler *s, bool from_destructor) {
 static void destroy_now(void *s) { destroy_sampler(s, false); }
 
 lcx_owner *lcx_sampler_owner(lcx_sampler *s) { return &s->owner; }
-struct llama_sampler *lcx_sampler_chain(lcx_sampler *s) { return s->chain; }
+struct llama_sampler *lcx_sampler_chain(lcx_sampler *s) {
+  return s->chain;
+}
 lcx_model *lcx_sampler_model(lcx_sampler *s) { return s->model; }
 
 static void sampler_dtor(ErlNifEnv *env, void *obj) {
@@ -55,6 +71,12 @@ static bool get_f(ErlNifEnv *env, ERL_NIF_TERM t, float *out) {
   if (!lcx_get_double(env, t, &d) || !(d >= -FLT_MAX && d <= FLT_MAX)) return false;
   *out = (float)d;
   return true;
+}
+
+// Why get_f refused t, for the message: not a number, or out of float range.
+static const char *f_why(ErlNifEnv *env, ERL_NIF_TERM t) {
+  double d;
+  return lcx_get_double(env, t, &d) ? "is outside the 32-bit float range (|x| <= 3.4e38)" : "must be a number";
 }
 
 // Longest history window for penalties and DRY: llama.cpp allocates it up front
@@ -88,33 +110,25 @@ static char *dup_cstr(ErlNifEnv *env, ERL_NIF_TERM t) {
   return s;
 }
 
-// llama.cpp's GBNF code recurses once per nested group (parsing) and once per
-// rule reference in a chain (building and advancing stacks): ~800 nested
-// groups or a chain of ~4000 rules overflow a dirty scheduler's stack. Counts
-// the deepest group nesting and the number of rules, skipping literals,
-// character classes and comments.
-#define MAX_GRAMMAR_NESTING 128
-#define MAX_GRAMMAR_RULES 1000
-static int grammar_nesting(const char *g, int *rules) {
-  int depth = 0, max = 0;
-  *rules = 0;
-  for (const char *p = g; *p; p++) {
-    if (p[0] == ':' && p[1] == ':' && p[2] == '=') (*rules)++;
-    if (*p == '#') {
-      while (p[1] && p[1] != '\n')
-        p++;
-    } else if (*p == '"' || *p == '[') {
-      char close = *p == '"' ? '"' : ']';
-      while (p[1] && p[1] != close)
-        p += (p[1] == '\\' && p[2]) ? 2 : 1;
-      if (p[1]) p++;
-    } else if (*p == '(') {
-      if (++depth > max) max = depth;
-    } else if (*p == ')') {
-      depth--;
-    }
+// A grammar stage: the text is checked against the limits llama.cpp's
+// recursive parser can take (grammar_check.c), then parsed on a stack sized
+// for them (grammar_stack.c). NULL with *err = {:error, {:invalid_grammar, msg}}.
+static struct llama_sampler *grammar_stage(ErlNifEnv *env, lcx_model *m, const char *g, const char *root,
+                                           ERL_NIF_TERM *err) {
+  lcx_grammar_stats stats;
+  lcx_grammar_rc rc = lcx_grammar_check(g, &stats);
+  if (rc == LCX_GRAMMAR_NO_MEMORY) {
+    *err = lcx_err(env, LCX_E_out_of_memory);
+    return NULL;
   }
-  return max;
+  if (rc != LCX_GRAMMAR_OK) {
+    *err = lcx_err_msg(env, LCX_E_invalid_grammar, stats.message);
+    return NULL;
+  }
+  char why[512];
+  struct llama_sampler *smpl = lcx_grammar_sampler_init(lcx_model_vocab(m), g, root, why, sizeof why);
+  if (!smpl) *err = lcx_err_msg(env, LCX_E_invalid_grammar, why[0] ? why : "failed to parse grammar");
+  return smpl;
 }
 
 static bool is_tag(ErlNifEnv *env, ERL_NIF_TERM t, const char *name) {
@@ -140,6 +154,11 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
     *err = lcx_raise(env, msg);                                                                                        \
     return NULL;                                                                                                       \
   } while (0)
+#define BADF(name, term)                                                                                               \
+  do {                                                                                                                 \
+    *err = lcx_raise(env, "%s %s", name, f_why(env, term));                                                            \
+    return NULL;                                                                                                       \
+  } while (0)
   if (is_tag(env, a[0], "greedy") && arity == 1) return llama_sampler_init_greedy();
   if (is_tag(env, a[0], "dist") && arity == 2) {
     if (!get_u(env, a[1], &seed)) BAD("seed must be a non-negative 32-bit integer");
@@ -150,50 +169,61 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
     return llama_sampler_init_top_k(i1);
   }
   if ((is_tag(env, a[0], "top_p") || is_tag(env, a[0], "min_p") || is_tag(env, a[0], "typical")) && arity == 3) {
-    if (!get_f(env, a[1], &f1) || !enif_get_uint(env, a[2], &mk)) BAD("bad probability sampler arguments");
+    if (!get_f(env, a[1], &f1)) BADF("probability", a[1]);
+    if (!enif_get_uint(env, a[2], &mk)) BAD("min_keep must be a non-negative integer");
     min_keep = mk;
     if (is_tag(env, a[0], "top_p")) return llama_sampler_init_top_p(f1, min_keep);
     if (is_tag(env, a[0], "min_p")) return llama_sampler_init_min_p(f1, min_keep);
     return llama_sampler_init_typical(f1, min_keep);
   }
   if (is_tag(env, a[0], "temp") && arity == 2) {
-    if (!get_f(env, a[1], &f1)) BAD("temp must be a number");
+    if (!get_f(env, a[1], &f1)) BADF("temp", a[1]);
     return llama_sampler_init_temp(f1);
   }
   if (is_tag(env, a[0], "temp_ext") && arity == 4) {
-    if (!get_f(env, a[1], &f1) || !get_f(env, a[2], &f2) || !get_f(env, a[3], &f3)) BAD("bad dynatemp arguments");
+    if (!get_f(env, a[1], &f1)) BADF("temp", a[1]);
+    if (!get_f(env, a[2], &f2)) BADF("dynatemp_range", a[2]);
+    if (!get_f(env, a[3], &f3)) BADF("dynatemp_exponent", a[3]);
     return llama_sampler_init_temp_ext(f1, f2, f3);
   }
   if (is_tag(env, a[0], "xtc") && arity == 5) {
-    if (!get_f(env, a[1], &f1) || !get_f(env, a[2], &f2) || !enif_get_uint(env, a[3], &mk) || !get_u(env, a[4], &seed))
-      BAD("bad xtc arguments");
+    if (!get_f(env, a[1], &f1)) BADF("xtc_probability", a[1]);
+    if (!get_f(env, a[2], &f2)) BADF("xtc_threshold", a[2]);
+    if (!enif_get_uint(env, a[3], &mk) || !get_u(env, a[4], &seed)) BAD("bad xtc arguments (min_keep, seed)");
     return llama_sampler_init_xtc(f1, f2, mk, seed);
   }
   if (is_tag(env, a[0], "top_n_sigma") && arity == 2) {
-    if (!get_f(env, a[1], &f1)) BAD("top_n_sigma must be a number");
+    if (!get_f(env, a[1], &f1)) BADF("top_n_sigma", a[1]);
     return llama_sampler_init_top_n_sigma(f1);
   }
   if (is_tag(env, a[0], "mirostat") && arity == 5) {
-    if (!get_u(env, a[1], &seed) || !get_f(env, a[2], &f1) || !get_f(env, a[3], &f2) || !get_i(env, a[4], &i1) ||
-        i1 <= 0)
-      BAD("bad mirostat arguments");
-    return llama_sampler_init_mirostat(m->n_vocab, seed, f1, f2, i1);
+    if (!get_f(env, a[2], &f1)) BADF("mirostat_tau", a[2]);
+    if (!get_f(env, a[3], &f2)) BADF("mirostat_eta", a[3]);
+    if (!get_u(env, a[1], &seed) || !get_i(env, a[4], &i1) || i1 <= 0) BAD("bad mirostat arguments (seed, m > 0)");
+    return llama_sampler_init_mirostat(lcx_model_n_vocab(m), seed, f1, f2, i1);
   }
   if (is_tag(env, a[0], "mirostat_v2") && arity == 4) {
-    if (!get_u(env, a[1], &seed) || !get_f(env, a[2], &f1) || !get_f(env, a[3], &f2)) BAD("bad mirostat_v2 arguments");
+    if (!get_f(env, a[2], &f1)) BADF("mirostat_tau", a[2]);
+    if (!get_f(env, a[3], &f2)) BADF("mirostat_eta", a[3]);
+    if (!get_u(env, a[1], &seed)) BAD("bad mirostat_v2 arguments (seed)");
     return llama_sampler_init_mirostat_v2(seed, f1, f2);
   }
   if (is_tag(env, a[0], "penalties") && arity == 5) {
-    if (!get_i(env, a[1], &i1) || i1 < 0 || i1 > MAX_PENALTY_WINDOW || !get_f(env, a[2], &f1) || f1 <= 0 ||
-        !get_f(env, a[3], &f2) || !get_f(env, a[4], &f3))
-      BAD("bad penalty arguments (penalty_last_n must be in 0..1048576, repeat_penalty > 0)");
-    return lcx_sampler_init_penalties(m->n_vocab, i1, f1, f2, f3);
+    if (!get_i(env, a[1], &i1) || i1 < 0 || i1 > MAX_PENALTY_WINDOW) BAD("penalty_last_n must be in 0..1048576");
+    if (!get_f(env, a[2], &f1)) BADF("repeat_penalty", a[2]);
+    if (f1 <= 0) BAD("repeat_penalty must be > 0");
+    if (!get_f(env, a[3], &f2)) BADF("frequency_penalty", a[3]);
+    if (!get_f(env, a[4], &f3)) BADF("presence_penalty", a[4]);
+    return lcx_sampler_init_penalties(lcx_model_n_vocab(m), i1, f1, f2, f3);
   }
   if (is_tag(env, a[0], "dry") && arity == 6) {
     unsigned nb;
-    if (!get_f(env, a[1], &f1) || !get_f(env, a[2], &f2) || !get_i(env, a[3], &i1) || i1 < 0 ||
-        !get_i(env, a[4], &i2) || i2 < 0 || i2 > MAX_PENALTY_WINDOW || !enif_get_list_length(env, a[5], &nb) || nb > 64)
-      BAD("bad dry arguments (dry_penalty_last_n must be in 0..1048576)");
+    if (!get_f(env, a[1], &f1)) BADF("dry_multiplier", a[1]);
+    if (!get_f(env, a[2], &f2)) BADF("dry_base", a[2]);
+    if (!get_i(env, a[3], &i1) || i1 < 0) BAD("dry_allowed_length must be a non-negative integer");
+    if (!get_i(env, a[4], &i2) || i2 < 0 || i2 > MAX_PENALTY_WINDOW) BAD("dry_penalty_last_n must be in 0..1048576");
+    if (!enif_get_list_length(env, a[5], &nb)) BAD("dry sequence breakers must be a list");
+    if (nb > 64) BAD("at most 64 dry sequence breakers are allowed");
     const char *breakers[64];
     ERL_NIF_TERM head, tail = a[5];
     unsigned got = 0;
@@ -206,12 +236,12 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
       else
         breakers[got++] = s;
     }
-    struct llama_sampler *smpl = ok ? lcx_sampler_init_dry(m->vocab, f1, f2, i1, i2, breakers, got) : NULL;
+    struct llama_sampler *smpl = ok ? lcx_sampler_init_dry(lcx_model_vocab(m), f1, f2, i1, i2, breakers, got) : NULL;
     for (unsigned i = 0; i < got; i++)
       enif_free((void *)breakers[i]);
     if (!ok) BAD("dry sequence breakers must be binaries without NUL bytes");
     if (!smpl) {
-      *err = lcx_error_str(env, ATOM_sampler_failed, lcx_last_exception());
+      *err = lcx_err_msg(env, LCX_E_sampler_failed, lcx_last_exception());
       return NULL;
     }
     return smpl;
@@ -225,49 +255,36 @@ static struct llama_sampler *build_stage(ErlNifEnv *env, lcx_model *m, ERL_NIF_T
       int ar;
       const ERL_NIF_TERM *pair;
       enif_get_list_cell(env, tail, &head, &tail);
-      if (!enif_get_tuple(env, head, &ar, &pair) || ar != 2 || !get_i(env, pair[0], &i1) || !get_f(env, pair[1], &f1)) {
+      double bias;
+      if (!enif_get_tuple(env, head, &ar, &pair) || ar != 2 || !get_i(env, pair[0], &i1) ||
+          !lcx_get_double(env, pair[1], &bias)) {
         enif_free(lb);
         BAD("logit_bias entries must be {token, bias}");
       }
-      if (i1 < 0 || i1 >= m->n_vocab) {
+      if (i1 < 0 || i1 >= lcx_model_n_vocab(m)) {
         enif_free(lb);
-        *err = lcx_error2(env, ATOM_invalid_token,
-                          enif_make_tuple2(env, enif_make_int(env, i1), enif_make_int(env, m->n_vocab)));
+        *err = lcx_invalid_token(env, enif_make_int(env, i1), lcx_model_n_vocab(m));
         return NULL;
       }
       lb[i].token = i1;
       // beyond ±1e6 a bias only breaks llama.cpp's bucket sort; -1e6 already bans
-      lb[i].bias = f1 > MAX_LOGIT_BIAS ? MAX_LOGIT_BIAS : f1 < -MAX_LOGIT_BIAS ? -MAX_LOGIT_BIAS : f1;
+      lb[i].bias = bias > MAX_LOGIT_BIAS ? MAX_LOGIT_BIAS : bias < -MAX_LOGIT_BIAS ? -MAX_LOGIT_BIAS : (float)bias;
     }
-    struct llama_sampler *smpl = llama_sampler_init_logit_bias(m->n_vocab, (int32_t)n, lb);
+    struct llama_sampler *smpl = llama_sampler_init_logit_bias(lcx_model_n_vocab(m), (int32_t)n, lb);
     enif_free(lb);
     return smpl;
   }
   if (is_tag(env, a[0], "grammar") && arity == 3) {
     char *g = dup_cstr(env, a[1]);
     char *root = dup_cstr(env, a[2]);
-    struct llama_sampler *smpl = NULL;
-    int rules = 0;
-    if (g && root && grammar_nesting(g, &rules) > MAX_GRAMMAR_NESTING) {
-      *err = lcx_error_str(env, ATOM_invalid_grammar, "groups are nested too deeply (more than 128 levels)");
-    } else if (g && root && rules > MAX_GRAMMAR_RULES) {
-      *err = lcx_error_str(env, ATOM_invalid_grammar, "too many rules (more than 1000)");
-    } else if (g && root) {
-      lcx_log_capture_begin();
-      smpl = lcx_sampler_init_grammar(m->vocab, g, root);
-      const char *why = lcx_log_capture_end();
-      if (!smpl) {
-        const char *msg = why[0] ? why : lcx_last_exception();
-        *err = lcx_error_str(env, ATOM_invalid_grammar, msg[0] ? msg : "failed to parse grammar");
-      }
-    } else {
-      *err = lcx_raise(env, "grammar and root must be binaries without NUL bytes");
-    }
+    struct llama_sampler *smpl = g && root ? grammar_stage(env, m, g, root, err) : NULL;
+    if (!g || !root) *err = lcx_raise(env, "grammar and root must be binaries without NUL bytes");
     if (g) enif_free(g);
     if (root) enif_free(root);
     return smpl;
   }
 #undef BAD
+#undef BADF
   *err = lcx_raise(env, "unknown sampler stage");
   return NULL;
 }
@@ -279,7 +296,7 @@ LCX_NIF(nif_sampler_create) {
   unsigned n;
   if (!enif_get_list_length(env, argv[1], &n) || n == 0)
     return lcx_raise(env, "sampler stages must be a non-empty list");
-  if (!lcx_model_acquire(m)) return lcx_error(env, ATOM_closed);
+  if (!lcx_model_acquire(m)) return lcx_err(env, LCX_E_closed);
   struct llama_sampler_chain_params cp = llama_sampler_chain_default_params();
   cp.no_perf = false;
   struct llama_sampler *chain = llama_sampler_chain_init(cp);
@@ -334,9 +351,8 @@ LCX_NIF(nif_sampler_accept) {
   lcx_claim me = LCX_CALL_CLAIM(env);
   lcx_sampler *s = claim_sampler(env, argv[0], &me, &r);
   if (!s) return r;
-  if (token < 0 || token >= s->model->n_vocab)
-    r = lcx_err_detail(env, LCX_E_invalid_token,
-                       enif_make_tuple2(env, enif_make_int(env, token), enif_make_int(env, s->model->n_vocab)));
+  if (token < 0 || token >= lcx_model_n_vocab(s->model))
+    r = lcx_invalid_token(env, enif_make_int(env, token), lcx_model_n_vocab(s->model));
   else if (!lcx_sampler_accept(s->chain, token))
     r = lcx_err_msg(env, LCX_E_sampler_failed, lcx_last_exception());
   else
@@ -350,7 +366,7 @@ LCX_NIF(nif_sampler_reset) {
   lcx_claim me = LCX_CALL_CLAIM(env);
   lcx_sampler *s = claim_sampler(env, argv[0], &me, &r);
   if (!s) return r;
-  r = lcx_sampler_reset(s->chain) ? ATOM_ok : lcx_err_msg(env, LCX_E_sampler_failed, lcx_last_exception());
+  r = lcx_chain_reset(s->chain) ? ATOM_ok : lcx_err_msg(env, LCX_E_sampler_failed, lcx_last_exception());
   lcx_owner_release(&s->owner, &me);
   return r;
 }

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "context.h"
 #include "lcx.h"
 #include "slot.h"
 
@@ -131,13 +132,18 @@ unsigned lcx_slot_add(lcx_slot *s, struct llama_batch *b, unsigned room) {
 // ---- after the decode: generations ----------------------------------------------------------
 
 static lcx_slot_outcome done(lcx_slot *s, lcx_finish f) {
-  s->finish = f;
   s->t_end = lcx_slot_now_us();
-  if (!lcx_text_finish(&s->text)) {
+  switch (lcx_text_finish(&s->text)) {
+  case LCX_TEXT_NOMEM:
     s->fail = LCX_SLOT_FAIL_NOMEM;
     return LCX_SLOT_FAILED;
+  case LCX_TEXT_STOP: // the final U+FFFD completed a stop string
+    s->finish = LCX_FINISH_STOP;
+    return LCX_SLOT_DONE;
+  default:
+    s->finish = f;
+    return LCX_SLOT_DONE;
   }
-  return LCX_SLOT_DONE;
 }
 
 static lcx_slot_outcome failed(lcx_slot *s, lcx_slot_fail f) {

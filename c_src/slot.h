@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "llama.h"
+#include "sampler.h"
 #include "text.h"
 
 struct lcx_sampler;

@@ -7,6 +7,12 @@
 
 // ---- stop strings --------------------------------------------------------------------
 
+static bool valid_utf8(const unsigned char *s, size_t n) {
+  for (size_t i = 0, len; i < n; i += len)
+    if (lcx_utf8_next(s + i, n - i, &len) != LCX_UTF8_CHAR) return false;
+  return true;
+}
+
 lcx_stops_result lcx_stops_read(ErlNifEnv *env, ERL_NIF_TERM list, lcx_stops *out) {
   *out = (lcx_stops){0};
   unsigned n;
@@ -18,7 +24,7 @@ lcx_stops_result lcx_stops_read(ErlNifEnv *env, ERL_NIF_TERM list, lcx_stops *ou
   for (unsigned i = 0; i < n; i++) {
     ErlNifBinary b;
     enif_get_list_cell(env, tail, &head, &tail);
-    if (!enif_inspect_binary(env, head, &b) || b.size == 0) {
+    if (!enif_inspect_binary(env, head, &b) || b.size == 0 || !valid_utf8(b.data, b.size)) {
       lcx_stops_free(out);
       return LCX_STOPS_BADARG;
     }
@@ -194,16 +200,16 @@ const char *lcx_text_take(lcx_text *t, size_t *len) {
   return p;
 }
 
-bool lcx_text_finish(lcx_text *t) {
+lcx_text_status lcx_text_finish(lcx_text *t) {
   t->finished = true;
-  if (t->n_pending == 0) return true;
+  if (t->n_pending == 0) return LCX_TEXT_MORE;
   // each invalid or cut-off start is one replacement
   size_t before = t->len;
   unsigned char rest[4];
   size_t n = t->n_pending;
   memcpy(rest, t->pending, n);
   t->n_pending = 0;
-  if (!reserve(t, 3 * n)) return false;
+  if (!reserve(t, 3 * n)) return LCX_TEXT_NOMEM;
   for (size_t i = 0; i < n;) {
     size_t len;
     lcx_utf8_kind kind = lcx_utf8_next(rest + i, n - i, &len);
@@ -213,6 +219,5 @@ bool lcx_text_finish(lcx_text *t) {
       memcpy(t->data + t->len, LCX_UTF8_REPLACEMENT, 3), t->len += 3;
     i += len;
   }
-  check_stop(t, before); // a stop string may end in U+FFFD
-  return true;
+  return check_stop(t, before);
 }

@@ -24,10 +24,11 @@ typedef struct {
 
 typedef enum {
   LCX_STOPS_OK,
-  LCX_STOPS_BADARG, // not a list of at most LCX_MAX_STOPS non-empty binaries
+  LCX_STOPS_BADARG, // not a list of at most LCX_MAX_STOPS non-empty UTF-8 binaries
   LCX_STOPS_NOMEM,
 } lcx_stops_result;
 
+// Stop strings must be valid UTF-8 (the text they are searched in is).
 lcx_stops_result lcx_stops_read(ErlNifEnv *env, ERL_NIF_TERM list, lcx_stops *out);
 void lcx_stops_free(lcx_stops *s);
 
@@ -59,8 +60,9 @@ size_t lcx_text_ready(const lcx_text *t);
 // Hands out the ready bytes: returns where they start, with their length in *len.
 const char *lcx_text_take(lcx_text *t, size_t *len);
 
-// Generation ended: an unfinished character becomes U+FFFD and text held back
-// for a possible stop string is released.
-bool lcx_text_finish(lcx_text *t);
+// Generation ended: an unfinished character becomes U+FFFD (which may complete
+// a stop string: LCX_TEXT_STOP) and text held back for a possible stop string
+// is released.
+lcx_text_status lcx_text_finish(lcx_text *t);
 
 #endif

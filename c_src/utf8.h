@@ -17,4 +17,12 @@ lcx_utf8_kind lcx_utf8_next(const unsigned char *s, size_t n, size_t *len);
 
 #define LCX_UTF8_REPLACEMENT "\xEF\xBF\xBD"
 
+// Bytes at the end of s[0..n) that start a character cut off by the end (0 if none).
+size_t lcx_utf8_cut_tail(const unsigned char *s, size_t n);
+
+// Length of s[0..n) with every ill-formed subpart replaced by U+FFFD.
+size_t lcx_utf8_sanitized_len(const unsigned char *s, size_t n);
+// Writes that text to out (lcx_utf8_sanitized_len(s, n) bytes).
+void lcx_utf8_sanitize(const unsigned char *s, size_t n, unsigned char *out);
+
 #endif

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "lcx.h"
+#include "utf8.h"
 
 #define LCX_DEFINE_ATOM(name) ERL_NIF_TERM ATOM_##name;
 LCX_ATOMS(LCX_DEFINE_ATOM)
@@ -18,16 +19,6 @@ void lcx_init_atoms(ErlNifEnv *env) {
 }
 
 ERL_NIF_TERM lcx_ok(ErlNifEnv *env, ERL_NIF_TERM t) { return enif_make_tuple2(env, ATOM_ok, t); }
-
-ERL_NIF_TERM lcx_error(ErlNifEnv *env, ERL_NIF_TERM reason) { return enif_make_tuple2(env, ATOM_error, reason); }
-
-ERL_NIF_TERM lcx_error2(ErlNifEnv *env, ERL_NIF_TERM tag, ERL_NIF_TERM detail) {
-  return lcx_error(env, enif_make_tuple2(env, tag, detail));
-}
-
-ERL_NIF_TERM lcx_error_str(ErlNifEnv *env, ERL_NIF_TERM tag, const char *msg) {
-  return lcx_error2(env, tag, lcx_cstr(env, msg ? msg : ""));
-}
 
 ERL_NIF_TERM lcx_binary(ErlNifEnv *env, const char *data, size_t len) {
   ERL_NIF_TERM t;
@@ -46,7 +37,8 @@ ERL_NIF_TERM lcx_raise(ErlNifEnv *env, const char *fmt, ...) {
   va_end(ap);
   ERL_NIF_TERM keys[3] = {enif_make_atom(env, "__struct__"), enif_make_atom(env, "__exception__"),
                           enif_make_atom(env, "message")};
-  ERL_NIF_TERM vals[3] = {enif_make_atom(env, "Elixir.ArgumentError"), ATOM_true, lcx_cstr(env, msg)};
+  ERL_NIF_TERM vals[3] = {enif_make_atom(env, "Elixir.ArgumentError"), ATOM_true,
+                          lcx_utf8_binary(env, msg, strlen(msg))};
   ERL_NIF_TERM exc;
   enif_make_map_from_arrays(env, keys, vals, 3, &exc);
   return enif_raise_exception(env, exc);
@@ -74,8 +66,8 @@ bool lcx_get_double(ErlNifEnv *env, ERL_NIF_TERM t, double *out) {
   return false;
 }
 
-lcx_tokens_result lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab, llama_token **out,
-                                 unsigned *n_out, ERL_NIF_TERM *bad) {
+lcx_tokens_result lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab, llama_token **out, unsigned *n_out,
+                                 ERL_NIF_TERM *bad) {
   unsigned n;
   *out = NULL;
   *n_out = 0;
@@ -122,7 +114,7 @@ ERL_NIF_TERM lcx_make_map(ErlNifEnv *env, const char *const *keys, const ERL_NIF
 }
 
 ERL_NIF_TERM lcx_invalid_token(ErlNifEnv *env, ERL_NIF_TERM token, int32_t n_vocab) {
-  return lcx_error2(env, ATOM_invalid_token, enif_make_tuple2(env, token, enif_make_int(env, n_vocab)));
+  return lcx_err_detail(env, LCX_E_invalid_token, enif_make_tuple2(env, token, enif_make_int(env, n_vocab)));
 }
 
 bool lcx_map_get(ErlNifEnv *env, ERL_NIF_TERM map, const char *key, ERL_NIF_TERM *out) {
@@ -131,17 +123,11 @@ bool lcx_map_get(ErlNifEnv *env, ERL_NIF_TERM map, const char *key, ERL_NIF_TERM
   return enif_get_map_value(env, map, k, out);
 }
 
-lcx_model *lcx_get_model(ErlNifEnv *env, ERL_NIF_TERM t) {
-  void *p;
-  return enif_get_resource(env, t, LCX_MODEL_RT, &p) ? p : NULL;
-}
-
-lcx_context *lcx_get_context(ErlNifEnv *env, ERL_NIF_TERM t) {
-  void *p;
-  return enif_get_resource(env, t, LCX_CONTEXT_RT, &p) ? p : NULL;
-}
-
-lcx_sampler *lcx_get_sampler(ErlNifEnv *env, ERL_NIF_TERM t) {
-  void *p;
-  return enif_get_resource(env, t, LCX_SAMPLER_RT, &p) ? p : NULL;
+ERL_NIF_TERM lcx_utf8_binary(ErlNifEnv *env, const char *data, size_t len) {
+  const unsigned char *s = (const unsigned char *)data;
+  size_t clean = lcx_utf8_sanitized_len(s, len);
+  ERL_NIF_TERM t;
+  unsigned char *buf = enif_make_new_binary(env, clean, &t);
+  if (clean) lcx_utf8_sanitize(s, len, buf);
+  return t;
 }

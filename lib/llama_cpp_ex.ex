@@ -144,10 +144,11 @@ defmodule LlamaCppEx do
       {:ok, vector} = LlamaCppEx.embed(model, "Once upon a time")
       {:ok, [v1, v2]} = LlamaCppEx.embed(model, ["a cat", "a dog"])
 
-  Each text is decoded in micro-batches of `:n_ubatch` tokens (causal models;
-  a model with an encoder takes each text in one micro-batch) and pooled
-  natively, so a long text costs what its length costs and nothing more. The
-  call stops if the calling process dies.
+  Each text is decoded in micro-batches of `:n_ubatch` tokens and pooled
+  natively, so a long text never becomes one huge micro-batch (models without
+  a KV cache or with non-causal attention, such as BERT, take each text in one
+  micro-batch, as llama.cpp requires). The call stops if the calling process
+  dies.
 
   ## Options
 
@@ -195,23 +196,30 @@ defmodule LlamaCppEx do
          {:ok, token_lists} <- fit(token_lists, max, Options.bool!(opts, :truncate)) do
       longest = token_lists |> Enum.map(&length/1) |> Enum.max(fn -> 1 end) |> max(1)
       n_ctx = min(div(longest + 255, 256) * 256, max(max, longest))
-      n_ubatch = if model.causal, do: min(Options.pos!(opts, :n_ubatch), n_ctx), else: n_ctx
+      step = min(Options.pos!(opts, :n_ubatch), n_ctx)
 
-      ctx_opts = [
-        n_ctx: n_ctx,
-        n_batch: n_ubatch,
-        n_ubatch: n_ubatch,
-        embeddings: true,
-        pooling: :none,
-        n_threads: opts[:n_threads]
-      ]
-
-      with {:ok, ctx} <- Context.create(model, ctx_opts) do
+      with {:ok, ctx} <- embedding_context(model, n_ctx, step, longest, opts[:n_threads]) do
         try do
           embed_each(ctx, token_lists, opts[:pooling], opts[:normalize], [])
         after
           Context.free(ctx)
         end
+      end
+    end
+  end
+
+  # Steps of n_ubatch tokens where the context allows it; otherwise (models
+  # without a KV cache, or with non-causal attention) one micro-batch must
+  # hold the longest text.
+  defp embedding_context(model, n_ctx, step, longest, n_threads) do
+    opts = [n_ctx: n_ctx, embeddings: true, pooling: :none, n_threads: n_threads]
+
+    with {:ok, ctx} <- Context.create(model, [n_batch: step, n_ubatch: step] ++ opts) do
+      if ctx.stepwise_embeddings or longest <= step do
+        {:ok, ctx}
+      else
+        Context.free(ctx)
+        Context.create(model, [n_batch: n_ctx, n_ubatch: n_ctx] ++ opts)
       end
     end
   end

@@ -629,4 +629,85 @@ defmodule LlamaCppEx.BadInputTest do
       assert is_binary(text)
     end
   end
+
+  # ---- issue 7 (hardening): each new native check tripped, then the objects still work ----
+
+  describe "issue 7 guards" do
+    test "KV types the head size does not fit, too many sequences, a memory limit", %{model: model} = c do
+      for opts <- [
+            [type_k: :q4_0, flash_attn: false],
+            [type_k: :q8_0, flash_attn: true],
+            [type_v: :q5_1, flash_attn: true],
+            [max_memory: 1],
+            [n_seq_max: 256, max_memory: 1_000_000]
+          ] do
+        assert {:error, {reason, %{}}} = Context.create(model, [n_ctx: 256, n_threads: 1] ++ opts)
+        assert reason in [:unsupported_kv_type, :context_too_large]
+        assert_works(c.ctx, c.sampler)
+      end
+
+      for opts <- [[n_seq_max: 65, n_batch: 64], [max_memory: 0], [max_memory: -5], [max_memory: "1G"]] do
+        assert_raise ArgumentError, fn -> Context.create(model, [n_ctx: 256, n_threads: 1] ++ opts) end
+        assert_works(c.ctx, c.sampler)
+      end
+
+      for opts <- [%{max_memory: 0}, %{max_memory: :lots}, %{n_seq_max: 65, n_batch: 64}] do
+        assert_raise ArgumentError, fn -> NIF.context_create(model.ref, Map.merge(@native_ctx, opts)) end
+        assert_works(c.ctx, c.sampler)
+      end
+
+      assert {:ok, _} = NIF.context_create(model.ref, Map.put(@native_ctx, :max_memory, nil))
+    end
+
+    test "sampler numbers out of float range, too many DRY breakers, huge biases", %{model: model} = c do
+      for opts <- [
+            [temp: 1.0e39],
+            [dynatemp_range: 1.0e300],
+            [repeat_penalty: 1.0e300],
+            [frequency_penalty: -1.0e300],
+            [mirostat: 1, mirostat_eta: 1.0e40],
+            [dry_multiplier: 1.0e39],
+            [dry_multiplier: 0.5, dry_sequence_breakers: List.duplicate("x", 65)]
+          ] do
+        assert_raise ArgumentError, fn -> Sampler.create(model, opts) end
+        assert_works(c.ctx, c.sampler)
+      end
+
+      for stage <- [
+            {:temp, 1.0e39},
+            {:top_p, 1.0e39, 1},
+            {:temp_ext, 0.5, 1.0e39, 1.0},
+            {:xtc, 1.0e39, 0.1, 1, 1},
+            {:mirostat_v2, 1, 1.0e39, 0.1},
+            {:penalties, 64, 1.0e39, 0.0, 0.0},
+            {:dry, 0.5, 1.75, 2, 64, List.duplicate("x", 65)}
+          ] do
+        assert_raise ArgumentError, fn -> NIF.sampler_create(model.ref, [stage, {:greedy}]) end
+        assert_works(c.ctx, c.sampler)
+      end
+
+      assert {:ok, _} = NIF.sampler_create(model.ref, [{:logit_bias, [{1, -1.0e308}, {2, 1.0e308}]}, {:greedy}])
+      assert_works(c.ctx, c.sampler)
+    end
+
+    test "model paths that are not regular files", %{model: model} = c do
+      for path <- ["/dev/null", "/dev/zero", System.tmp_dir!(), "/"] do
+        assert {:error, reason} = Model.load(path)
+        assert match?({:not_regular_file, _, _}, reason) or match?({:file_error, :eisdir, _}, reason)
+        assert {:error, reason} = NIF.model_load(path, %{}, nil, nil, nil)
+        assert match?({:not_regular_file, _, _}, reason) or match?({:file_error, :eisdir, _}, reason)
+        assert_model_works(model)
+      end
+
+      assert_works(c.ctx, c.sampler)
+    end
+
+    test "token_to_piece_dirty checks its arguments like token_to_piece", %{model: model} do
+      assert {:ok, " Once"} = NIF.token_to_piece_dirty(model.ref, 403, false)
+      assert {:error, {:invalid_token, _}} = NIF.token_to_piece_dirty(model.ref, 512, false)
+      assert_raise ArgumentError, fn -> NIF.token_to_piece_dirty(model.ref, "x", false) end
+      assert_raise ArgumentError, fn -> NIF.token_to_piece_dirty(:model, 1, false) end
+      assert_model_works(model)
+    end
+  end
 end

@@ -76,4 +76,71 @@ defmodule LlamaCppEx.CorruptModelTest do
 
     assert :error in results
   end
+
+  # ---- issue 7 (hardening): crafted vocabularies and strings ----
+
+  alias LlamaCppEx.{TestGGUF, Tokenizer}
+
+  defp random_text do
+    for _ <- 1..:rand.uniform(40), into: "", do: Enum.random(["a", " ", "é", "<s>", "\n", "Once", "<0x41>", "▁", "🙂"])
+  end
+
+  test "random token types and texts load or fail, and the tokenizer survives", %{bytes: bytes} do
+    :rand.seed(:exsss, {7, 7, 7})
+    g = TestGGUF.parse(bytes)
+
+    for _ <- 1..25 do
+      crafted =
+        g
+        |> TestGGUF.update_array("tokenizer.ggml.token_type", fn types ->
+          Enum.map(types, fn t -> if :rand.uniform(30) == 1, do: :rand.uniform(12) - 3, else: t end)
+        end)
+        |> TestGGUF.update_array("tokenizer.ggml.tokens", fn toks ->
+          Enum.map(toks, fn t ->
+            case :rand.uniform(300) do
+              1 -> ""
+              2 -> <<0xFF, 0xC3, :rand.uniform(255)>>
+              3 -> String.duplicate("z", 5000) <> t
+              _ -> t
+            end
+          end)
+        end)
+
+      case LlamaCppEx.Model.load(TestGGUF.write_tmp!(crafted), vocab_only: true) do
+        {:ok, model} ->
+          assert String.valid?(model.desc)
+          _ = Tokenizer.encode(model, random_text())
+          _ = Tokenizer.encode(model, random_text(), parse_special: true)
+          _ = Tokenizer.decode(model, for(_ <- 1..20, do: :rand.uniform(model.n_vocab) - 1), unparse_special: true)
+          _ = Tokenizer.token_to_piece(model, :rand.uniform(model.n_vocab) - 1, special: true)
+          LlamaCppEx.Model.free(model)
+
+        {:error, {:load_failed, msg}} ->
+          assert String.valid?(msg)
+      end
+    end
+
+    assert {:ok, _} = LlamaCppEx.generate(load_model!(), "Once upon a time", max_tokens: 4)
+  end
+
+  test "strings that are not UTF-8 come back valid, whatever they hold", %{bytes: bytes} do
+    :rand.seed(:exsss, {8, 8, 8})
+    g = TestGGUF.parse(bytes)
+
+    for _ <- 1..20 do
+      junk = for _ <- 1..:rand.uniform(64), into: <<>>, do: <<:rand.uniform(256) - 1>>
+
+      crafted =
+        g
+        |> TestGGUF.put("general.name", :string, junk)
+        |> TestGGUF.put("tokenizer.chat_template", :string, "{{ x }}" <> junk)
+        |> TestGGUF.put(junk, :string, junk)
+
+      {:ok, model} = LlamaCppEx.Model.load(TestGGUF.write_tmp!(crafted), vocab_only: true)
+      assert String.valid?(model.chat_template)
+      {:ok, meta} = LlamaCppEx.Model.metadata(model)
+      assert Enum.all?(meta, fn {k, v} -> String.valid?(k) and String.valid?(v) end)
+      LlamaCppEx.Model.free(model)
+    end
+  end
 end

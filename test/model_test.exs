@@ -177,9 +177,9 @@ defmodule LlamaCppEx.ModelTest do
     test "the native loader checks the file itself (bypassing the Elixir magic check)" do
       path = tmp_file("not_gguf.bin", "hello, this is not a GGUF file at all")
       opts = %{n_gpu_layers: 0, use_mmap: true, use_mlock: false, vocab_only: false}
-      assert {:error, {:load_failed, msg}} = NIF.model_load(path, opts, nil, nil, nil)
-      assert msg =~ "magic"
-      assert {:error, {:load_failed, _}} = NIF.model_load(path <> ".missing", opts, nil, nil, nil)
+      # the same reasons as Model.load/2 (the native layer opens and checks the file itself)
+      assert {:error, {:not_gguf, ^path}} = NIF.model_load(path, opts, nil, nil, nil)
+      assert {:error, {:file_not_found, _}} = NIF.model_load(path <> ".missing", opts, nil, nil, nil)
       assert_raise ArgumentError, fn -> NIF.model_load(<<"a", 0, "b">>, opts, nil, nil, nil) end
       assert_raise ArgumentError, fn -> NIF.model_load("", opts, nil, nil, nil) end
       assert_raise ArgumentError, fn -> NIF.model_load(model_path(), [], nil, nil, nil) end

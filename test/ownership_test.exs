@@ -163,4 +163,71 @@ defmodule LlamaCppEx.OwnershipTest do
       end
     end
   end
+
+  describe "found in review" do
+    test "stop strings must be valid UTF-8 (the text is)", %{model: model} do
+      assert_raise ArgumentError, ~r/UTF-8/, fn -> LlamaCppEx.generate(model, @prompt, stop: [<<0xA9>>]) end
+      {:ok, ctx} = Context.create(model, n_ctx: 256, n_threads: 1)
+      {:ok, sampler} = Sampler.create(model, temp: 0.0)
+
+      assert_raise ArgumentError, fn ->
+        LlamaCppEx.NIF.generate(ctx.ref, sampler.ref, [1, 403], %{max_tokens: 2, stop: [<<0xA9, ?x>>]})
+      end
+    end
+
+    test "a stream dropped while suspended is cancelled when its handle is collected", %{model: model} do
+      {:ok, ctx} = Context.create(model, n_ctx: 256, n_threads: 1)
+      {:ok, sampler} = Sampler.create(model, temp: 0.0)
+      {:ok, tokens} = Tokenizer.encode(model, @prompt)
+
+      task =
+        Task.async(fn ->
+          stream = Context.stream(ctx, sampler, tokens, max_tokens: 200)
+
+          {:suspended, _, _continuation} =
+            Enumerable.reduce(stream, {:cont, []}, fn x, acc -> {:suspend, [x | acc]} end)
+
+          :dropped
+        end)
+
+      assert Task.await(task) == :dropped
+      :erlang.garbage_collect()
+      assert eventually(fn -> match?({:ok, _}, Context.position(ctx)) end)
+    end
+
+    test "a stream whose sampler is freed under it still delivers all of its text", %{model: model} do
+      {:ok, ctx} = Context.create(model, n_ctx: 1024, n_threads: 1)
+      {:ok, sampler} = Sampler.create(model, temp: 0.0)
+      {:ok, tokens} = Tokenizer.encode(model, @prompt)
+      me = self()
+
+      chunks =
+        Context.stream(ctx, sampler, tokens, max_tokens: 900, on_complete: &send(me, {:done, &1}))
+        |> Stream.with_index()
+        |> Stream.each(fn {_, i} -> if i == 2, do: spawn(fn -> Sampler.free(sampler) end), else: Process.sleep(5) end)
+        |> Enum.map(&elem(&1, 0))
+
+      assert_received {:done, %{finish_reason: :cancelled, text: text}}
+      assert Enum.join(chunks) == text
+    end
+
+    test "a stop string completed by the final U+FFFD ends with :stop" do
+      model = load_model!(random_model_path())
+      lead = 3 + 0xC3
+      opts = [max_tokens: 1, temp: 0.0, logit_bias: %{lead => 100.0}, n_threads: 1, stop: ["\uFFFD"]]
+      assert {:ok, %{text: "", finish_reason: :stop}} = LlamaCppEx.complete(model, "Hello", opts)
+    end
+
+    test "a stream's sample_ms does not count waiting for its consumer", %{model: model} do
+      me = self()
+
+      model
+      |> LlamaCppEx.stream(@prompt, max_tokens: 40, temp: 0.0, n_threads: 1, on_complete: &send(me, {:done, &1}))
+      |> Stream.each(fn _ -> Process.sleep(5) end)
+      |> Stream.run()
+
+      assert_received {:done, c}
+      assert c.sample_ms < c.generation_ms / 2, inspect(c)
+    end
+  end
 end

@@ -198,7 +198,7 @@ defmodule LlamaCppEx.ServerTest do
 
   describe "queueing and ending requests" do
     # a request that keeps its slot for a while (end of generation banned)
-    defp long_request(server, opts \\ []) do
+    defp long_request(server, opts) do
       Task.async(fn ->
         Server.complete(
           server,

@@ -14,7 +14,8 @@ defmodule LlamaCppEx.StreamTest do
     opts = [max_tokens: 80, temp: 0.0, n_threads: 1]
     {:ok, text} = LlamaCppEx.generate(model, @prompt, opts)
     chunks = model |> LlamaCppEx.stream(@prompt, opts) |> Enum.to_list()
-    assert length(chunks) > 10
+    # text made while the consumer is busy is coalesced: how many chunks depends on timing
+    assert length(chunks) > 1
     assert Enum.join(chunks) == text
     assert Enum.all?(chunks, &(&1 != ""))
   end

@@ -20,7 +20,18 @@ defmodule LlamaCppEx.Context do
   @type reason :: LlamaCppEx.Error.reason()
 
   @enforce_keys [:ref, :model]
-  defstruct [:ref, :model, :n_ctx, :n_batch, :n_ubatch, :n_seq_max, :n_threads, :n_threads_batch, embeddings: false]
+  defstruct [
+    :ref,
+    :model,
+    :n_ctx,
+    :n_batch,
+    :n_ubatch,
+    :n_seq_max,
+    :n_threads,
+    :n_threads_batch,
+    embeddings: false,
+    stepwise_embeddings: true
+  ]
 
   @type t :: %__MODULE__{
           ref: reference(),
@@ -31,7 +42,8 @@ defmodule LlamaCppEx.Context do
           n_seq_max: pos_integer(),
           n_threads: pos_integer(),
           n_threads_batch: pos_integer(),
-          embeddings: boolean()
+          embeddings: boolean(),
+          stepwise_embeddings: boolean()
         }
 
   # tokens a stream's native loop may run past its last chunk (STREAM_WINDOW in c_src/generate.c)
@@ -57,6 +69,7 @@ defmodule LlamaCppEx.Context do
       :type_k,
       :type_v,
       :pooling,
+      :max_memory,
       :kv_unified
     ]
 
@@ -78,8 +91,19 @@ defmodule LlamaCppEx.Context do
     * `:flash_attn` - `:auto`, `true` or `false` (default `:auto`).
     * `:type_k` / `:type_v` - KV cache element types, one of
       #{Enum.map_join(@cache_types, ", ", &"`#{inspect(&1)}`")} (default `:f16`).
+      A quantized type stores values in blocks (32 for all of these) and needs
+      a model whose K (or V) head size the block divides; otherwise the result
+      is `{:error, {:unsupported_kv_type, %{cache: :k | :v, type: type,
+      block_size: 32, head_size: n}}}`. A quantized `:type_v` also needs flash
+      attention.
     * `:pooling` - embedding pooling: `:unspecified` (model default), `:none`,
       `:mean`, `:cls`, `:last` or `:rank`.
+    * `:max_memory` - most bytes the context may allocate (default: the
+      physical RAM). The KV cache, output and compute buffers are sized
+      before anything is allocated, as llama.cpp will size them (each of the
+      `:n_seq_max` sequences gets at least 256 cells), and a context that would
+      need more is refused with `{:error, {:context_too_large, %{needed: n,
+      available: limit, kv_cache: kv}}}` instead of being OOM-killed.
     * `:kv_unified` - with `n_seq_max > 1`: one KV cache shared by all
       sequences (`true`: each may use all `n_ctx` cells, and cells can belong to
       several sequences) or one part of `n_ctx / n_seq_max` cells per
@@ -102,6 +126,7 @@ defmodule LlamaCppEx.Context do
         type_k: :f16,
         type_v: :f16,
         pooling: :unspecified,
+        max_memory: nil,
         kv_unified: false
       )
 
@@ -123,8 +148,12 @@ defmodule LlamaCppEx.Context do
       type_k: cache_type!(opts, :type_k),
       type_v: cache_type!(opts, :type_v),
       pooling: Map.get(@pooling, opts[:pooling]) || raise(ArgumentError, "unknown :pooling #{inspect(opts[:pooling])}"),
+      max_memory: max_memory!(opts[:max_memory]),
       kv_unified: bool!(opts, :kv_unified)
     }
+
+    if native.n_seq_max > native.n_batch and n_ctx > 0,
+      do: raise(ArgumentError, ":n_seq_max (#{native.n_seq_max}) must be at most n_batch (#{native.n_batch})")
 
     with {:ok, ref} <- NIF.context_create(model.ref, native),
          {:ok, info} <- NIF.context_info(ref) do
@@ -247,8 +276,8 @@ defmodule LlamaCppEx.Context do
 
     stop = List.wrap(opts[:stop])
 
-    unless Enum.all?(stop, &(is_binary(&1) and &1 != "")),
-      do: raise(ArgumentError, ":stop must be a list of non-empty strings, got: #{inspect(opts[:stop])}")
+    unless Enum.all?(stop, &(is_binary(&1) and &1 != "" and String.valid?(&1))),
+      do: raise(ArgumentError, ":stop must be a list of non-empty UTF-8 strings, got: #{inspect(opts[:stop])}")
 
     %{max_tokens: max, stop: stop}
   end
@@ -261,8 +290,9 @@ defmodule LlamaCppEx.Context do
   one of them), `tokens` must fit in one micro-batch (`n_ubatch`). With
   `pooling: :none`, pass the pooling here (`pooling: :mean`, `:cls` or
   `:last`): the tokens are then decoded in `n_ubatch` steps and pooled
-  natively, so they only need to fit in the context (causal models; models
-  with an encoder still need one micro-batch). The context's memory is cleared
+  natively, so they only need to fit in the context. That needs a context
+  whose `:stepwise_embeddings` is `true` (a KV cache and causal attention);
+  otherwise, as for BERT-like models, one micro-batch must hold them. The context's memory is cleared
   before and after. The call stops when the calling process dies.
   `LlamaCppEx.embed/3` does all of this for you.
   """
@@ -294,6 +324,12 @@ defmodule LlamaCppEx.Context do
   """
   @spec free(t()) :: :ok
   def free(%__MODULE__{ref: ref}), do: NIF.context_free(ref)
+
+  defp max_memory!(nil), do: nil
+  defp max_memory!(n) when is_integer(n) and n > 0 and n <= 0x7FFF_FFFF_FFFF_FFFF, do: n
+
+  defp max_memory!(other),
+    do: raise(ArgumentError, ":max_memory must be a positive integer (bytes) or nil, got: #{inspect(other)}")
 
   defp flash!(:auto), do: -1
   defp flash!(true), do: 1

@@ -30,9 +30,15 @@ defmodule LlamaCppEx.Error do
       - creating a context.
     * `:thread_failed`, `{:exception, message}` - native failures.
     * `{:template_failed, message}`, `:unknown_template` - chat templates.
-    * `:invalid_utf8`, `{:tokenize_failed, message}` - tokenizing.
-    * `:embeddings_disabled`, `{:unsupported_pooling, type}`, `:no_embeddings`
-      - embeddings.
+    * `:invalid_utf8`, `{:tokenize_failed, message}`,
+      `{:detokenize_failed, message}` - tokenizing and token text.
+    * `:embeddings_disabled`, `{:unsupported_pooling, type}`, `:no_embeddings`,
+      `:non_finite_embedding` - embeddings.
+    * `{:unsupported_kv_type, info}` - a quantized KV cache type whose block
+      does not divide the model's head size.
+    * `{:file_not_found, path}`, `{:file_error, posix, path}`,
+      `{:not_regular_file, :device | :other, path}`, `{:not_gguf, path}` -
+      `LlamaCppEx.Model.load/2` refusing a path before llama.cpp opens it.
     * `LlamaCppEx.Server` also returns: `:overloaded` (its queue is full),
       `:timeout` (the request's `:timeout` passed), `:context_full` (no KV
       cells left for it before its first token), `:embeddings_only` (a
@@ -65,9 +71,16 @@ defmodule LlamaCppEx.Error do
           | :unknown_template
           | :invalid_utf8
           | {:tokenize_failed, String.t()}
+          | {:detokenize_failed, String.t()}
           | :embeddings_disabled
           | {:unsupported_pooling, integer()}
           | :no_embeddings
+          | :non_finite_embedding
+          | {:unsupported_kv_type, map()}
+          | {:file_not_found, String.t()}
+          | {:file_error, atom(), String.t()}
+          | {:not_regular_file, :device | :other, String.t()}
+          | {:not_gguf, String.t()}
           | :overloaded
           | :timeout
           | :context_full
@@ -76,5 +89,5 @@ defmodule LlamaCppEx.Error do
           | {:server_down, term()}
 
   @impl true
-  def message(%{reason: reason}), do: "llama.cpp generation failed: #{inspect(reason)}"
+  def message(%{reason: reason}), do: "LlamaCppEx: #{inspect(reason)}"
 end

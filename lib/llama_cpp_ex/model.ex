@@ -3,7 +3,12 @@ defmodule LlamaCppEx.Model do
   A GGUF model loaded into memory.
 
   The struct carries the native reference plus facts read once at load time, so
-  `inspect/1` shows which model it is. The weights are freed when the model is
+  `inspect/1` shows which model it is. Among them, three facts about the
+  vocabulary bound the work of tokenizer calls (`LlamaCppEx.Tokenizer` picks a
+  normal or a dirty scheduler from them): `max_piece_bytes` (the longest
+  token text), `n_user_defined_tokens` (tokens matched literally in every
+  text before tokenizing) and `n_special_tokens` (those plus the control and
+  unknown tokens matched with `parse_special: true`). The weights are freed when the model is
   garbage collected or when `free/1` is called; contexts and samplers made from
   the model keep the weights alive until they are gone too.
 
@@ -31,7 +36,9 @@ defmodule LlamaCppEx.Model do
     :n_vocab,
     :chat_template,
     vocab_only: false,
-    causal: true
+    max_piece_bytes: 0,
+    n_user_defined_tokens: 0,
+    n_special_tokens: 0
   ]
 
   @type t :: %__MODULE__{
@@ -44,26 +51,34 @@ defmodule LlamaCppEx.Model do
           n_ctx_train: integer(),
           n_embd: integer(),
           n_layer: integer(),
-          causal: boolean(),
           n_head: integer(),
           n_head_kv: integer(),
           n_vocab: pos_integer(),
           chat_template: String.t() | nil,
-          vocab_only: boolean()
+          vocab_only: boolean(),
+          max_piece_bytes: non_neg_integer(),
+          n_user_defined_tokens: non_neg_integer(),
+          n_special_tokens: non_neg_integer()
         }
 
   @typedoc """
   Why a load failed:
 
     * `{:file_not_found, path}` / `{:file_error, posix, path}`: the file cannot be read;
+    * `{:not_regular_file, type, path}`: the path is a FIFO, socket or device
+      (`type` as in `File.Stat`: `:device` or `:other`), refused without opening it;
     * `{:not_gguf, path}`: the file does not start with the GGUF magic;
     * `:load_cancelled`: the progress callback asked to stop;
     * `{:load_failed, message}`: llama.cpp rejected the file (corrupt, truncated,
-      unsupported architecture); `message` is llama.cpp's own explanation.
+      unsupported architecture); `message` is llama.cpp's own explanation. Also
+      a vocabulary with a token whose text is longer than 8192 bytes (real
+      ones stay at or below 512): sampling with a grammar recurses once per
+      byte of a candidate token.
   """
   @type load_error ::
           {:file_not_found, String.t()}
           | {:file_error, File.posix(), String.t()}
+          | {:not_regular_file, :device | :other, String.t()}
           | {:not_gguf, String.t()}
           | :load_cancelled
           | {:load_failed, String.t()}
@@ -108,7 +123,8 @@ defmodule LlamaCppEx.Model do
       n_gpu_layers: int!(opts, :n_gpu_layers),
       use_mmap: bool!(opts, :use_mmap),
       use_mlock: bool!(opts, :use_mlock),
-      vocab_only: bool!(opts, :vocab_only)
+      vocab_only: bool!(opts, :vocab_only),
+      warmup: bool!(opts, :warmup)
     }
 
     with :ok <- check_file(path) do
@@ -192,29 +208,22 @@ defmodule LlamaCppEx.Model do
     {:ok,
      struct!(
        __MODULE__,
-       Map.merge(Map.drop(info, [:has_encoder, :has_decoder]), %{
-         ref: ref,
-         path: path,
-         vocab_only: native.vocab_only,
-         causal: info.has_decoder and not info.has_encoder
-       })
+       Map.merge(Map.drop(info, [:has_encoder, :has_decoder]), %{ref: ref, path: path, vocab_only: native.vocab_only})
      )}
   end
 
   defp finish_load({:error, _} = error, _path, _native), do: error
 
+  # stat, never open: opening a FIFO for reading blocks until a writer comes
+  # (and holds a dirty IO scheduler meanwhile). The native layer checks again
+  # on the file it opens, without blocking, and reads the GGUF magic.
   defp check_file(path) do
-    case File.open(path, [:read, :binary]) do
-      {:ok, io} ->
-        magic = IO.binread(io, 4)
-        File.close(io)
-        if magic == "GGUF", do: :ok, else: {:error, {:not_gguf, path}}
-
-      {:error, :enoent} ->
-        {:error, {:file_not_found, path}}
-
-      {:error, posix} ->
-        {:error, {:file_error, posix, path}}
+    case File.stat(path) do
+      {:ok, %File.Stat{type: :regular}} -> :ok
+      {:ok, %File.Stat{type: :directory}} -> {:error, {:file_error, :eisdir, path}}
+      {:ok, %File.Stat{type: type}} -> {:error, {:not_regular_file, type, path}}
+      {:error, :enoent} -> {:error, {:file_not_found, path}}
+      {:error, posix} -> {:error, {:file_error, posix, path}}
     end
   end
 

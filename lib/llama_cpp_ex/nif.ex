@@ -59,6 +59,7 @@ defmodule LlamaCppEx.NIF do
   def detokenize(_model, _tokens, _remove_special, _unparse_special), do: nif_error()
   def detokenize_dirty(_model, _tokens, _remove_special, _unparse_special), do: nif_error()
   def token_to_piece(_model, _token, _special), do: nif_error()
+  def token_to_piece_dirty(_model, _token, _special), do: nif_error()
   def vocab_info(_model), do: nif_error()
   def token_is_eog(_model, _token), do: nif_error()
 

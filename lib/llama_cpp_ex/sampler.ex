@@ -27,14 +27,21 @@ defmodule LlamaCppEx.Sampler do
       `0` disables; at most 1,048,576).
     * `:dry_multiplier` (`0.0`, disabled), `:dry_base` (`1.75`),
       `:dry_allowed_length` (`2`), `:dry_penalty_last_n` (`-1` = context size),
-      `:dry_sequence_breakers` (`["\\n", ":", "\\"", "*"]`).
+      `:dry_sequence_breakers` (`["\\n", ":", "\\"", "*"]`, at most 64).
     * `:mirostat` - `0` (off), `1` or `2`; `:mirostat_tau` (`5.0`),
       `:mirostat_eta` (`0.1`).
     * `:logit_bias` - map or list of `{token, bias}`; use `:neg_infinity` as
-      bias to ban a token. Biases are clamped to ±1e6.
+      bias to ban a token. Biases are clamped to ±1e6 (any number is accepted).
+    * Every other number is passed to llama.cpp as a 32-bit float and must be
+      within ±3.4e38.
     * `:grammar` - a GBNF grammar; output is constrained to it. An invalid
-      grammar returns `{:error, {:invalid_grammar, message}}`.
-      `:grammar_root` names the start rule (default `"root"`).
+      grammar returns `{:error, {:invalid_grammar, message}}`, and so does an
+      empty one (`""`, blanks or only comments: it is not "no grammar"; leave
+      the option out for that), one with groups nested more than 128 deep, or
+      more than 16,384 rules (counting those llama.cpp generates: one per
+      group, one per optional repetition step), or more than 2^20 elements once
+      repetitions are expanded. `:grammar_root` names the start rule (default
+      `"root"`).
     * `:samplers` - order of the middle stages, any of `:penalties`, `:dry`,
       `:top_n_sigma`, `:top_k`, `:typical_p`, `:top_p`, `:min_p`, `:xtc`,
       `:temperature` (default: that order, as llama.cpp).
@@ -126,7 +133,7 @@ defmodule LlamaCppEx.Sampler do
 
   defp stages(model, opts) do
     seed = seed!(opts[:seed])
-    temp = num!(opts, :temp)
+    temp = f32!(opts, :temp)
     min_keep = int!(opts, :min_keep, 0)
 
     head =
@@ -139,10 +146,10 @@ defmodule LlamaCppEx.Sampler do
     tail =
       cond do
         mirostat == 1 ->
-          [temp_stage(temp, opts), {:mirostat, seed, num!(opts, :mirostat_tau), num!(opts, :mirostat_eta), 100}]
+          [temp_stage(temp, opts), {:mirostat, seed, f32!(opts, :mirostat_tau), f32!(opts, :mirostat_eta), 100}]
 
         mirostat == 2 ->
-          [temp_stage(temp, opts), {:mirostat_v2, seed, num!(opts, :mirostat_tau), num!(opts, :mirostat_eta)}]
+          [temp_stage(temp, opts), {:mirostat_v2, seed, f32!(opts, :mirostat_tau), f32!(opts, :mirostat_eta)}]
 
         mirostat != 0 ->
           raise ArgumentError, ":mirostat must be 0, 1 or 2, got: #{inspect(mirostat)}"
@@ -160,9 +167,9 @@ defmodule LlamaCppEx.Sampler do
 
   defp stage(:penalties, model, opts, _seed, _mk, _mode) do
     last_n = window!(opts, :penalty_last_n, model)
-    repeat = num!(opts, :repeat_penalty)
-    freq = num!(opts, :frequency_penalty)
-    present = num!(opts, :presence_penalty)
+    repeat = f32!(opts, :repeat_penalty)
+    freq = f32!(opts, :frequency_penalty)
+    present = f32!(opts, :presence_penalty)
     if repeat <= 0, do: raise(ArgumentError, ":repeat_penalty must be > 0, got: #{repeat}")
 
     if last_n == 0 or (repeat == 1.0 and freq == 0.0 and present == 0.0),
@@ -171,7 +178,7 @@ defmodule LlamaCppEx.Sampler do
   end
 
   defp stage(:dry, model, opts, _seed, _mk, _mode) do
-    mult = num!(opts, :dry_multiplier)
+    mult = f32!(opts, :dry_multiplier)
     # llama.cpp treats a negative window as "off"; -1 means the context size, as in its CLI
     last_n = window!(opts, :dry_penalty_last_n, model)
     breakers = opts[:dry_sequence_breakers]
@@ -179,17 +186,20 @@ defmodule LlamaCppEx.Sampler do
     unless is_list(breakers) and Enum.all?(breakers, &is_binary/1),
       do: raise(ArgumentError, ":dry_sequence_breakers must be a list of strings")
 
+    if length(breakers) > 64,
+      do: raise(ArgumentError, ":dry_sequence_breakers: at most 64 breakers are allowed, got: #{length(breakers)}")
+
     if mult <= 0,
       do: [],
       else: [
-        {:dry, mult, num!(opts, :dry_base), int!(opts, :dry_allowed_length, 0), last_n, breakers}
+        {:dry, mult, f32!(opts, :dry_base), int!(opts, :dry_allowed_length, 0), last_n, breakers}
       ]
   end
 
   defp stage(_, _model, _opts, _seed, _mk, :greedy), do: []
 
   defp stage(:top_n_sigma, _model, opts, _seed, _mk, _),
-    do: if((n = num!(opts, :top_n_sigma)) > 0, do: [{:top_n_sigma, n}], else: [])
+    do: if((n = f32!(opts, :top_n_sigma)) > 0, do: [{:top_n_sigma, n}], else: [])
 
   defp stage(:top_k, _model, opts, _seed, _mk, _),
     do: if((k = int!(opts, :top_k, 0)) > 0, do: [{:top_k, k}], else: [])
@@ -208,21 +218,22 @@ defmodule LlamaCppEx.Sampler do
     if p > 0.0, do: [{:xtc, p, prob!(opts, :xtc_threshold), mk, seed}], else: []
   end
 
-  defp stage(:temperature, _model, opts, _seed, _mk, _), do: [temp_stage(num!(opts, :temp), opts)]
+  defp stage(:temperature, _model, opts, _seed, _mk, _), do: [temp_stage(f32!(opts, :temp), opts)]
 
   defp temp_stage(temp, opts) do
-    range = num!(opts, :dynatemp_range)
-    if range > 0, do: {:temp_ext, temp, range, num!(opts, :dynatemp_exponent)}, else: {:temp, temp}
+    range = f32!(opts, :dynatemp_range)
+    if range > 0, do: {:temp_ext, temp, range, f32!(opts, :dynatemp_exponent)}, else: {:temp, temp}
   end
 
+  @max_bias 1.0e6
   defp logit_bias_stage(_model, empty) when empty == [] or empty == %{}, do: []
 
   defp logit_bias_stage(model, bias) when is_map(bias) or is_list(bias) do
     pairs =
       Enum.map(bias, fn
         # -1e6 already gives probability 0; larger magnitudes break llama.cpp's bucket sort
-        {tok, :neg_infinity} when is_integer(tok) -> {tok, -1.0e6}
-        {tok, b} when is_integer(tok) and is_number(b) -> {tok, b / 1}
+        {tok, :neg_infinity} when is_integer(tok) -> {tok, -@max_bias}
+        {tok, b} when is_integer(tok) and is_number(b) -> {tok, b |> max(-@max_bias) |> min(@max_bias) |> Kernel./(1)}
         other -> raise ArgumentError, "logit_bias entries must be {token, number}, got: #{inspect(other)}"
       end)
 
@@ -274,6 +285,17 @@ defmodule LlamaCppEx.Sampler do
   defp seed!(:random), do: :rand.uniform(0xFFFFFFFE)
   defp seed!(s) when is_integer(s) and s >= 0 and s <= 0xFFFFFFFF, do: s
   defp seed!(s), do: raise(ArgumentError, ":seed must be :random or an integer in 0..0xFFFFFFFF, got: #{inspect(s)}")
+
+  # Numbers reach llama.cpp as 32-bit floats.
+  @float32_max 3.4028234663852886e38
+  defp f32!(opts, key) do
+    v = num!(opts, key)
+
+    if v < -@float32_max or v > @float32_max,
+      do: raise(ArgumentError, "#{inspect(key)} is outside the 32-bit float range (|x| <= 3.4e38), got: #{v}")
+
+    v
+  end
 
   defp prob!(opts, key) do
     v = num!(opts, key)

@@ -6,8 +6,13 @@ defmodule LlamaCppEx.Tokenizer do
       #=> {:ok, [1, 403, 407, 261, 378]}   (stories260K, BOS first)
       {:ok, text} = LlamaCppEx.Tokenizer.decode(model, tokens)
 
-  Short inputs are handled on the calling scheduler; inputs above a few
-  kilobytes go to a dirty scheduler so they never block the VM.
+  Small work is done on the calling scheduler; anything that could take more
+  than about a millisecond goes to a dirty scheduler so it never blocks the
+  VM. What is small depends on the input and on the vocabulary: a crafted
+  vocabulary can make a short text slow (thousands of user-defined tokens,
+  each matched against the text) or a few tokens large (megabyte pieces), so
+  the choice uses facts about the vocabulary read at load (see
+  `LlamaCppEx.Model`).
 
   ## Bytes, not text
 
@@ -22,9 +27,15 @@ defmodule LlamaCppEx.Tokenizer do
   import LlamaCppEx.Options
   alias LlamaCppEx.{Model, NIF}
 
-  # Beyond this size tokenizing can take over ~1 ms: use a dirty scheduler.
-  @dirty_bytes 4096
-  @dirty_tokens 1024
+  # Work allowed on a normal scheduler (well under 1 ms), measured on crafted
+  # vocabularies. Tokenizing costs about bytes * (24 + literal tokens) units of
+  # at most ~10 ns: llama.cpp matches every user-defined token (and with
+  # parse_special every control token) against the text before splitting it;
+  # 4096 bytes with none is the budget. Detokenizing copies every piece.
+  @normal_encode_units 4096 * 24
+  @normal_decode_tokens 1024
+  @normal_decode_bytes 256 * 1024
+  @normal_piece_bytes 64 * 1024
 
   @type token :: non_neg_integer()
 
@@ -40,14 +51,15 @@ defmodule LlamaCppEx.Tokenizer do
   Returns `{:error, :invalid_utf8}` when `text` is not valid UTF-8.
   """
   @spec encode(Model.t(), String.t(), keyword()) :: {:ok, [token()]} | {:error, term()}
-  def encode(%Model{ref: ref}, text, opts \\ []) when is_binary(text) do
+  def encode(%Model{ref: ref} = model, text, opts \\ []) when is_binary(text) do
     opts = Keyword.validate!(opts, add_special: true, parse_special: false)
     add = bool!(opts, :add_special)
     parse = bool!(opts, :parse_special)
+    literal = if parse, do: model.n_special_tokens, else: model.n_user_defined_tokens
 
     cond do
       not String.valid?(text) -> {:error, :invalid_utf8}
-      byte_size(text) > @dirty_bytes -> NIF.tokenize_dirty(ref, text, add, parse)
+      byte_size(text) * (24 + literal) > @normal_encode_units -> NIF.tokenize_dirty(ref, text, add, parse)
       true -> NIF.tokenize(ref, text, add, parse)
     end
   end
@@ -64,12 +76,13 @@ defmodule LlamaCppEx.Tokenizer do
   multi-byte character gives a binary that is not valid UTF-8.
   """
   @spec decode(Model.t(), [token()], keyword()) :: {:ok, binary()} | {:error, term()}
-  def decode(%Model{ref: ref}, tokens, opts \\ []) when is_list(tokens) do
+  def decode(%Model{ref: ref} = model, tokens, opts \\ []) when is_list(tokens) do
     opts = Keyword.validate!(opts, remove_special: false, unparse_special: false)
     remove = bool!(opts, :remove_special)
     unparse = bool!(opts, :unparse_special)
+    n = length(tokens)
 
-    if length(tokens) > @dirty_tokens,
+    if n > @normal_decode_tokens or n * model.max_piece_bytes > @normal_decode_bytes,
       do: NIF.detokenize_dirty(ref, tokens, remove, unparse),
       else: NIF.detokenize(ref, tokens, remove, unparse)
   end
@@ -79,9 +92,12 @@ defmodule LlamaCppEx.Tokenizer do
   text (e.g. `"</s>"`); otherwise they render as `""`.
   """
   @spec token_to_piece(Model.t(), token(), keyword()) :: {:ok, binary()} | {:error, term()}
-  def token_to_piece(%Model{ref: ref}, token, opts \\ []) when is_integer(token) do
+  def token_to_piece(%Model{ref: ref} = model, token, opts \\ []) when is_integer(token) do
     opts = Keyword.validate!(opts, special: false)
-    NIF.token_to_piece(ref, token, bool!(opts, :special))
+
+    if model.max_piece_bytes > @normal_piece_bytes,
+      do: NIF.token_to_piece_dirty(ref, token, bool!(opts, :special)),
+      else: NIF.token_to_piece(ref, token, bool!(opts, :special))
   end
 
   @doc """

@@ -43,15 +43,22 @@ defmodule LlamaCppEx.Server.Loop do
     end
   end
 
+  defp stepwise(%Context{stepwise_embeddings: false} = ctx, true) do
+    Context.free(ctx)
+    {:error, :embeddings_need_causal_model}
+  end
+
+  defp stepwise(_ctx, _embeddings), do: :ok
+
   defp setup(opts) do
     with {:ok, model, own?} <- model(opts),
-         # texts are absorbed in chunks across steps: only a causal model's
-         # token embeddings do not depend on how a sequence is split
-         :ok <- if(opts[:embeddings] and not model.causal, do: {:error, :embeddings_need_causal_model}, else: :ok),
          opts = Keyword.put(opts, :n_ctx, opts[:n_ctx] || default_n_ctx(model)),
          # a step never holds more tokens than the cache has cells
          opts = Keyword.put(opts, :n_batch, min(opts[:n_batch], total_cells(opts))),
          {:ok, ctx} <- Context.create(model, context_options(opts)),
+         # texts are absorbed in chunks across steps: only with a KV cache and
+         # causal attention do token embeddings not depend on how a sequence is split
+         :ok <- stepwise(ctx, opts[:embeddings]),
          {:ok, engine} <-
            Batch.new(ctx,
              n_slots: opts[:n_parallel],
