@@ -120,12 +120,15 @@ defmodule LlamaCppEx.Server do
 
   ## Output
 
-  With the default `kv_unified: false` and `flash_attn: false`, a request's
-  tokens are exactly those of `LlamaCppEx.generate/3` for the same prompt
-  and options (`flash_attn: false` there too), whatever else is in the batch
-  and however its prompt was split into steps, greedy or seeded. With a
-  unified cache or flash attention they are equal up to floating-point
-  rounding, which can change a greedy choice where two tokens are nearly tied.
+  With the default `kv_unified: false` and `flash_attn: false`, on an F32
+  model a request's tokens are exactly those of `LlamaCppEx.generate/3` for
+  the same prompt and options (`flash_attn: false` there too), whatever else
+  is in the batch and however its prompt was split into steps, greedy or
+  seeded. With quantized weights (e.g. Q8_0) llama.cpp's matrix kernels round
+  differently with the number of rows of a step, and with a unified cache or
+  flash attention the attention does: outputs are then equal up to
+  floating-point rounding, which can change a greedy choice where two tokens
+  are nearly tied. See `docs/architecture.md` (*Batching server*).
   """
 
   alias LlamaCppEx.{Chat, Completion, Context, Options, Sampler, Tokenizer}
