@@ -159,21 +159,8 @@ static lcx_slot *free_slot(ErlNifEnv *env, engine_t *e, ERL_NIF_TERM t, ERL_NIF_
 // The prompt of a job, checked against the vocabulary and the slot size.
 static bool read_prompt(ErlNifEnv *env, engine_t *e, ERL_NIF_TERM list, int max_tokens, llama_token **toks, unsigned *n,
                         ERL_NIF_TERM *err) {
-  ERL_NIF_TERM bad;
-  int32_t n_vocab = lcx_model_n_vocab(lcx_context_model(e->c));
-  switch (lcx_get_tokens(env, list, n_vocab, toks, n, &bad)) {
-  case LCX_TOKENS_OK:
-    break;
-  case LCX_TOKENS_NOMEM:
-    *err = lcx_err(env, LCX_E_out_of_memory);
-    return false;
-  default:
-    *err = lcx_raise(env, "tokens must be a list of integers");
-    return false;
-  }
-  if (bad)
-    *err = lcx_invalid_token(env, bad, n_vocab);
-  else if (*n == 0)
+  if (!lcx_read_tokens(env, list, lcx_model_n_vocab(lcx_context_model(e->c)), toks, n, err)) return false;
+  if (*n == 0)
     *err = lcx_err(env, LCX_E_empty_prompt);
   else if (*n > e->n_ctx_slot)
     *err = lcx_overflow_error(env, 0, *n, max_tokens, e->n_ctx_slot);

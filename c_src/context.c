@@ -514,20 +514,7 @@ LCX_NIF(nif_context_clear) {
 // Reads and validates a token list against the context's model.
 static bool get_tokens(ErlNifEnv *env, lcx_context *c, ERL_NIF_TERM list, llama_token **toks, unsigned *n,
                        ERL_NIF_TERM *err) {
-  ERL_NIF_TERM bad;
-  lcx_tokens_result r = lcx_get_tokens(env, list, lcx_model_n_vocab(c->model), toks, n, &bad);
-  if (r != LCX_TOKENS_OK) {
-    *err =
-        r == LCX_TOKENS_NOMEM ? lcx_err(env, LCX_E_out_of_memory) : lcx_raise(env, "tokens must be a list of integers");
-    return false;
-  }
-  if (bad) {
-    *err = lcx_invalid_token(env, bad, lcx_model_n_vocab(c->model));
-    enif_free(*toks);
-    *toks = NULL;
-    return false;
-  }
-  return true;
+  return lcx_read_tokens(env, list, lcx_model_n_vocab(c->model), toks, n, err);
 }
 
 // context_decode(ctx, tokens) -> :ok | {:error, reason}

@@ -422,24 +422,7 @@ static bool read_options(ErlNifEnv *env, ERL_NIF_TERM opts, int *max_tokens, lcx
 
 // A list of token ids (the range check against the vocabulary is check_job's).
 static bool read_prompt(ErlNifEnv *env, ERL_NIF_TERM list, llama_token **toks, unsigned *n, ERL_NIF_TERM *err) {
-  ERL_NIF_TERM bad;
-  switch (lcx_get_tokens(env, list, INT32_MAX, toks, n, &bad)) {
-  case LCX_TOKENS_OK:
-    break;
-  case LCX_TOKENS_NOMEM:
-    *err = lcx_err(env, LCX_E_out_of_memory);
-    return false;
-  default:
-    *err = lcx_raise(env, "tokens must be a list of integers");
-    return false;
-  }
-  if (bad) {
-    *err = lcx_invalid_token(env, bad, 0);
-    enif_free(*toks);
-    *toks = NULL;
-    return false;
-  }
-  return true;
+  return lcx_read_tokens(env, list, INT32_MAX, toks, n, err);
 }
 
 // generate(ctx, sampler, tokens, %{max_tokens, stop})

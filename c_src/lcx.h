@@ -84,6 +84,11 @@ bool lcx_get_double(ErlNifEnv *env, ERL_NIF_TERM t, double *out); // int or floa
 typedef enum { LCX_TOKENS_OK, LCX_TOKENS_BADARG, LCX_TOKENS_NOMEM } lcx_tokens_result;
 lcx_tokens_result lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab, llama_token **out, unsigned *n_out,
                                  ERL_NIF_TERM *bad);
+// lcx_get_tokens with its errors as terms: ArgumentError for a wrong type,
+// {:error, :out_of_memory}, {:error, {:invalid_token, {id, n_vocab}}}. On
+// success the caller frees *out.
+bool lcx_read_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab, llama_token **out, unsigned *n_out,
+                     ERL_NIF_TERM *err);
 ERL_NIF_TERM lcx_make_tokens(ErlNifEnv *env, const llama_token *toks, size_t n);
 // A map with atom keys (at most 32).
 ERL_NIF_TERM lcx_make_map(ErlNifEnv *env, const char *const *keys, const ERL_NIF_TERM *vals, unsigned n);

@@ -95,6 +95,26 @@ lcx_tokens_result lcx_get_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vo
   return LCX_TOKENS_OK;
 }
 
+bool lcx_read_tokens(ErlNifEnv *env, ERL_NIF_TERM list, int32_t n_vocab, llama_token **out, unsigned *n_out,
+                     ERL_NIF_TERM *err) {
+  ERL_NIF_TERM bad;
+  switch (lcx_get_tokens(env, list, n_vocab, out, n_out, &bad)) {
+  case LCX_TOKENS_OK:
+    break;
+  case LCX_TOKENS_NOMEM:
+    *err = lcx_err(env, LCX_E_out_of_memory);
+    return false;
+  default:
+    *err = lcx_raise(env, "tokens must be a list of integers");
+    return false;
+  }
+  if (!bad) return true;
+  *err = lcx_invalid_token(env, bad, n_vocab == INT32_MAX ? 0 : n_vocab);
+  enif_free(*out);
+  *out = NULL;
+  return false;
+}
+
 ERL_NIF_TERM lcx_make_tokens(ErlNifEnv *env, const llama_token *toks, size_t n) {
   ERL_NIF_TERM list = enif_make_list(env, 0);
   for (size_t i = n; i > 0; i--)
