@@ -4,6 +4,7 @@
 #include "batch.h"
 #include "context.h"
 #include "lcx.h"
+#include "shift.h"
 #include "slot.h"
 
 typedef struct {
@@ -178,6 +179,10 @@ static unsigned reuse_prefix(engine_t *e, lcx_slot *s, unsigned src, unsigned re
   struct llama_context *ctx = llama(e);
   unsigned held = seq_n_past(e, (llama_seq_id)src);
   if (reuse > held) reuse = held;
+  // a running job that shifted its context holds its prompt only up to n_keep
+  const lcx_slot *from = &e->slots[src];
+  if (from->state != LCX_SLOT_FREE && from->shifted > 0 && reuse > (unsigned)from->n_keep)
+    reuse = (unsigned)from->n_keep;
   if (src == (unsigned)s->seq) {
     if (seq_rm(e, s->seq, (llama_pos)reuse)) return reuse;
   } else if (seq_rm(e, s->seq, 0) && reuse > 0) {
@@ -189,7 +194,8 @@ static unsigned reuse_prefix(engine_t *e, lcx_slot *s, unsigned src, unsigned re
   return 0;
 }
 
-// batch_admit(engine, slot, sampler, tokens, %{max_tokens, stop, stream, src, reuse})
+// batch_admit(engine, slot, sampler, tokens,
+//             %{max_tokens, stop, stream, src, reuse, logprobs, context_shift, n_keep})
 //   -> {:ok, reused} | {:error, reason}
 // Starts a generation in a free slot. `src` is the sequence whose first
 // `reuse` tokens equal the prompt's (the slot's own sequence, or another one);
@@ -197,15 +203,22 @@ static unsigned reuse_prefix(engine_t *e, lcx_slot *s, unsigned src, unsigned re
 // its logits.
 LCX_NIF(nif_batch_admit) {
   ERL_NIF_TERM v, err, r;
-  int max_tokens;
   unsigned src, reuse, n;
-  bool stream;
+  lcx_slot_opts o = {.n_logprobs = -1, .n_keep = -1};
   lcx_stops stops = {0};
   ERL_NIF_TERM opts = argv[4];
-  if (!enif_is_map(env, opts) || !lcx_map_get(env, opts, "max_tokens", &v) || !enif_get_int(env, v, &max_tokens) ||
-      max_tokens < 1 || !map_uint(env, opts, "src", &src) || !map_uint(env, opts, "reuse", &reuse) ||
-      !lcx_map_get(env, opts, "stream", &v) || !lcx_get_bool(env, v, &stream) || !lcx_map_get(env, opts, "stop", &v))
+  if (!enif_is_map(env, opts) || !lcx_map_get(env, opts, "max_tokens", &v) || !enif_get_int(env, v, &o.max_tokens) ||
+      o.max_tokens < 1 || !map_uint(env, opts, "src", &src) || !map_uint(env, opts, "reuse", &reuse) ||
+      !lcx_map_get(env, opts, "stream", &v) || !lcx_get_bool(env, v, &o.stream))
     return lcx_raise(env, "options must be %%{max_tokens, stop, stream, src, reuse}");
+  if (lcx_map_get(env, opts, "logprobs", &v) &&
+      (!enif_get_int(env, v, &o.n_logprobs) || o.n_logprobs < -1 || o.n_logprobs > LCX_MAX_LOGPROBS))
+    return lcx_raise(env, "logprobs must be an integer in -1..%d", LCX_MAX_LOGPROBS);
+  if (lcx_map_get(env, opts, "context_shift", &v) && !lcx_get_bool(env, v, &o.shift))
+    return lcx_raise(env, "context_shift must be a boolean");
+  if (lcx_map_get(env, opts, "n_keep", &v) && (!enif_get_int(env, v, &o.n_keep) || o.n_keep < -1))
+    return lcx_raise(env, "n_keep must be a non-negative integer");
+  if (!lcx_map_get(env, opts, "stop", &v)) return lcx_raise(env, "options must have stop");
   switch (lcx_stops_read(env, v, &stops)) {
   case LCX_STOPS_OK:
     break;
@@ -233,11 +246,14 @@ LCX_NIF(nif_batch_admit) {
     r = lcx_raise(env, "src must be a sequence of the context");
   } else if (lcx_sampler_model(sampler) != lcx_context_model(e->c)) {
     r = lcx_err(env, LCX_E_model_mismatch);
-  } else if (!read_prompt(env, e, argv[3], max_tokens, &toks, &n, &err)) {
+  } else if (o.shift && (e->unified || !lcx_can_shift(llama(e)))) {
+    // a unified cache shares cells between sequences: moving one's would move the others'
+    r = lcx_err(env, LCX_E_shift_unsupported);
+  } else if (!read_prompt(env, e, argv[3], o.max_tokens, &toks, &n, &err)) {
     r = err;
   } else {
     unsigned reused = reuse_prefix(e, s, src, reuse < n ? reuse : n - 1);
-    r = lcx_slot_begin_generate(s, sampler, toks, n, reused, e->n_ctx_slot, max_tokens, &stops, stream, e->next_order++)
+    r = lcx_slot_begin_generate(s, sampler, toks, n, reused, e->n_ctx_slot, &o, &stops, e->next_order++)
             ? lcx_ok(env, enif_make_uint(env, reused))
             : lcx_err(env, LCX_E_out_of_memory);
     toks = NULL; // the slot owns it now
@@ -370,21 +386,21 @@ static void after_decode(step_t *st) {
     case LCX_SLOT_ABSORBED:
       break;
     case LCX_SLOT_TOKEN:
-      if (s->stream) push_event(st, slot_event(st, ATOM_text, s, lcx_slot_take_text(st->env, s)));
+      if (s->opts.stream) push_event(st, slot_event(st, ATOM_text, s, lcx_slot_take_text(st->env, s, vocab)));
       break;
     case LCX_SLOT_DONE:
       if (s->kind == LCX_JOB_EMBED) {
         push_event(st, slot_event(st, ATOM_done, s, lcx_ok(st->env, lcx_slot_vector(st->env, s))));
         seq_rm(e, s->seq, 0);
       } else {
-        push_event(st, slot_event(st, ATOM_done, s, lcx_slot_result(st->env, s)));
+        push_event(st, slot_event(st, ATOM_done, s, lcx_slot_result(st->env, s, vocab)));
       }
       if (st->sampling[i]) lcx_owner_release(lcx_sampler_owner(s->sampler), st->me);
       st->sampling[i] = false;
       lcx_slot_reset(s);
       break;
     case LCX_SLOT_FAILED:
-      fail_slot(st, s, lcx_slot_result(st->env, s));
+      fail_slot(st, s, lcx_slot_result(st->env, s, vocab));
       break;
     }
   }
@@ -501,7 +517,8 @@ LCX_NIF(nif_batch_release) {
   lcx_slot *s = &e->slots[i];
   if (s->state != LCX_SLOT_FREE) {
     lcx_slot_cancel(s);
-    if (s->kind == LCX_JOB_GENERATE) r = lcx_slot_result(env, s); // {:ok, map}
+    if (s->kind == LCX_JOB_GENERATE)
+      r = lcx_slot_result(env, s, lcx_model_vocab(lcx_context_model(e->c))); // {:ok, map}
     lcx_slot_reset(s);
   }
   if (!keep || e->embedding) seq_rm(e, (llama_seq_id)i, 0);

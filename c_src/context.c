@@ -16,6 +16,7 @@
 #include "context.h"
 #include "grammar_stack.h"
 #include "lcx.h"
+#include "logprobs.h"
 
 struct lcx_context {
   lcx_owner owner; // who uses `ctx` (owner.h)
@@ -561,6 +562,32 @@ LCX_NIF(nif_sampler_sample) {
     r = threw ? lcx_err_msg(env, LCX_E_sampler_failed, lcx_last_exception()) : lcx_ok(env, enif_make_int(env, t));
   }
   lcx_release_context_sampler(c, s, &me);
+  return r;
+}
+
+// context_logprobs(ctx) -> {:ok, [logprob]}: log p of every token of the
+// vocabulary at the last position decoded (logprobs.h), or {:error, :no_logits}.
+LCX_NIF(nif_context_logprobs) {
+  ERL_NIF_TERM err, r;
+  lcx_claim me = LCX_CALL_CLAIM(env);
+  lcx_context *c = lcx_context_claim(env, argv[0], &me, &err);
+  if (!c) return err;
+  const float *logits = c->has_logits ? llama_get_logits_ith(c->ctx, -1) : NULL;
+  int32_t n = lcx_model_n_vocab(c->model);
+  double *lp = logits ? enif_alloc(sizeof(double) * (size_t)n) : NULL;
+  if (!logits) {
+    r = lcx_err(env, LCX_E_no_logits);
+  } else if (!lp) {
+    r = lcx_err(env, LCX_E_out_of_memory);
+  } else {
+    lcx_log_softmax(logits, n, lp);
+    ERL_NIF_TERM list = enif_make_list(env, 0);
+    for (int32_t i = n; i > 0; i--)
+      list = enif_make_list_cell(env, lcx_logprob_term(env, lp[i - 1]), list);
+    r = lcx_ok(env, list);
+  }
+  if (lp) enif_free(lp);
+  lcx_context_release(c, &me);
   return r;
 }
 

@@ -39,7 +39,8 @@
   X(file_not_found)       /* Model.load: no such file */                                                               \
   X(file_error)           /* Model.load: {posix, path} */                                                              \
   X(not_regular_file)     /* Model.load: {device | other, path} (a FIFO, a socket, ...) */                             \
-  X(not_gguf)             /* Model.load: the file does not start with GGUF */
+  X(not_gguf)             /* Model.load: the file does not start with GGUF */                                          \
+  X(shift_unsupported)    /* context_shift: true on a context whose memory cannot shift */
 
 typedef enum {
 #define LCX_REASON_ENUM(name) LCX_E_##name,

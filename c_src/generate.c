@@ -12,6 +12,8 @@
 #include "context.h"
 #include "grammar_stack.h"
 #include "lcx.h"
+#include "logprobs.h"
+#include "shift.h"
 #include "text.h"
 
 // ---- streams: the resource ---------------------------------------------------------------
@@ -32,6 +34,15 @@
 // one by one, at once.
 #define STREAM_MIN_INTERVAL_US 1000
 
+// What a job asks for, besides its prompt (read_options).
+typedef struct {
+  int max_tokens;
+  int n_logprobs; // -1: off
+  bool shift;     // context shift instead of :context_full
+  int n_keep;     // positions a shift keeps
+  lcx_stops stops;
+} job_opts;
+
 typedef struct stream {
   lcx_claim claim; // first: wake() gets back from the claim to the stream
   ErlNifMutex *mu;
@@ -43,8 +54,7 @@ typedef struct stream {
   lcx_sampler *s; // kept while the thread runs
   llama_token *prompt;
   unsigned n_prompt;
-  int max_tokens;
-  lcx_stops stops;
+  job_opts opts;
   ErlNifEnv *ref_env; // holds `ref`, the tag of every message
   ERL_NIF_TERM ref;
 } stream_t;
@@ -77,7 +87,7 @@ static void stream_dtor(ErlNifEnv *env, void *obj) {
   if (st->cv) enif_cond_destroy(st->cv);
   if (st->mu) enif_mutex_destroy(st->mu);
   if (st->prompt) enif_free(st->prompt);
-  lcx_stops_free(&st->stops);
+  lcx_stops_free(&st->opts.stops);
   if (st->ref_env) enif_free_env(st->ref_env);
 }
 
@@ -115,13 +125,19 @@ static turn_t stream_turn(stream_t *st, bool wait, int64_t *waited_us) {
 }
 
 // {ref, {:chunk, text}} to the consumer, from the stream's own thread.
-static void send_chunk(stream_t *st, ErlNifEnv *msg_env, const char *data, size_t len) {
-  if (len == 0) return;
+// {ref, {:chunk, text}}, or {ref, {:chunk, text, logprobs}} when they are
+// asked for (logprobs: the tokens generated since the previous chunk).
+static void send_chunk(stream_t *st, ErlNifEnv *msg_env, const char *data, size_t len, lcx_logprobs *lp,
+                       const struct llama_vocab *vocab) {
+  bool with_lp = lcx_logprobs_on(lp);
+  if (len == 0 && (!with_lp || lp->taken == lp->n)) return;
   enif_mutex_lock(st->mu);
   st->sent++;
   enif_mutex_unlock(st->mu);
-  ERL_NIF_TERM msg = enif_make_tuple2(msg_env, enif_make_copy(msg_env, st->ref),
-                                      enif_make_tuple2(msg_env, ATOM_chunk, lcx_binary(msg_env, data, len)));
+  ERL_NIF_TERM text = lcx_binary(msg_env, data, len);
+  ERL_NIF_TERM chunk = with_lp ? enif_make_tuple3(msg_env, ATOM_chunk, text, lcx_logprobs_take(msg_env, lp, vocab))
+                               : enif_make_tuple2(msg_env, ATOM_chunk, text);
+  ERL_NIF_TERM msg = enif_make_tuple2(msg_env, enif_make_copy(msg_env, st->ref), chunk);
   enif_send(NULL, &st->consumer, msg_env, msg);
   enif_clear_env(msg_env);
 }
@@ -152,14 +168,16 @@ typedef struct {
   lcx_claim *claim;
   const llama_token *prompt;
   unsigned n_prompt;
-  int max_tokens;
-  const lcx_stops *stops;
+  const job_opts *opts;
   stream_t *stream; // NULL for Context.generate/4
   // progress
   lcx_text text;
+  lcx_logprobs lp;
   llama_token *out;
   unsigned n_out;
   unsigned max_room;    // most tokens this job can produce (max_tokens, or a full context)
+  unsigned cap;         // room in out
+  int32_t shifted;      // positions dropped by context shifts
   int32_t pos0;         // where the prompt starts
   uint32_t n_seq;       // cells one sequence can hold
   unsigned unsent;      // tokens since the last chunk (streams)
@@ -187,6 +205,10 @@ static ERL_NIF_TERM finish_atom(finish_t f) {
   }
 }
 
+// Generated tokens are kept in an array grown in steps (a shifting job may ask
+// for more tokens than its context holds).
+#define OUT_CHUNK 4096u
+
 // Only a prompt that does not fit is an error; generation itself ends when
 // the context is full (FINISH_CONTEXT_FULL).
 static bool check_job(ErlNifEnv *env, gen_t *g, ERL_NIF_TERM *err) {
@@ -204,16 +226,21 @@ static bool check_job(ErlNifEnv *env, gen_t *g, ERL_NIF_TERM *err) {
   g->pos0 = lcx_next_position(g->c);
   g->n_seq = lcx_context_seq_size(g->c);
   if ((uint64_t)g->pos0 + g->n_prompt > g->n_seq) {
-    *err = lcx_overflow_error(env, g->pos0, g->n_prompt, g->max_tokens, g->n_seq);
+    *err = lcx_overflow_error(env, g->pos0, g->n_prompt, g->opts->max_tokens, g->n_seq);
     return false;
   }
-  // a full context ends generation first: at most n_seq - pos0 - n_prompt + 1 tokens
+  if (g->opts->shift && !lcx_can_shift(lcx_context_llama(g->c))) {
+    *err = lcx_err(env, LCX_E_shift_unsupported);
+    return false;
+  }
+  // without shifts a full context ends generation first: at most n_seq - pos0 - n_prompt + 1 tokens
   uint64_t room = (uint64_t)g->n_seq - (uint64_t)g->pos0 - g->n_prompt + 1;
-  if ((uint64_t)g->max_tokens > room)
+  if ((uint64_t)g->opts->max_tokens > room && !g->opts->shift)
     g->max_room = (unsigned)room;
   else
-    g->max_room = (unsigned)g->max_tokens;
-  g->out = enif_alloc(sizeof(llama_token) * (size_t)g->max_room);
+    g->max_room = (unsigned)g->opts->max_tokens;
+  g->cap = g->max_room < OUT_CHUNK ? g->max_room : OUT_CHUNK;
+  g->out = enif_alloc(sizeof(llama_token) * (size_t)g->cap);
   g->msg_env = g->stream ? enif_alloc_env() : NULL;
   if (!g->out || (g->stream && !g->msg_env)) {
     *err = lcx_err(env, LCX_E_out_of_memory);
@@ -264,7 +291,24 @@ static bool sample_next(gen_t *g, llama_token *tok) {
 }
 
 static bool append_token(gen_t *g, llama_token tok) {
+  if (g->n_out == g->cap) {
+    unsigned cap = g->max_room - g->cap < g->cap ? g->max_room : 2 * g->cap;
+    llama_token *out = enif_realloc(g->out, sizeof(llama_token) * (size_t)cap);
+    if (!out) {
+      g->fail = FAIL_NOMEM;
+      return false;
+    }
+    g->out = out;
+    g->cap = cap;
+  }
   g->out[g->n_out++] = tok;
+  if (lcx_logprobs_on(&g->lp)) {
+    const float *logits = llama_get_logits_ith(lcx_context_llama(g->c), -1);
+    if (!lcx_logprobs_push(&g->lp, logits, lcx_model_n_vocab(lcx_context_model(g->c)), tok)) {
+      g->fail = FAIL_NOMEM;
+      return false;
+    }
+  }
   switch (lcx_text_push(&g->text, lcx_model_vocab(lcx_context_model(g->c)), tok)) {
   case LCX_TEXT_MORE:
     return true;
@@ -301,7 +345,7 @@ static bool deliver(gen_t *g) {
     if (ready) {
       size_t len;
       const char *data = lcx_text_take(&g->text, &len);
-      send_chunk(st, g->msg_env, data, len);
+      send_chunk(st, g->msg_env, data, len, &g->lp, lcx_model_vocab(lcx_context_model(g->c)));
       g->unsent = 0;
       g->last_sent_us = now_us();
     }
@@ -311,9 +355,29 @@ static bool deliver(gen_t *g) {
   }
 }
 
-// The newest token goes to position pos0 + n_prompt + n_out - 1.
+// Positions a shift keeps, as llama.cpp's CLI counts them: n_keep, at most up
+// to the end of the prompt, or by default (-1) the BOS token when the
+// sequence starts with one.
+static int32_t n_keep(const gen_t *g) {
+  int64_t prompt_end = (int64_t)g->pos0 + g->n_prompt;
+  if (g->opts->n_keep >= 0) return g->opts->n_keep < prompt_end ? g->opts->n_keep : (int32_t)prompt_end;
+  const struct llama_vocab *vocab = lcx_model_vocab(lcx_context_model(g->c));
+  return g->pos0 == 0 && g->prompt[0] == llama_vocab_bos(vocab) ? 1 : 0;
+}
+
+// The newest token goes to position pos0 + n_prompt + n_out - 1 - shifted.
+// Without shifts it may take the last cell; a shifting job makes room when
+// it would (shift.h), at the point llama.cpp's CLI and llama-server do.
 static bool room_for_next(gen_t *g) {
-  if ((uint64_t)g->pos0 + g->n_prompt + g->n_out - 1 < g->n_seq) return true;
+  int64_t pos = (int64_t)g->pos0 + g->n_prompt + g->n_out - 1 - g->shifted;
+  if (pos + (g->opts->shift ? 1 : 0) < (int64_t)g->n_seq) return true;
+  if (g->opts->shift) {
+    int32_t keep = n_keep(g), drop = lcx_shift_amount((int32_t)pos, keep);
+    if (drop > 0 && lcx_shift(lcx_context_llama(g->c), 0, keep, drop, (int32_t)pos)) {
+      g->shifted += drop;
+      return true;
+    }
+  }
   g->finish = FINISH_CONTEXT_FULL;
   return false;
 }
@@ -332,7 +396,7 @@ static void run(gen_t *g) {
   bool go = !stopped(g) && decode_prompt(g);
   g->t1 = now_us();
   while (go && sample_next(g, &tok) && append_token(g, tok) && deliver(g)) {
-    if (g->n_out >= (unsigned)g->max_tokens) break; // FINISH_MAX_TOKENS
+    if (g->n_out >= (unsigned)g->opts->max_tokens) break; // FINISH_MAX_TOKENS
     go = room_for_next(g) && !stopped(g) && decode_next(g);
   }
   g->t2 = now_us();
@@ -347,7 +411,7 @@ static void run(gen_t *g) {
   if (g->stream && g->fail == FAIL_NONE) {
     size_t len;
     const char *data = lcx_text_take(&g->text, &len);
-    send_chunk(g->stream, g->msg_env, data, len);
+    send_chunk(g->stream, g->msg_env, data, len, &g->lp, lcx_model_vocab(lcx_context_model(g->c)));
   }
 }
 
@@ -364,26 +428,30 @@ static ERL_NIF_TERM result(ErlNifEnv *env, gen_t *g) {
   default:
     break;
   }
-  ERL_NIF_TERM keys[8] = {ATOM_text,          ATOM_tokens,           ATOM_finish_reason,
-                          ATOM_prompt_tokens, ATOM_generated_tokens, ATOM_prompt_ms,
-                          ATOM_generation_ms, ATOM_sample_ms};
-  ERL_NIF_TERM vals[8] = {lcx_binary(env, g->text.data ? g->text.data : "", g->text.len),
-                          lcx_make_tokens(env, g->out, g->n_out),
-                          finish_atom(g->finish),
-                          enif_make_uint(env, g->n_prompt),
-                          enif_make_uint(env, g->n_out),
-                          enif_make_double(env, (double)(g->t1 - g->t0) / 1000.0),
-                          enif_make_double(env, (double)(g->t2 - g->t1) / 1000.0),
-                          enif_make_double(env, (double)(g->t2 - g->t1 - g->decode_us - g->waited_us) / 1000.0)};
+  ERL_NIF_TERM keys[10] = {
+      ATOM_text,      ATOM_tokens,        ATOM_finish_reason, ATOM_prompt_tokens, ATOM_generated_tokens,
+      ATOM_prompt_ms, ATOM_generation_ms, ATOM_sample_ms,     ATOM_logprobs,      ATOM_discarded_tokens};
+  ERL_NIF_TERM vals[10] = {
+      lcx_binary(env, g->text.data ? g->text.data : "", g->text.len),
+      lcx_make_tokens(env, g->out, g->n_out),
+      finish_atom(g->finish),
+      enif_make_uint(env, g->n_prompt),
+      enif_make_uint(env, g->n_out),
+      enif_make_double(env, (double)(g->t1 - g->t0) / 1000.0),
+      enif_make_double(env, (double)(g->t2 - g->t1) / 1000.0),
+      enif_make_double(env, (double)(g->t2 - g->t1 - g->decode_us - g->waited_us) / 1000.0),
+      lcx_logprobs_on(&g->lp) ? lcx_logprobs_all(env, &g->lp, lcx_model_vocab(lcx_context_model(g->c))) : ATOM_nil,
+      enif_make_int(env, g->shifted)};
   ERL_NIF_TERM map;
-  enif_make_map_from_arrays(env, keys, vals, 8, &map);
+  enif_make_map_from_arrays(env, keys, vals, 10, &map);
   return lcx_ok(env, map);
 }
 
 // Runs a claimed job to its end; the result is built in env.
 static ERL_NIF_TERM generate(ErlNifEnv *env, gen_t *g) {
   ERL_NIF_TERM err, r;
-  lcx_text_init(&g->text, g->stops);
+  lcx_text_init(&g->text, &g->opts->stops);
+  lcx_logprobs_init(&g->lp, g->opts->n_logprobs);
   if (check_job(env, g, &err)) {
     run(g);
     r = result(env, g);
@@ -391,6 +459,7 @@ static ERL_NIF_TERM generate(ErlNifEnv *env, gen_t *g) {
     r = err;
   }
   lcx_text_free(&g->text);
+  lcx_logprobs_free(&g->lp);
   if (g->out) enif_free(g->out);
   if (g->msg_env) enif_free_env(g->msg_env);
   return r;
@@ -398,17 +467,32 @@ static ERL_NIF_TERM generate(ErlNifEnv *env, gen_t *g) {
 
 // ---- reading a job from Elixir ----------------------------------------------------------------
 
-// %{max_tokens, stop} (checked in Elixir too).
-static bool read_options(ErlNifEnv *env, ERL_NIF_TERM opts, int *max_tokens, lcx_stops *stops, ERL_NIF_TERM *err) {
+// %{max_tokens, stop, logprobs, context_shift, n_keep} (checked in Elixir
+// too; logprobs: -1 for off; n_keep: -1 for the default). Only max_tokens is
+// required.
+static bool read_options(ErlNifEnv *env, ERL_NIF_TERM opts, job_opts *o, ERL_NIF_TERM *err) {
   ERL_NIF_TERM v;
-  *stops = (lcx_stops){0};
-  if (!enif_is_map(env, opts) || !lcx_map_get(env, opts, "max_tokens", &v) || !enif_get_int(env, v, max_tokens) ||
-      *max_tokens < 1) {
+  *o = (job_opts){.n_logprobs = -1, .n_keep = -1};
+  if (!enif_is_map(env, opts) || !lcx_map_get(env, opts, "max_tokens", &v) || !enif_get_int(env, v, &o->max_tokens) ||
+      o->max_tokens < 1) {
     *err = lcx_raise(env, "max_tokens must be a positive integer");
     return false;
   }
+  if (lcx_map_get(env, opts, "logprobs", &v) &&
+      (!enif_get_int(env, v, &o->n_logprobs) || o->n_logprobs < -1 || o->n_logprobs > LCX_MAX_LOGPROBS)) {
+    *err = lcx_raise(env, "logprobs must be an integer in 0..%d", LCX_MAX_LOGPROBS);
+    return false;
+  }
+  if (lcx_map_get(env, opts, "context_shift", &v) && !lcx_get_bool(env, v, &o->shift)) {
+    *err = lcx_raise(env, "context_shift must be a boolean");
+    return false;
+  }
+  if (lcx_map_get(env, opts, "n_keep", &v) && (!enif_get_int(env, v, &o->n_keep) || o->n_keep < -1)) {
+    *err = lcx_raise(env, "n_keep must be a non-negative integer");
+    return false;
+  }
   if (!lcx_map_get(env, opts, "stop", &v)) return true;
-  switch (lcx_stops_read(env, v, stops)) {
+  switch (lcx_stops_read(env, v, &o->stops)) {
   case LCX_STOPS_OK:
     return true;
   case LCX_STOPS_NOMEM:
@@ -425,27 +509,28 @@ static bool read_prompt(ErlNifEnv *env, ERL_NIF_TERM list, llama_token **toks, u
   return lcx_read_tokens(env, list, INT32_MAX, toks, n, err);
 }
 
-// generate(ctx, sampler, tokens, %{max_tokens, stop})
-//   -> {:ok, %{text, tokens, finish_reason, prompt_tokens, generated_tokens, prompt_ms, generation_ms, sample_ms}}
+// generate(ctx, sampler, tokens, %{max_tokens, stop, logprobs, context_shift, n_keep})
+//   -> {:ok, %{text, tokens, finish_reason, prompt_tokens, generated_tokens, prompt_ms, generation_ms, sample_ms,
+//              logprobs, discarded_tokens}}
 // The calling process dying, Context.free/1 or Sampler.free/1 cancel it.
 LCX_NIF(nif_generate) {
   gen_t g = {0};
-  lcx_stops stops;
+  job_opts opts;
   llama_token *prompt = NULL;
   ERL_NIF_TERM r;
-  if (!read_options(env, argv[3], &g.max_tokens, &stops, &r)) return r;
+  if (!read_options(env, argv[3], &opts, &r)) return r;
   if (read_prompt(env, argv[2], &prompt, &g.n_prompt, &r)) {
     lcx_claim me = LCX_CALL_CLAIM(env);
     if (lcx_claim_context_sampler(env, argv[0], argv[1], &me, &g.c, &g.s, &r)) {
       g.claim = &me;
       g.prompt = prompt;
-      g.stops = &stops;
+      g.opts = &opts;
       r = generate(env, &g);
       lcx_release_context_sampler(g.c, g.s, &me);
     }
   }
   if (prompt) enif_free(prompt);
-  lcx_stops_free(&stops);
+  lcx_stops_free(&opts.stops);
   return r;
 }
 
@@ -459,8 +544,7 @@ static void *stream_thread(void *arg) {
              .claim = &st->claim,
              .prompt = st->prompt,
              .n_prompt = st->n_prompt,
-             .max_tokens = st->max_tokens,
-             .stops = &st->stops,
+             .opts = &st->opts,
              .stream = st};
   ERL_NIF_TERM r = generate(env, &g);
   // let go first: the consumer may use the context as soon as it hears of the end
@@ -496,7 +580,8 @@ static stream_t *stream_new(ErlNifPid consumer) {
 // Claims the context and the sampler, starts the generation on its own thread
 // and returns at once. The consumer receives {ref, {:chunk, text}} for chunks
 // it asked for (stream_demand/1), a last chunk unasked, and finally
-// {ref, {:done, {:ok, map} | {:error, reason}}}.
+// {ref, {:done, {:ok, map} | {:error, reason}}}. With logprobs, chunks are
+// {ref, {:chunk, text, logprobs}}.
 LCX_NIF(nif_stream_start) {
   ErlNifPid consumer;
   ERL_NIF_TERM err;
@@ -511,7 +596,7 @@ LCX_NIF(nif_stream_start) {
   ERL_NIF_TERM handle = enif_make_resource(env, h);
   enif_release_resource(h);
   if (!st->mu || !st->cv || !st->ref_env) return lcx_err(env, LCX_E_out_of_memory);
-  if (!read_options(env, argv[3], &st->max_tokens, &st->stops, &err)) return err;
+  if (!read_options(env, argv[3], &st->opts, &err)) return err;
   if (!read_prompt(env, argv[2], &st->prompt, &st->n_prompt, &err)) return err;
   st->ref = enif_make_copy(st->ref_env, argv[5]);
   if (!lcx_claim_context_sampler(env, argv[0], argv[1], &st->claim, &st->c, &st->s, &err)) return err;

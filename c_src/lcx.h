@@ -57,7 +57,9 @@
   X(n_threads_batch)                                                                                                   \
   X(position)                                                                                                          \
   X(available)                                                                                                         \
-  X(needed)
+  X(needed)                                                                                                            \
+  X(logprobs)                                                                                                          \
+  X(discarded_tokens)
 
 #define LCX_DECLARE_ATOM(name) extern ERL_NIF_TERM ATOM_##name;
 LCX_ATOMS(LCX_DECLARE_ATOM)

@@ -29,6 +29,7 @@ LCX_NIF(nif_sampler_accept);
 LCX_NIF(nif_sampler_reset);
 LCX_NIF(nif_sampler_free);
 LCX_NIF(nif_sampler_sample);
+LCX_NIF(nif_context_logprobs);
 LCX_NIF(nif_context_create);
 LCX_NIF(nif_context_free);
 LCX_NIF(nif_context_info);
@@ -100,6 +101,8 @@ static ErlNifFunc nif_funcs[] = {
     // context lock: dirty CPU. With a grammar, it moves to a thread with a
     // larger stack when the model's longest token needs more than is left here.
     {"sampler_sample", 2, nif_sampler_sample, DIRTY_CPU},
+    // Touches the whole vocabulary and waits for the context lock: dirty CPU.
+    {"context_logprobs", 1, nif_context_logprobs, DIRTY_CPU},
     // Allocates the KV cache and compute buffers (GPU memory too): dirty CPU.
     {"context_create", 2, nif_context_create, DIRTY_CPU},
     // Everything that takes a context lock may wait for a running decode: dirty CPU.

@@ -6,6 +6,7 @@
 
 #include "context.h"
 #include "lcx.h"
+#include "shift.h"
 #include "slot.h"
 
 // enif_monotonic_time only works on scheduler threads; this is CLOCK_MONOTONIC everywhere.
@@ -20,6 +21,7 @@ void lcx_slot_init(lcx_slot *s, llama_seq_id seq) {
   s->seq = seq;
   s->idx = -1;
   lcx_text_init(&s->text, NULL);
+  lcx_logprobs_init(&s->lp, -1);
 }
 
 void lcx_slot_reset(lcx_slot *s) {
@@ -30,6 +32,7 @@ void lcx_slot_reset(lcx_slot *s) {
   if (s->acc) enif_free(s->acc);
   if (s->vector) enif_free(s->vector);
   lcx_text_free(&s->text);
+  lcx_logprobs_free(&s->lp);
   lcx_stops_free(&s->stops);
   lcx_slot_init(s, seq);
 }
@@ -44,17 +47,23 @@ static void begin(lcx_slot *s, lcx_job_kind kind, llama_token *prompt, unsigned 
   s->t_admit = lcx_slot_now_us();
 }
 
+// Generated tokens are kept in an array grown in steps (a shifting job may ask
+// for more tokens than its cells hold).
+#define OUT_CHUNK 4096u
+
 bool lcx_slot_begin_generate(lcx_slot *s, struct lcx_sampler *sampler, llama_token *prompt, unsigned n_prompt,
-                             unsigned n_cached, uint32_t limit, int max_tokens, lcx_stops *stops, bool stream,
+                             unsigned n_cached, uint32_t limit, const lcx_slot_opts *opts, lcx_stops *stops,
                              uint64_t order) {
   begin(s, LCX_JOB_GENERATE, prompt, n_prompt, order);
   s->stops = *stops;
   *stops = (lcx_stops){0};
   lcx_text_init(&s->text, &s->stops);
-  // at most one token per free cell, plus the last one, which needs none
+  lcx_logprobs_init(&s->lp, opts->n_logprobs);
+  // without shifts, at most one token per free cell, plus the last one, which needs none
   uint64_t room = (uint64_t)limit - n_prompt + 1;
-  size_t cap = (uint64_t)max_tokens < room ? (size_t)max_tokens : (size_t)room;
-  s->out = enif_alloc(sizeof(llama_token) * cap);
+  unsigned most = (uint64_t)opts->max_tokens < room || opts->shift ? (unsigned)opts->max_tokens : (unsigned)room;
+  s->cap = most < OUT_CHUNK ? most : OUT_CHUNK;
+  s->out = enif_alloc(sizeof(llama_token) * s->cap);
   if (!s->out) {
     lcx_slot_reset(s);
     return false;
@@ -63,8 +72,10 @@ bool lcx_slot_begin_generate(lcx_slot *s, struct lcx_sampler *sampler, llama_tok
   s->sampler = sampler;
   s->n_cached = s->n_done = s->n_past = n_cached;
   s->limit = limit;
-  s->max_tokens = max_tokens;
-  s->stream = stream;
+  s->opts = *opts;
+  // as llama.cpp's CLI: at most the prompt; by default the BOS token
+  s->n_keep = opts->n_keep >= 0 && (unsigned)opts->n_keep < n_prompt ? opts->n_keep : (int32_t)n_prompt;
+  if (opts->n_keep < 0) s->n_keep = prompt[0] == llama_vocab_bos(lcx_model_vocab(lcx_sampler_model(sampler))) ? 1 : 0;
   return true;
 }
 
@@ -115,7 +126,7 @@ unsigned lcx_slot_add(lcx_slot *s, struct llama_batch *b, unsigned room) {
   if (room == 0 || s->state == LCX_SLOT_FREE) return 0;
   s->idx = b->n_tokens;
   if (s->state == LCX_SLOT_GENERATE) {
-    batch_add(b, s->next, (llama_pos)(s->n_prompt + s->n_out - 1), s->seq, true);
+    batch_add(b, s->next, (llama_pos)(s->n_prompt + s->n_out - 1) - s->shifted, s->seq, true);
     s->n_added = 1;
     return 1;
   }
@@ -163,8 +174,19 @@ static lcx_slot_outcome sample_next(lcx_slot *s, struct llama_context *ctx, cons
   return LCX_SLOT_TOKEN;
 }
 
-static lcx_slot_outcome append_token(lcx_slot *s, const struct llama_vocab *vocab, llama_token tok) {
+static lcx_slot_outcome append_token(lcx_slot *s, struct llama_context *ctx, const struct llama_vocab *vocab,
+                                     int32_t at, llama_token tok) {
+  if (s->n_out == s->cap) {
+    unsigned most = (unsigned)s->opts.max_tokens, cap = most - s->cap < s->cap ? most : 2 * s->cap;
+    llama_token *out = enif_realloc(s->out, sizeof(llama_token) * cap);
+    if (!out) return failed(s, LCX_SLOT_FAIL_NOMEM);
+    s->out = out;
+    s->cap = cap;
+  }
   s->out[s->n_out++] = tok;
+  if (lcx_logprobs_on(&s->lp) &&
+      !lcx_logprobs_push(&s->lp, llama_get_logits_ith(ctx, at), llama_vocab_n_tokens(vocab), tok))
+    return failed(s, LCX_SLOT_FAIL_NOMEM);
   switch (lcx_text_push(&s->text, vocab, tok)) {
   case LCX_TEXT_MORE:
     return LCX_SLOT_TOKEN;
@@ -177,8 +199,19 @@ static lcx_slot_outcome append_token(lcx_slot *s, const struct llama_vocab *voca
   }
 }
 
-// The newest token goes to position n_prompt + n_out - 1.
-static bool room_for_next(const lcx_slot *s) { return (uint64_t)s->n_prompt + s->n_out - 1 < s->limit; }
+// The newest token goes to position n_prompt + n_out - 1 - shifted. Without
+// shifts it may take the last cell; a shifting job makes room when it would
+// (shift.h), at the point llama-server does.
+static bool room_for_next(lcx_slot *s, struct llama_context *ctx) {
+  int64_t pos = (int64_t)s->n_prompt + s->n_out - 1 - s->shifted;
+  if (pos + (s->opts.shift ? 1 : 0) < (int64_t)s->limit) return true;
+  if (!s->opts.shift) return false;
+  int32_t drop = lcx_shift_amount((int32_t)pos, s->n_keep);
+  if (drop == 0 || !lcx_shift(ctx, s->seq, s->n_keep, drop, (int32_t)pos)) return false;
+  s->shifted += drop;
+  s->n_past -= (unsigned)drop;
+  return true;
+}
 
 static lcx_slot_outcome generation_decoded(lcx_slot *s, struct llama_context *ctx, const struct llama_vocab *vocab,
                                            struct llama_sampler *chain) {
@@ -189,10 +222,11 @@ static lcx_slot_outcome generation_decoded(lcx_slot *s, struct llama_context *ct
   }
   int64_t t0 = lcx_slot_now_us();
   llama_token tok;
-  lcx_slot_outcome o = sample_next(s, ctx, vocab, chain, s->idx + (int32_t)s->n_added - 1, &tok);
-  if (o == LCX_SLOT_TOKEN) o = append_token(s, vocab, tok);
-  if (o == LCX_SLOT_TOKEN && s->n_out >= (unsigned)s->max_tokens) o = done(s, LCX_FINISH_MAX_TOKENS);
-  if (o == LCX_SLOT_TOKEN && !room_for_next(s)) o = done(s, LCX_FINISH_CONTEXT_FULL);
+  int32_t at = s->idx + (int32_t)s->n_added - 1;
+  lcx_slot_outcome o = sample_next(s, ctx, vocab, chain, at, &tok);
+  if (o == LCX_SLOT_TOKEN) o = append_token(s, ctx, vocab, at, tok);
+  if (o == LCX_SLOT_TOKEN && s->n_out >= (unsigned)s->opts.max_tokens) o = done(s, LCX_FINISH_MAX_TOKENS);
+  if (o == LCX_SLOT_TOKEN && !room_for_next(s, ctx)) o = done(s, LCX_FINISH_CONTEXT_FULL);
   if (o == LCX_SLOT_TOKEN) s->next = tok;
   s->sample_us += lcx_slot_now_us() - t0;
   return o;
@@ -235,10 +269,12 @@ void lcx_slot_cancel(lcx_slot *s) {
 
 // ---- results -------------------------------------------------------------------------------------
 
-ERL_NIF_TERM lcx_slot_take_text(ErlNifEnv *env, lcx_slot *s) {
+ERL_NIF_TERM lcx_slot_take_text(ErlNifEnv *env, lcx_slot *s, const struct llama_vocab *vocab) {
   size_t len;
   const char *data = lcx_text_take(&s->text, &len);
-  return lcx_binary(env, data, len);
+  ERL_NIF_TERM text = lcx_binary(env, data, len);
+  if (!lcx_logprobs_on(&s->lp)) return text;
+  return enif_make_tuple2(env, text, lcx_logprobs_take(env, &s->lp, vocab));
 }
 
 static ERL_NIF_TERM finish_atom(lcx_finish f) {
@@ -258,7 +294,7 @@ static ERL_NIF_TERM finish_atom(lcx_finish f) {
 
 static ERL_NIF_TERM ms(ErlNifEnv *env, int64_t us) { return enif_make_double(env, us > 0 ? (double)us / 1000.0 : 0.0); }
 
-ERL_NIF_TERM lcx_slot_result(ErlNifEnv *env, lcx_slot *s) {
+ERL_NIF_TERM lcx_slot_result(ErlNifEnv *env, lcx_slot *s, const struct llama_vocab *vocab) {
   switch (s->fail) {
   case LCX_SLOT_FAIL_SAMPLER:
   case LCX_SLOT_FAIL_TEXT:
@@ -271,10 +307,10 @@ ERL_NIF_TERM lcx_slot_result(ErlNifEnv *env, lcx_slot *s) {
     break;
   }
   int64_t first = s->t_first ? s->t_first : s->t_end;
-  static const char *const keys[] = {"text",          "tokens",           "finish_reason", "prompt_tokens",
-                                     "cached_tokens", "generated_tokens", "kv_tokens",     "rest",
-                                     "prompt_ms",     "generation_ms",    "sample_ms",     "steps"};
-  ERL_NIF_TERM rest = s->stream ? lcx_slot_take_text(env, s) : lcx_binary(env, "", 0);
+  static const char *const keys[] = {
+      "text", "tokens",    "finish_reason", "prompt_tokens", "cached_tokens", "generated_tokens", "kv_tokens",
+      "rest", "prompt_ms", "generation_ms", "sample_ms",     "steps",         "logprobs",         "discarded_tokens"};
+  ERL_NIF_TERM rest = s->opts.stream ? lcx_slot_take_text(env, s, vocab) : lcx_binary(env, "", 0);
   ERL_NIF_TERM vals[] = {lcx_binary(env, s->text.data ? s->text.data : "", s->text.len),
                          lcx_make_tokens(env, s->out, s->n_out),
                          finish_atom(s->finish),
@@ -286,7 +322,9 @@ ERL_NIF_TERM lcx_slot_result(ErlNifEnv *env, lcx_slot *s) {
                          ms(env, first - s->t_admit),
                          ms(env, s->t_end - first),
                          ms(env, s->sample_us),
-                         enif_make_uint(env, s->n_steps)};
+                         enif_make_uint(env, s->n_steps),
+                         lcx_logprobs_on(&s->lp) ? lcx_logprobs_all(env, &s->lp, vocab) : ATOM_nil,
+                         enif_make_int(env, s->shifted)};
   return lcx_ok(env, lcx_make_map(env, keys, vals, sizeof vals / sizeof vals[0]));
 }
 

@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "llama.h"
+#include "logprobs.h"
 #include "sampler.h"
 #include "text.h"
 
@@ -57,6 +58,15 @@ typedef enum {
   LCX_SLOT_FAILED,   // failed (see fail)
 } lcx_slot_outcome;
 
+// What a generation asks for besides its prompt and sampler.
+typedef struct {
+  int max_tokens;
+  int n_logprobs; // -1: off
+  bool shift;     // context shift (shift.h) instead of :context_full
+  int32_t n_keep; // positions a shift keeps; -1: the BOS token if the prompt starts with it
+  bool stream;    // hand out text every step
+} lcx_slot_opts;
+
 typedef struct lcx_slot {
   lcx_slot_state state;
   lcx_job_kind kind;
@@ -70,10 +80,13 @@ typedef struct lcx_slot {
   unsigned n_done;   // prompt tokens in the cache (n_cached included)
   unsigned n_past;   // positions of the sequence in the cache
   uint32_t limit;    // cells this sequence may use
-  int max_tokens;
-  bool stream; // hand out text every step
+  lcx_slot_opts opts;
+  int32_t n_keep;  // resolved
+  int32_t shifted; // positions dropped by context shifts
+  unsigned cap;    // room in out
   lcx_stops stops;
   lcx_text text;
+  lcx_logprobs lp; // off unless asked for
   llama_token *out;
   unsigned n_out;
   llama_token next; // sampled, decoded at the next step
@@ -99,7 +112,7 @@ void lcx_slot_reset(lcx_slot *s);
 // Starts a generation. Takes ownership of prompt and stops (freed on failure
 // too). The first n_cached prompt tokens are already in the cache.
 bool lcx_slot_begin_generate(lcx_slot *s, struct lcx_sampler *sampler, llama_token *prompt, unsigned n_prompt,
-                             unsigned n_cached, uint32_t limit, int max_tokens, lcx_stops *stops, bool stream,
+                             unsigned n_cached, uint32_t limit, const lcx_slot_opts *opts, lcx_stops *stops,
                              uint64_t order);
 // Starts an embedding of prompt (owned, freed on failure too).
 bool lcx_slot_begin_embed(lcx_slot *s, llama_token *prompt, unsigned n_prompt, lcx_pool pool, int32_t n_embd,
@@ -115,12 +128,15 @@ unsigned lcx_slot_n_past(const lcx_slot *s);
 // Ends a job early (cancel): finish is CANCELLED.
 void lcx_slot_cancel(lcx_slot *s);
 
-// Text ready to hand out now (streams).
-ERL_NIF_TERM lcx_slot_take_text(ErlNifEnv *env, lcx_slot *s);
+// Text ready to hand out now (streams): a binary, or {binary, logprobs} with
+// the log-probabilities of the tokens since the last time, when asked for.
+ERL_NIF_TERM lcx_slot_take_text(ErlNifEnv *env, lcx_slot *s, const struct llama_vocab *vocab);
 // %{text, tokens, finish_reason, prompt_tokens, cached_tokens, generated_tokens,
-//   kv_tokens, rest, prompt_ms, generation_ms, sample_ms, ttft_ms, steps} of a
+//   kv_tokens, rest, prompt_ms, generation_ms, sample_ms, steps, logprobs,
+//   discarded_tokens} of a
 // finished generation, or the {:error, reason} of a failed job.
-ERL_NIF_TERM lcx_slot_result(ErlNifEnv *env, lcx_slot *s);
+// (rest: what lcx_slot_take_text would give now; logprobs: all of them, or nil).
+ERL_NIF_TERM lcx_slot_result(ErlNifEnv *env, lcx_slot *s, const struct llama_vocab *vocab);
 // [float] of a finished embedding.
 ERL_NIF_TERM lcx_slot_vector(ErlNifEnv *env, lcx_slot *s);
 

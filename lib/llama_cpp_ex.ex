@@ -22,6 +22,9 @@ defmodule LlamaCppEx do
 
     * `:max_tokens` - most tokens to generate (default `256`).
     * `:stop` - strings that end generation; the text ends before them.
+    * `:logprobs` - `nil` or `0..20`: log-probabilities of every generated
+      token with that many alternatives (`LlamaCppEx.Logprob`), in the
+      completion and, as `{text, logprobs}` elements, in streams.
     * every `LlamaCppEx.Sampler` option (`:temp`, `:top_k`, `:top_p`, `:seed`,
       `:grammar`, ...);
     * every `LlamaCppEx.Context` option (`:n_ctx`, `:n_threads`, ...). Without
@@ -58,7 +61,6 @@ defmodule LlamaCppEx do
 
   alias LlamaCppEx.{Chat, Completion, Context, Model, NIF, Options, Sampler, Tokenizer}
 
-  @gen_keys [max_tokens: 256, stop: []]
   @call_keys [context: nil, add_special: true, parse_special: false]
   @chat_keys [template: nil, add_assistant: true]
   @stream_keys [on_complete: nil]
@@ -280,7 +282,8 @@ defmodule LlamaCppEx do
   defp split!(opts, extra) do
     Options.split!(
       opts,
-      [gen: @gen_keys, call: @call_keys, sampler: Sampler.option_keys(), context: Context.option_keys()] ++ extra
+      [gen: Context.generate_keys(), call: @call_keys, sampler: Sampler.option_keys(), context: Context.option_keys()] ++
+        extra
     )
   end
 

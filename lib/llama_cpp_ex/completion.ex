@@ -16,6 +16,10 @@ defmodule LlamaCppEx.Completion do
     * `:sample_ms` - the part of `:generation_ms` spent outside `llama_decode`:
       sampling, turning tokens into text, stop strings and, for streams,
       sending chunks and waiting for the consumer to ask for more.
+    * `:discarded_tokens` - positions dropped by context shifts
+      (`context_shift: true`); `0` otherwise.
+    * `:logprobs` - with the `:logprobs` option, a `LlamaCppEx.Logprob` for
+      each generated token (`nil` otherwise).
     * `:cached_tokens`, `:queue_ms`, `:ttft_ms` - set by `LlamaCppEx.Server`
       (`nil` elsewhere): prompt tokens taken from the prefix cache, time spent
       waiting for a slot, and time from submission to the first token (queue
@@ -31,6 +35,8 @@ defmodule LlamaCppEx.Completion do
             prompt_ms: 0.0,
             generation_ms: 0.0,
             sample_ms: 0.0,
+            logprobs: nil,
+            discarded_tokens: 0,
             cached_tokens: nil,
             queue_ms: nil,
             ttft_ms: nil
@@ -45,13 +51,18 @@ defmodule LlamaCppEx.Completion do
           prompt_ms: float(),
           generation_ms: float(),
           sample_ms: float(),
+          logprobs: [LlamaCppEx.Logprob.t()] | nil,
+          discarded_tokens: non_neg_integer(),
           cached_tokens: non_neg_integer() | nil,
           queue_ms: float() | nil,
           ttft_ms: float() | nil
         }
 
   @doc false
-  def from_native(map), do: struct!(__MODULE__, map)
+  def from_native(map) do
+    map = Map.update(map, :logprobs, nil, &LlamaCppEx.Logprob.from_native/1)
+    struct!(__MODULE__, map)
+  end
 
   @doc "Prompt processing speed in tokens per second."
   @spec prompt_tokens_per_second(t()) :: float()

@@ -14,7 +14,7 @@ defmodule LlamaCppEx.Context do
   """
 
   import LlamaCppEx.Options
-  alias LlamaCppEx.{Completion, Model, NIF, Sampler}
+  alias LlamaCppEx.{Completion, Model, NIF, Options, Sampler}
 
   @typedoc "See `LlamaCppEx.Error`."
   @type reason :: LlamaCppEx.Error.reason()
@@ -48,6 +48,7 @@ defmodule LlamaCppEx.Context do
 
   # tokens a stream's native loop may run past its last chunk (STREAM_WINDOW in c_src/generate.c)
   @stream_window 16
+  @generate_keys [max_tokens: 256, stop: [], logprobs: nil, context_shift: false, n_keep: nil]
 
   @doc false
   def stream_window, do: @stream_window
@@ -225,10 +226,25 @@ defmodule LlamaCppEx.Context do
     * `:max_tokens` - most tokens to generate (default `256`).
     * `:stop` - list of strings; generation ends before the first occurrence of
       any of them (the stop string itself is not part of the text).
+    * `:logprobs` - `nil` (default) or `0..#{LlamaCppEx.Logprob.max()}`: the
+      completion's `:logprobs` then holds a `LlamaCppEx.Logprob` for every
+      generated token with that many alternatives. Off, it costs nothing.
+    * `:context_shift` - `true` to go on when the context is full instead of
+      ending with `:context_full`: the oldest half of the sequence after its
+      first `:n_keep` positions is dropped and the rest moved back
+      (`llama_memory_seq_rm` + `llama_memory_seq_add`, as llama.cpp's CLI
+      does), so generation runs up to `:max_tokens` with a sliding window.
+      The completion's `:discarded_tokens` counts what was dropped. A context
+      whose memory cannot shift (llama.cpp's `llama_memory_can_shift`: M-RoPE
+      models, some sliding-window caches) returns
+      `{:error, :shift_unsupported}` before any work. Default `false`.
+    * `:n_keep` - positions at the start of the sequence a shift never drops,
+      at most up to the end of the prompt, as llama.cpp's CLI counts them
+      (default: the BOS token when the sequence starts with it, else none).
   """
   @spec generate(t(), Sampler.t(), [non_neg_integer()], keyword()) :: {:ok, Completion.t()} | {:error, reason()}
   def generate(%__MODULE__{} = ctx, %Sampler{} = sampler, tokens, opts \\ []) when is_list(tokens) do
-    gen = opts |> Keyword.validate!(max_tokens: 256, stop: []) |> generate_opts()
+    gen = opts |> Keyword.validate!(@generate_keys) |> generate_opts()
 
     with {:ok, map} <- NIF.generate(ctx.ref, sampler.ref, tokens, gen) do
       {:ok, Completion.from_native(map)}
@@ -252,13 +268,17 @@ defmodule LlamaCppEx.Context do
   ## Options
 
     * `:max_tokens`, `:stop` - as for `generate/4`.
+    * `:logprobs` - as for `generate/4`; the stream's elements are then
+      `{text, [LlamaCppEx.Logprob.t()]}` tuples: each chunk's text with the
+      log-probabilities of the tokens generated since the previous chunk (a
+      chunk's text may be empty while its tokens' text is held back).
     * `:on_complete` - a 1-arity function called in the consuming process with
       the `LlamaCppEx.Completion` when generation ends, including when the
       consumer halts early (`finish_reason: :cancelled`).
   """
   @spec stream(t(), Sampler.t(), [non_neg_integer()], keyword()) :: Enumerable.t()
   def stream(%__MODULE__{} = ctx, %Sampler{} = sampler, tokens, opts \\ []) when is_list(tokens) do
-    opts = Keyword.validate!(opts, max_tokens: 256, stop: [], on_complete: nil)
+    opts = Keyword.validate!(opts, [on_complete: nil] ++ @generate_keys)
     on_complete = opts[:on_complete]
 
     unless is_nil(on_complete) or is_function(on_complete, 1),
@@ -266,6 +286,10 @@ defmodule LlamaCppEx.Context do
 
     LlamaCppEx.TokenStream.new(ctx.ref, sampler.ref, tokens, generate_opts(opts), on_complete)
   end
+
+  @doc false
+  # The generation options (generate/4, stream/4, the facade, the server) and their defaults.
+  def generate_keys, do: @generate_keys
 
   @doc false
   def generate_opts(opts) do
@@ -279,8 +303,28 @@ defmodule LlamaCppEx.Context do
     unless Enum.all?(stop, &(is_binary(&1) and &1 != "" and String.valid?(&1))),
       do: raise(ArgumentError, ":stop must be a list of non-empty UTF-8 strings, got: #{inspect(opts[:stop])}")
 
-    %{max_tokens: max, stop: stop}
+    n_keep = opts[:n_keep]
+
+    unless is_nil(n_keep) or (is_integer(n_keep) and n_keep >= 0 and n_keep < 2_147_483_647),
+      do: raise(ArgumentError, ":n_keep must be nil or a non-negative integer, got: #{inspect(n_keep)}")
+
+    %{
+      max_tokens: max,
+      stop: stop,
+      logprobs: LlamaCppEx.Logprob.option!(opts[:logprobs]),
+      context_shift: Options.bool!(opts, :context_shift),
+      n_keep: n_keep || -1
+    }
   end
+
+  @doc """
+  The model's distribution over the whole vocabulary at the last position
+  decoded: a list of `n_vocab` natural-log probabilities (the log-softmax of
+  the raw logits, as `LlamaCppEx.Logprob` reports them), indexed by token id.
+  `{:error, :no_logits}` before anything was decoded.
+  """
+  @spec logprobs(t()) :: {:ok, [LlamaCppEx.Logprob.logprob()]} | {:error, reason()}
+  def logprobs(%__MODULE__{ref: ref}), do: NIF.context_logprobs(ref)
 
   @doc """
   The pooled embedding of `tokens` (a list of `n_embd` floats).

@@ -39,6 +39,9 @@ defmodule LlamaCppEx.Error do
     * `{:file_not_found, path}`, `{:file_error, posix, path}`,
       `{:not_regular_file, :device | :other, path}`, `{:not_gguf, path}` -
       `LlamaCppEx.Model.load/2` refusing a path before llama.cpp opens it.
+    * `:shift_unsupported` - `context_shift: true` on a context whose memory
+      llama.cpp cannot shift (M-RoPE models, some sliding-window caches), or
+      on a server with a unified KV cache.
     * `LlamaCppEx.Server` also returns: `:overloaded` (its queue is full),
       `:timeout` (the request's `:timeout` passed), `:context_full` (no KV
       cells left for it before its first token), `:embeddings_only` (a
@@ -81,6 +84,7 @@ defmodule LlamaCppEx.Error do
           | {:file_error, atom(), String.t()}
           | {:not_regular_file, :device | :other, String.t()}
           | {:not_gguf, String.t()}
+          | :shift_unsupported
           | :overloaded
           | :timeout
           | :context_full

@@ -68,6 +68,7 @@ defmodule LlamaCppEx.NIF do
   def sampler_reset(_sampler), do: nif_error()
   def sampler_free(_sampler), do: nif_error()
   def sampler_sample(_sampler, _ctx), do: nif_error()
+  def context_logprobs(_ctx), do: nif_error()
 
   def context_create(_model, _opts), do: nif_error()
   def context_free(_ctx), do: nif_error()

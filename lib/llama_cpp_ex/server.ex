@@ -158,7 +158,6 @@ defmodule LlamaCppEx.Server do
     name: nil
   ]
 
-  @gen_keys [max_tokens: 256, stop: []]
   @call_keys [add_special: true, parse_special: false]
   @request_keys [priority: :normal, timeout: :infinity, ref: nil, session: nil, cache_scope: nil]
   @chat_keys [template: nil, add_assistant: true]
@@ -412,7 +411,8 @@ defmodule LlamaCppEx.Server do
     opts =
       Options.split!(
         opts,
-        [gen: @gen_keys, call: @call_keys, request: @request_keys, sampler: Sampler.option_keys()] ++ extra
+        [gen: Context.generate_keys(), call: @call_keys, request: @request_keys, sampler: Sampler.option_keys()] ++
+          extra
       )
 
     priority!(opts.request[:priority])
@@ -488,6 +488,9 @@ defmodule LlamaCppEx.Server do
          sampler: sampler,
          max_tokens: opts.gen.max_tokens,
          stop: opts.gen.stop,
+         logprobs: opts.gen.logprobs,
+         context_shift: opts.gen.context_shift,
+         n_keep: opts.gen.n_keep,
          priority: r[:priority],
          timeout: r[:timeout],
          session: r[:session],

@@ -5,7 +5,8 @@ defmodule LlamaCppEx.TokenStream do
   #
   # The consumer asks for a chunk when it wants the next element
   # (stream_demand); the thread sends {ref, {:chunk, text}} with all the text
-  # ready since the previous chunk as soon as it has some, one last chunk
+  # ready since the previous chunk as soon as it has some ({ref, {:chunk,
+  # text, logprobs}} when logprobs were asked for), one last chunk
   # unasked, then {ref, {:done, result}}. Meanwhile it does not wait: it runs
   # up to Context.stream_window() tokens past its last chunk. Halting cancels
   # the thread, waits for its :done and flushes the mailbox.
@@ -41,6 +42,9 @@ defmodule LlamaCppEx.TokenStream do
     receive do
       {^ref, {:chunk, text}} ->
         {[text], state}
+
+      {^ref, {:chunk, text, logprobs}} ->
+        {[{text, LlamaCppEx.Logprob.from_native(logprobs)}], state}
 
       {^ref, {:done, {:ok, map}}} ->
         # on_complete runs in stop/1, after this state is recorded as done

@@ -27,6 +27,19 @@ defmodule LlamaCppEx.TestHelpers do
     end
   end
 
+  @doc """
+  The path of a llama.cpp tool (llama-completion, ...) built from the pinned
+  source into the cache (`scripts/llama_cpp.sh tools`), building it if needed.
+  """
+  def llama_tool!(name) do
+    script = Path.expand("../../scripts/llama_cpp.sh", __DIR__)
+
+    case System.cmd(script, ["tools", name], stderr_to_stdout: false) do
+      {out, 0} -> Path.join(out |> String.trim() |> String.split("\n") |> List.last(), name)
+      {out, code} -> raise "building #{name} failed (#{code}): #{out}"
+    end
+  end
+
   @doc "A valid options map for LlamaCppEx.NIF.context_create/2 (merged with overrides)."
   def native_ctx_opts(overrides \\ %{}) do
     Map.merge(

@@ -265,7 +265,17 @@ defmodule LlamaCppEx.Server.Loop do
 
   defp admit(s, %Request{} = req) do
     {slot, src, reuse} = Cache.choose(s.cache, s.free, req.key, req.scope, req.session)
-    opts = %{max_tokens: req.max_tokens, stop: req.stop, stream: req.kind == :stream, src: src, reuse: reuse}
+
+    opts = %{
+      max_tokens: req.max_tokens,
+      stop: req.stop,
+      logprobs: req.logprobs,
+      context_shift: req.context_shift,
+      n_keep: req.n_keep,
+      stream: req.kind == :stream,
+      src: src,
+      reuse: reuse
+    }
 
     case Batch.admit(s.engine, slot, req.sampler, req.tokens, opts) do
       {:ok, reused} ->
@@ -328,7 +338,7 @@ defmodule LlamaCppEx.Server.Loop do
     Enum.reduce(events, s, fn
       {:text, slot, text}, s ->
         req = s.requests[s.slots[slot]]
-        put_request(s, send_chunk(%{req | pending: req.pending <> text, unsent: req.unsent + 1}))
+        put_request(s, send_chunk(%{pend(req, text) | unsent: req.unsent + 1}))
 
       {:done, slot, {:ok, result}}, s ->
         finish(s, s.requests[s.slots[slot]], result)
@@ -366,8 +376,8 @@ defmodule LlamaCppEx.Server.Loop do
 
   defp finish(s, %Request{} = req, map) do
     if req.kind == :stream do
-      rest = req.pending <> map.rest
-      if rest != "", do: send(req.pid, {req.ref, {:chunk, rest}})
+      req = pend(req, map.rest)
+      if pending?(req), do: send(req.pid, {req.ref, chunk(req)})
     end
 
     s
@@ -424,7 +434,8 @@ defmodule LlamaCppEx.Server.Loop do
 
   # what the slot's sequence holds now: the prompt, then the generated tokens that were decoded
   defp keep_cells(s, req, map) do
-    if req.kind == :embed or map.kv_tokens == 0 do
+    # after a context shift the cells no longer hold the tokens' plain prefix
+    if req.kind == :embed or map.kv_tokens == 0 or map.discarded_tokens > 0 do
       %{s | cache: Cache.drop(s.cache, req.slot)}
     else
       held = req.key <> Cache.key(map.tokens)
@@ -461,6 +472,8 @@ defmodule LlamaCppEx.Server.Loop do
       prompt_ms: map.prompt_ms,
       generation_ms: map.generation_ms,
       sample_ms: map.sample_ms,
+      logprobs: LlamaCppEx.Logprob.from_native(map.logprobs),
+      discarded_tokens: map.discarded_tokens,
       cached_tokens: map.cached_tokens,
       queue_ms: queue_ms,
       ttft_ms: queue_ms + map.prompt_ms
@@ -469,11 +482,22 @@ defmodule LlamaCppEx.Server.Loop do
 
   # ---- streams --------------------------------------------------------------------------------------
 
-  # Sends the text not sent yet when the consumer asked for a chunk.
-  defp send_chunk(%Request{kind: :stream, pending: text} = req) when text != "" do
-    if req.demanded > req.sent do
-      send(req.pid, {req.ref, {:chunk, text}})
-      %{req | sent: req.sent + 1, pending: "", unsent: 0}
+  # Text (with logprobs: {text, logprobs}) from the engine, not sent yet.
+  defp pend(req, {text, lps}), do: %{req | pending: req.pending <> text, pending_lp: Enum.reverse(lps, req.pending_lp)}
+  defp pend(req, text), do: %{req | pending: req.pending <> text}
+
+  defp pending?(req), do: req.pending != "" or req.pending_lp != []
+
+  defp chunk(%Request{logprobs: -1} = req), do: {:chunk, req.pending}
+
+  defp chunk(req),
+    do: {:chunk, req.pending, req.pending_lp |> Enum.reverse() |> LlamaCppEx.Logprob.from_native()}
+
+  # Sends what is not sent yet when the consumer asked for a chunk.
+  defp send_chunk(%Request{kind: :stream} = req) do
+    if req.demanded > req.sent and pending?(req) do
+      send(req.pid, {req.ref, chunk(req)})
+      %{req | sent: req.sent + 1, pending: "", pending_lp: [], unsent: 0}
     else
       req
     end

@@ -17,6 +17,11 @@ defmodule LlamaCppEx.Server.Request do
     sampler: nil,
     max_tokens: 256,
     stop: [],
+    # alternatives per token, -1: off
+    logprobs: -1,
+    # context shift, and the positions it keeps (-1: the BOS token)
+    context_shift: false,
+    n_keep: -1,
     priority: :normal,
     scope: nil,
     session: nil,
@@ -31,10 +36,12 @@ defmodule LlamaCppEx.Server.Request do
     order: nil,
     submitted_at: nil,
     admitted_at: nil,
-    # streams: chunks asked for and sent, text not sent yet, tokens since the last chunk
+    # streams: chunks asked for and sent, text (and logprobs, newest first) not
+    # sent yet, tokens since the last chunk
     demanded: 0,
     sent: 0,
     pending: "",
+    pending_lp: [],
     unsent: 0
   ]
 

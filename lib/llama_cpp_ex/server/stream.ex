@@ -43,6 +43,9 @@ defmodule LlamaCppEx.Server.Stream do
       {^ref, {:chunk, text}} ->
         {[text], st}
 
+      {^ref, {:chunk, text, logprobs}} ->
+        {[{text, logprobs}], st}
+
       {^ref, {:done, {:ok, completion}}} ->
         {:halt, %{st | done: {:ok, completion}}}
 
