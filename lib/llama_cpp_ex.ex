@@ -23,7 +23,7 @@ defmodule LlamaCppEx do
     * `:max_tokens` - most tokens to generate (default `256`).
     * `:stop` - strings that end generation; the text ends before them.
     * every `LlamaCppEx.Sampler` option (`:temp`, `:top_k`, `:top_p`, `:seed`,
-      `:grammar`, ...);
+      `:grammar`, `:json_schema`, `response_format: :json`, ...);
     * every `LlamaCppEx.Context` option (`:n_ctx`, `:n_threads`, ...). Without
       `:n_ctx` the context is sized to fit the prompt plus `:max_tokens`, up to
       the model's training length (beyond it, generation ends with

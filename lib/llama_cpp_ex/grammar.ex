@@ -77,7 +77,11 @@ defmodule LlamaCppEx.Grammar do
     opts = Keyword.validate!(opts, unsupported_pattern: :error)
 
     unless opts[:unsupported_pattern] in [:error, :any_string],
-      do: raise(ArgumentError, ":unsupported_pattern must be :error or :any_string, got: #{inspect(opts[:unsupported_pattern])}")
+      do:
+        raise(
+          ArgumentError,
+          ":unsupported_pattern must be :error or :any_string, got: #{inspect(opts[:unsupported_pattern])}"
+        )
 
     root = JsonValue.normalize(schema)
 

@@ -95,7 +95,8 @@ defmodule LlamaCppEx.Grammar.JsonSchema do
   end
 
   defp typed(type, s, path, st) do
-    has_properties? = J.has?(s, "properties") or (J.has?(s, "additionalProperties") and J.get(s, "additionalProperties") != true)
+    has_properties? =
+      J.has?(s, "properties") or (J.has?(s, "additionalProperties") and J.get(s, "additionalProperties") != true)
 
     case type do
       "" ->
@@ -124,7 +125,8 @@ defmodule LlamaCppEx.Grammar.JsonSchema do
         {integer(s, path), st}
 
       "number" ->
-        for k <- ~w(minimum maximum exclusiveMinimum exclusiveMaximum), J.has?(s, k),
+        for k <- ~w(minimum maximum exclusiveMinimum exclusiveMaximum),
+            J.has?(s, k),
             do: unsupported(path, "#{k} on a number is not supported (only integers are bounded)")
 
         {:number, st}

@@ -178,10 +178,15 @@ defmodule LlamaCppEx.Grammar.Regex do
 
   defp braces(p, i, acc) do
     case at(p, i) do
-      nil -> unsupported("unterminated curly brackets")
-      ?} -> {min, max} = counts(acc)
+      nil ->
+        unsupported("unterminated curly brackets")
+
+      ?} ->
+        {min, max} = counts(acc)
         {min, max, i + 1}
-      c -> braces(p, i + 1, acc <> <<c>>)
+
+      c ->
+        braces(p, i + 1, acc <> <<c>>)
     end
   end
 
