@@ -14,8 +14,8 @@ defmodule LlamaCppEx.Grammar do
   `LlamaCppEx.Grammar.IntegerRange` integer bounds.
 
       iex> {:ok, gbnf} = LlamaCppEx.Grammar.from_json_schema(%{"type" => "boolean"})
-      iex> String.split(gbnf, "\n") |> hd()
-      ~S(root ::= \("true" | "false"\))
+      iex> String.split(gbnf, "\\n") |> hd()
+      ~S<root ::= ("true" | "false")>
 
   ## What a schema may use
 
@@ -35,6 +35,11 @@ defmodule LlamaCppEx.Grammar do
   `uniqueItems`, `multipleOf`, `patternProperties`, `minProperties`,
   `contains`, ..., bounds on a `number`, `pattern` or `format` together
   with length bounds, a `required` property that cannot appear.
+
+  Numbers: `"type": "number"` has llama.cpp's grammar, whose exponent may
+  have up to 16 digits (`1e3000000000000000`): valid JSON, but beyond a
+  double's range, so decoders that read numbers as doubles (jiffy, Jason)
+  refuse such a text. Use `"integer"` with bounds where that matters.
 
   Key order: properties are generated in the order of the schema's
   object. A map has none, so a map's keys go in sorted order; to keep a
