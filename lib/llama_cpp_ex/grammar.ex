@@ -105,14 +105,16 @@ defmodule LlamaCppEx.Grammar do
   object ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws
   array ::= "[" ws ( value ("," ws value)* )? "]" ws
   string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\bfnrt] | "u" [0-9a-fA-F]{4}) )* "\"" ws
-  number ::= ("-"? ([0] | [1-9] [0-9]{0,15})) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,16})? ws
+  number ::= ("-"? ([0] | [1-9] [0-9]{0,15})) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,2})? ws
   ws ::= | " " | "\n" [ \t]{0,20}
   """
 
   @doc """
   The grammar of any JSON value (what `response_format: :json` uses): the
   rules of llama.cpp's `grammars/json.gbnf`, with any value at the root
-  (json.gbnf's root is an object) and numbers of at most 16 digits per part.
+  (json.gbnf's root is an object), and numbers that fit a double: at most 16
+  digits before and after the point and a 2-digit exponent (json.gbnf's
+  exponent rule, `[0-9] [1-9]{0,15}`, admits `1e9111111111` and refuses `1e10`).
   """
   @spec json() :: String.t()
   def json, do: @json
