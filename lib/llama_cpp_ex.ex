@@ -26,7 +26,7 @@ defmodule LlamaCppEx do
       token with that many alternatives (`LlamaCppEx.Logprob`), in the
       completion and, as `{text, logprobs}` elements, in streams.
     * every `LlamaCppEx.Sampler` option (`:temp`, `:top_k`, `:top_p`, `:seed`,
-      `:grammar`, ...);
+      `:grammar`, `:json_schema`, `response_format: :json`, ...);
     * every `LlamaCppEx.Context` option (`:n_ctx`, `:n_threads`, ...). Without
       `:n_ctx` the context is sized to fit the prompt plus `:max_tokens`, up to
       the model's training length (beyond it, generation ends with

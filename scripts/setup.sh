@@ -9,6 +9,7 @@ have_cmd() { command -v "$1" >/dev/null 2>&1; }
 have_cmd elixir || need+=(elixir)
 have_cmd erl && [ -n "$(ls /usr/lib/erlang/usr/include/erl_nif.h 2>/dev/null)" ] || need+=(erlang-dev)
 ls -d /usr/lib/erlang/lib/proper-* >/dev/null 2>&1 || need+=(erlang-proper)
+ls -d /usr/lib/erlang/lib/jiffy-* >/dev/null 2>&1 || need+=(erlang-jiffy)
 have_cmd cmake || need+=(cmake)
 have_cmd g++ || need+=(g++)
 have_cmd make || need+=(make)

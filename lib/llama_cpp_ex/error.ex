@@ -25,6 +25,10 @@ defmodule LlamaCppEx.Error do
       `{:sampler_failed, message}`, `:no_logits` - llama.cpp failed.
     * `:model_mismatch` - a context and a sampler of different models.
     * `{:invalid_grammar, message}` - the grammar did not parse or is too big.
+    * `{:invalid_json_schema, message}`, `{:unsupported_json_schema, message}`
+      - a JSON schema (`LlamaCppEx.Grammar.from_json_schema/2`, the
+      `:json_schema` option) that is wrong, or that uses a construct with no
+      grammar here; made in Elixir, not by the NIF.
     * `{:load_failed, message}`, `:load_cancelled` - loading a model.
     * `{:context_failed, message}`, `{:context_too_large, %{needed:, available:}}`
       - creating a context.
@@ -64,6 +68,8 @@ defmodule LlamaCppEx.Error do
           | :no_logits
           | :model_mismatch
           | {:invalid_grammar, String.t()}
+          | {:invalid_json_schema, String.t()}
+          | {:unsupported_json_schema, String.t()}
           | {:load_failed, String.t()}
           | :load_cancelled
           | {:context_failed, String.t()}

@@ -42,13 +42,23 @@ defmodule LlamaCppEx.Sampler do
       group, one per optional repetition step), or more than 2^20 elements once
       repetitions are expanded. `:grammar_root` names the start rule (default
       `"root"`).
+    * `:json_schema` - a JSON schema (a decoded document: maps with string
+      keys, or jiffy's `{[{key, value}]}` form to keep its key order); output
+      is constrained to JSON valid under it, through the grammar of
+      `LlamaCppEx.Grammar.from_json_schema/2`. A schema it cannot convert
+      returns `{:error, {:invalid_json_schema | :unsupported_json_schema,
+      message}}`.
+    * `:response_format` - `:json` constrains output to any JSON value
+      (`LlamaCppEx.Grammar.json/0`); `:text` or `nil` (default) does not.
+    * `:grammar`, `:json_schema` and `response_format: :json` each give the
+      grammar: at most one of them may be given (ArgumentError otherwise).
     * `:samplers` - order of the middle stages, any of `:penalties`, `:dry`,
       `:top_n_sigma`, `:top_k`, `:typical_p`, `:top_p`, `:min_p`, `:xtc`,
       `:temperature` (default: that order, as llama.cpp).
   """
 
   import LlamaCppEx.Options
-  alias LlamaCppEx.{Context, Model, NIF}
+  alias LlamaCppEx.{Context, Grammar, Model, NIF}
 
   @enforce_keys [:ref, :model]
   defstruct [:ref, :model, grammar?: false, options: []]
@@ -85,6 +95,8 @@ defmodule LlamaCppEx.Sampler do
     logit_bias: [],
     grammar: nil,
     grammar_root: "root",
+    json_schema: nil,
+    response_format: nil,
     samplers: @default_order
   ]
 
@@ -97,10 +109,11 @@ defmodule LlamaCppEx.Sampler do
   @spec create(Model.t(), keyword()) :: {:ok, t()} | {:error, term()}
   def create(%Model{} = model, opts \\ []) do
     opts = Keyword.validate!(opts, @defaults)
-    stages = stages(model, opts)
-    grammar? = opts[:grammar] != nil
 
-    with {:ok, ref} <- NIF.sampler_create(model.ref, stages) do
+    with {:ok, opts} <- json_grammar(opts),
+         stages = stages(model, opts),
+         grammar? = opts[:grammar] != nil,
+         {:ok, ref} <- NIF.sampler_create(model.ref, stages) do
       {:ok, %__MODULE__{ref: ref, model: model, grammar?: grammar?, options: opts}}
     end
   end
@@ -130,6 +143,45 @@ defmodule LlamaCppEx.Sampler do
   def free(%__MODULE__{ref: ref}), do: NIF.sampler_free(ref)
 
   # ---- building the chain -------------------------------------------------------
+
+  # json_schema: and response_format: :json become the grammar
+  defp json_grammar(opts) do
+    format =
+      case opts[:response_format] do
+        f when f in [nil, :text] -> nil
+        :json -> :json
+        f -> raise ArgumentError, ":response_format must be :json, :text or nil, got: #{inspect(f)}"
+      end
+
+    given =
+      for {k, v} <- [grammar: opts[:grammar], json_schema: opts[:json_schema], response_format: format], v != nil, do: k
+
+    if length(given) > 1,
+      do:
+        raise(
+          ArgumentError,
+          "give at most one of :grammar, :json_schema and response_format: :json, got: #{inspect(given)}"
+        )
+
+    case given do
+      [:json_schema] ->
+        with {:ok, gbnf} <- Grammar.from_json_schema(json_schema!(opts[:json_schema])) do
+          {:ok, Keyword.put(opts, :grammar, gbnf)}
+        end
+
+      [:response_format] ->
+        {:ok, Keyword.put(opts, :grammar, Grammar.json())}
+
+      _ ->
+        {:ok, opts}
+    end
+  end
+
+  defp json_schema!(%{} = schema) when not is_struct(schema), do: schema
+  defp json_schema!({pairs} = schema) when is_list(pairs), do: schema
+
+  defp json_schema!(other),
+    do: raise(ArgumentError, ":json_schema must be a map (a decoded JSON schema), got: #{inspect(other)}")
 
   defp stages(model, opts) do
     seed = seed!(opts[:seed])

@@ -68,10 +68,10 @@ defmodule LlamaCppEx.Server do
   `stream_chat/3` take the options of the same functions of `LlamaCppEx`
   (a prompt is a string, or a list of token ids that is used as it is):
   `:max_tokens`, `:stop`, every `LlamaCppEx.Sampler` option (`:temp`,
-  `:seed`, `:grammar`, ...), `:add_special`/`:parse_special`, and for chats
+  `:seed`, `:grammar`, `:json_schema`, `:response_format`, ...), `:add_special`/`:parse_special`, and for chats
   `:template`/`:add_assistant`; context options belong to the server and
   are refused. Each request is tokenized and its sampler built in the calling
-  process, so a bad request (an unknown option, an invalid grammar, a prompt
+  process, so a bad request (an unknown option, an invalid grammar or JSON schema, a prompt
   longer than a slot) fails alone, before it reaches the server. Also:
 
     * `:priority` - `:high`, `:normal` (default) or `:low`.
