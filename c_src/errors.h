@@ -39,7 +39,10 @@
   X(file_not_found)       /* Model.load: no such file */                                                               \
   X(file_error)           /* Model.load: {posix, path} */                                                              \
   X(not_regular_file)     /* Model.load: {device | other, path} (a FIFO, a socket, ...) */                             \
-  X(not_gguf)             /* Model.load: the file does not start with GGUF */
+  X(not_gguf)             /* Model.load: the file does not start with GGUF */                                          \
+  X(invalid_state)        /* a state blob that is malformed or not of this context: message */                         \
+  X(state_load_failed)    /* llama.cpp refused a blob (the target is left empty): message */                           \
+  X(state_unsupported)    /* saved state of a model whose memory this library cannot check */
 
 typedef enum {
 #define LCX_REASON_ENUM(name) LCX_E_##name,

@@ -39,6 +39,11 @@ defmodule LlamaCppEx.Error do
     * `{:file_not_found, path}`, `{:file_error, posix, path}`,
       `{:not_regular_file, :device | :other, path}`, `{:not_gguf, path}` -
       `LlamaCppEx.Model.load/2` refusing a path before llama.cpp opens it.
+    * `{:invalid_state, message}` - a saved state that is malformed or not of
+      this context (the context is unchanged); `{:state_load_failed, message}`
+      - llama.cpp refused it (the target is left empty);
+      `{:state_unsupported, message}` - a model whose memory cannot be saved
+      here (recurrent, hybrid). See `LlamaCppEx.State`.
     * `LlamaCppEx.Server` also returns: `:overloaded` (its queue is full),
       `:timeout` (the request's `:timeout` passed), `:context_full` (no KV
       cells left for it before its first token), `:embeddings_only` (a
@@ -81,6 +86,9 @@ defmodule LlamaCppEx.Error do
           | {:file_error, atom(), String.t()}
           | {:not_regular_file, :device | :other, String.t()}
           | {:not_gguf, String.t()}
+          | {:invalid_state, String.t()}
+          | {:state_load_failed, String.t()}
+          | {:state_unsupported, String.t()}
           | :overloaded
           | :timeout
           | :context_full
