@@ -285,6 +285,9 @@ static ERL_NIF_TERM load(ErlNifEnv *env, lcx_context *c, int32_t seq, ERL_NIF_TE
   struct llama_context *ctx = lcx_context_llama(c);
   bool threw;
   lcx_context_forget_logits(c);
+  // llama.cpp empties a sequence only when the blob has cells for it; a load replaces it
+  if (seq >= 0 && !lcx_memory_seq_rm(ctx, seq, -1, -1))
+    return lcx_err_msg(env, LCX_E_state_load_failed, "could not empty the sequence");
   lcx_log_capture_begin();
   lcx_log_quiet_when(always, NULL); // its complaint is our error message
   size_t n = seq < 0 ? lcx_state_set_data(ctx, bin.data, bin.size, &threw)
