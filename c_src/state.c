@@ -74,7 +74,7 @@ typedef struct {
 
 #define BAD(sh, ...)                                                                                                   \
   do {                                                                                                                 \
-    snprintf((sh)->why, sizeof (sh)->why, __VA_ARGS__);                                                                \
+    snprintf((sh)->why, sizeof(sh)->why, __VA_ARGS__);                                                                 \
     return false;                                                                                                      \
   } while (0)
 
@@ -87,8 +87,7 @@ static bool read_cell(reader *r, shape *sh, uint32_t stream) {
   if (!rd_i32(r, &pos) || !rd_u32(r, &n_seq)) BAD(sh, "truncated cell");
   if (pos < 0 || (uint32_t)pos >= sh->stream_cells)
     BAD(sh, "cell position %d outside 0..%u", pos, sh->stream_cells - 1);
-  if (sh->one_seq >= 0 ? n_seq != 1 : (n_seq == 0 || n_seq > sh->n_seq_max))
-    BAD(sh, "cell with %u sequences", n_seq);
+  if (sh->one_seq >= 0 ? n_seq != 1 : (n_seq == 0 || n_seq > sh->n_seq_max)) BAD(sh, "cell with %u sequences", n_seq);
   if (sh->cell_ext && !rd_skip(r, 1, 12)) BAD(sh, "truncated cell");
   for (uint32_t j = 0; j < n_seq; j++) {
     int32_t seq;
@@ -170,9 +169,7 @@ static bool read_cache(reader *r, shape *sh) {
 }
 
 // Whether the model's memory is one we can check (KV caches only).
-static bool checkable(const struct llama_model *m) {
-  return !llama_model_is_recurrent(m) && !llama_model_is_hybrid(m);
-}
+static bool checkable(const struct llama_model *m) { return !llama_model_is_recurrent(m) && !llama_model_is_hybrid(m); }
 
 static bool shape_init(shape *sh, lcx_context *c, int32_t one_seq) {
   struct llama_context *ctx = lcx_context_llama(c);
@@ -213,7 +210,8 @@ static bool check_state(reader *r, shape *sh, lcx_context *c) {
   if (!rd_u32(r, &len)) BAD(sh, "truncated header");
   if (len >= sizeof got || !rd_bytes(r, got, len)) BAD(sh, "bad architecture name");
   got[len] = '\0';
-  if (strlen(got) != len || strcmp(got, arch) != 0) BAD(sh, "a state of architecture '%s', the model is '%s'", got, arch);
+  if (strlen(got) != len || strcmp(got, arch) != 0)
+    BAD(sh, "a state of architecture '%s', the model is '%s'", got, arch);
   for (uint32_t i = 0; i < n_caches(c); i++)
     if (!read_cache(r, sh)) return false;
   if (r->left) BAD(sh, "%zu bytes after the state", r->left);
@@ -250,7 +248,8 @@ static bool get_seq(ErlNifEnv *env, lcx_context *c, ERL_NIF_TERM t, int32_t *seq
 // Saves the whole context (seq < 0) or one sequence into a new binary.
 static ERL_NIF_TERM save(ErlNifEnv *env, lcx_context *c, int32_t seq) {
   struct llama_context *ctx = lcx_context_llama(c);
-  if (!checkable(lcx_model_llama(lcx_context_model(c)))) return lcx_err_msg(env, LCX_E_state_unsupported, "recurrent or hybrid memory");
+  if (!checkable(lcx_model_llama(lcx_context_model(c))))
+    return lcx_err_msg(env, LCX_E_state_unsupported, "recurrent or hybrid memory");
   bool threw;
   size_t size = seq < 0 ? lcx_state_get_size(ctx, &threw) : lcx_state_seq_get_size(ctx, seq, &threw);
   if (threw || size == 0) return lcx_err_msg(env, LCX_E_exception, threw ? lcx_last_exception() : "no state size");
@@ -271,7 +270,8 @@ static ERL_NIF_TERM save(ErlNifEnv *env, lcx_context *c, int32_t seq) {
 static ERL_NIF_TERM load(ErlNifEnv *env, lcx_context *c, int32_t seq, ERL_NIF_TERM blob) {
   ErlNifBinary bin;
   if (!enif_inspect_binary(env, blob, &bin)) return lcx_raise(env, "state must be a binary");
-  if (!checkable(lcx_model_llama(lcx_context_model(c)))) return lcx_err_msg(env, LCX_E_state_unsupported, "recurrent or hybrid memory");
+  if (!checkable(lcx_model_llama(lcx_context_model(c))))
+    return lcx_err_msg(env, LCX_E_state_unsupported, "recurrent or hybrid memory");
   shape sh;
   if (!shape_init(&sh, c, seq)) {
     shape_free(&sh);
