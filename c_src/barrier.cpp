@@ -156,6 +156,31 @@ bool lcx_memory_seq_cp(struct llama_context *ctx, llama_seq_id src, llama_seq_id
   });
 }
 
+size_t lcx_state_get_size(struct llama_context *ctx, bool *threw) {
+  return guarded<size_t>(0, threw, [&] { return llama_state_get_size(ctx); });
+}
+
+size_t lcx_state_get_data(struct llama_context *ctx, uint8_t *dst, size_t size, bool *threw) {
+  return guarded<size_t>(0, threw, [&] { return llama_state_get_data(ctx, dst, size); });
+}
+
+size_t lcx_state_set_data(struct llama_context *ctx, const uint8_t *src, size_t size, bool *threw) {
+  return guarded<size_t>(0, threw, [&] { return llama_state_set_data(ctx, src, size); });
+}
+
+size_t lcx_state_seq_get_size(struct llama_context *ctx, llama_seq_id seq, bool *threw) {
+  return guarded<size_t>(0, threw, [&] { return llama_state_seq_get_size(ctx, seq); });
+}
+
+size_t lcx_state_seq_get_data(struct llama_context *ctx, uint8_t *dst, size_t size, llama_seq_id seq, bool *threw) {
+  return guarded<size_t>(0, threw, [&] { return llama_state_seq_get_data(ctx, dst, size, seq); });
+}
+
+size_t lcx_state_seq_set_data(struct llama_context *ctx, const uint8_t *src, size_t size, llama_seq_id seq,
+                              bool *threw) {
+  return guarded<size_t>(0, threw, [&] { return llama_state_seq_set_data(ctx, src, size, seq); });
+}
+
 struct ggml_threadpool *lcx_threadpool_new(struct ggml_threadpool_params *params) {
   return guarded<struct ggml_threadpool *>(nullptr, nullptr, [&] { return ggml_threadpool_new(params); });
 }

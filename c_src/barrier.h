@@ -47,6 +47,15 @@ bool lcx_memory_clear(struct llama_context *ctx);
 // llama_memory_seq_rm / llama_memory_seq_cp (false if llama.cpp threw or, for rm, refused)
 bool lcx_memory_seq_rm(struct llama_context *ctx, llama_seq_id seq, llama_pos p0, llama_pos p1);
 bool lcx_memory_seq_cp(struct llama_context *ctx, llama_seq_id src, llama_seq_id dst, llama_pos p0, llama_pos p1);
+// Saved state (state.c): the llama_state_* functions; 0 when llama.cpp
+// threw, asserted, or refused (it returns 0 for a failure too).
+size_t lcx_state_get_size(struct llama_context *ctx, bool *threw);
+size_t lcx_state_get_data(struct llama_context *ctx, uint8_t *dst, size_t size, bool *threw);
+size_t lcx_state_set_data(struct llama_context *ctx, const uint8_t *src, size_t size, bool *threw);
+size_t lcx_state_seq_get_size(struct llama_context *ctx, llama_seq_id seq, bool *threw);
+size_t lcx_state_seq_get_data(struct llama_context *ctx, uint8_t *dst, size_t size, llama_seq_id seq, bool *threw);
+size_t lcx_state_seq_set_data(struct llama_context *ctx, const uint8_t *src, size_t size, llama_seq_id seq,
+                              bool *threw);
 // ggml_threadpool_new asserts when a thread cannot be created.
 struct ggml_threadpool *lcx_threadpool_new(struct ggml_threadpool_params *params);
 

@@ -26,6 +26,7 @@ struct lcx_context {
   lcx_model *model;                 // kept alive with enif_keep_resource
   bool has_logits;                  // the last decode left logits to sample from
   bool embeddings;                  // created with embeddings: true
+  bool kv_unified;                  // one KV stream for all sequences
 };
 
 static ErlNifResourceType *LCX_CONTEXT_RT;
@@ -152,6 +153,8 @@ int32_t lcx_next_position(lcx_context *c) {
 uint32_t lcx_context_seq_size(lcx_context *c) { return llama_n_ctx_seq(c->ctx); }
 lcx_owner *lcx_context_owner(lcx_context *c) { return &c->owner; }
 bool lcx_context_embeddings(lcx_context *c) { return c->embeddings; }
+bool lcx_context_kv_unified(lcx_context *c) { return c->kv_unified; }
+void lcx_context_forget_logits(lcx_context *c) { c->has_logits = false; }
 
 // Decodes tokens into sequence 0 in n_ubatch chunks (what llama_decode would
 // split them into anyway), so that a cancelled claim or a dead caller stops it
@@ -453,6 +456,7 @@ LCX_NIF(nif_context_create) {
   }
   llama_attach_threadpool(c->ctx, c->tp, c->tp_batch);
   c->embeddings = embeddings;
+  c->kv_unified = p.kv_unified;
   ERL_NIF_TERM t = enif_make_resource(env, c);
   enif_release_resource(c);
   return lcx_ok(env, t);

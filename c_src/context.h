@@ -31,12 +31,16 @@ bool lcx_abort_cb(void *data);
 // Who uses the context (the batching engine claims it for its life).
 lcx_owner *lcx_context_owner(lcx_context *c);
 bool lcx_context_embeddings(lcx_context *c); // created with embeddings: true
+bool lcx_context_kv_unified(lcx_context *c); // one KV stream for all sequences
 
 // With a claim held:
 struct llama_context *lcx_context_llama(lcx_context *c);
 lcx_model *lcx_context_model(lcx_context *c);
 int32_t lcx_next_position(lcx_context *c);     // of sequence 0
 uint32_t lcx_context_seq_size(lcx_context *c); // cells one sequence can hold
+// The KV cache was replaced (a state load): the last decode's logits no longer
+// describe it, so sampling needs a decode first.
+void lcx_context_forget_logits(lcx_context *c);
 
 typedef enum {
   LCX_DECODE_OK,

@@ -40,7 +40,10 @@
   X(file_error)           /* Model.load: {posix, path} */                                                              \
   X(not_regular_file)     /* Model.load: {device | other, path} (a FIFO, a socket, ...) */                             \
   X(not_gguf)             /* Model.load: the file does not start with GGUF */                                          \
-  X(shift_unsupported)    /* context_shift: true on a context whose memory cannot shift */
+  X(shift_unsupported)    /* context_shift: true on a context whose memory cannot shift */                             \
+  X(invalid_state)        /* a state blob that is malformed or not of this context: message */                         \
+  X(state_load_failed)    /* llama.cpp refused a blob (the target is left empty): message */                           \
+  X(state_unsupported)    /* saved state of a model whose memory this library cannot check */
 
 typedef enum {
 #define LCX_REASON_ENUM(name) LCX_E_##name,

@@ -37,6 +37,10 @@ LCX_NIF(nif_context_position);
 LCX_NIF(nif_context_clear);
 LCX_NIF(nif_context_decode);
 LCX_NIF(nif_context_embed);
+LCX_NIF(nif_context_state_save);
+LCX_NIF(nif_context_state_load);
+LCX_NIF(nif_context_seq_save);
+LCX_NIF(nif_context_seq_load);
 LCX_NIF(nif_stream_start);
 LCX_NIF(nif_stream_cancel);
 LCX_NIF(nif_stream_demand);
@@ -114,6 +118,12 @@ static ErlNifFunc nif_funcs[] = {
     {"context_decode", 2, nif_context_decode, DIRTY_CPU},
     {"context_embed", 3, nif_context_embed, DIRTY_CPU},
     {"generate", 4, nif_generate, DIRTY_CPU},
+    // Saved state (state.c): copies the whole KV cache (tens of MB) and, for
+    // a load, checks every cell of the blob first: dirty CPU.
+    {"context_state_save", 1, nif_context_state_save, DIRTY_CPU},
+    {"context_state_load", 2, nif_context_state_load, DIRTY_CPU},
+    {"context_seq_save", 2, nif_context_seq_save, DIRTY_CPU},
+    {"context_seq_load", 3, nif_context_seq_load, DIRTY_CPU},
     // Copies the prompt and starts the stream's own thread (a long prompt
     // list takes a while to copy): dirty CPU.
     {"stream_start", 6, nif_stream_start, DIRTY_CPU},

@@ -350,6 +350,33 @@ defmodule LlamaCppEx.Context do
     NIF.context_embed(ref, tokens, opts[:pooling])
   end
 
+  @doc """
+  The whole KV cache as a binary, to resume with `load_state/2`. See
+  `LlamaCppEx.State` for what a state holds and how loads are checked.
+  """
+  @spec save_state(t()) :: {:ok, binary()} | {:error, reason()}
+  defdelegate save_state(ctx), to: LlamaCppEx.State, as: :save
+
+  @doc "Replaces the KV cache with a state from `save_state/1`. See `LlamaCppEx.State.load/2`."
+  @spec load_state(t(), binary()) :: :ok | {:error, reason()}
+  defdelegate load_state(ctx, state), to: LlamaCppEx.State, as: :load
+
+  @doc "One sequence of the KV cache as a binary. See `LlamaCppEx.State.save_sequence/2`."
+  @spec save_sequence(t(), non_neg_integer()) :: {:ok, binary()} | {:error, reason()}
+  defdelegate save_sequence(ctx, seq_id), to: LlamaCppEx.State
+
+  @doc "Replaces one sequence with a saved one. See `LlamaCppEx.State.load_sequence/3`."
+  @spec load_sequence(t(), non_neg_integer(), binary()) :: :ok | {:error, reason()}
+  defdelegate load_sequence(ctx, seq_id, state), to: LlamaCppEx.State
+
+  @doc "`save_state/1` (or a sequence, `sequence: id`) to a file. See `LlamaCppEx.State.save_file/3`."
+  @spec save_state_file(t(), Path.t(), keyword()) :: :ok | {:error, reason()}
+  defdelegate save_state_file(ctx, path, opts \\ []), to: LlamaCppEx.State, as: :save_file
+
+  @doc "Loads a file from `save_state_file/3`. See `LlamaCppEx.State.load_file/3`."
+  @spec load_state_file(t(), Path.t(), keyword()) :: :ok | {:error, reason()}
+  defdelegate load_state_file(ctx, path, opts \\ []), to: LlamaCppEx.State, as: :load_file
+
   @doc "Removes everything from the context's memory (KV cache)."
   @spec clear(t()) :: :ok | {:error, :closed}
   def clear(%__MODULE__{ref: ref}), do: NIF.context_clear(ref)

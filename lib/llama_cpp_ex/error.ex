@@ -46,6 +46,11 @@ defmodule LlamaCppEx.Error do
     * `:shift_unsupported` - `context_shift: true` on a context whose memory
       llama.cpp cannot shift (M-RoPE models, some sliding-window caches), or
       on a server with a unified KV cache.
+    * `{:invalid_state, message}` - a saved state that is malformed or not of
+      this context (the context is unchanged); `{:state_load_failed, message}`
+      - llama.cpp refused it (the target is left empty);
+      `{:state_unsupported, message}` - a model whose memory cannot be saved
+      here (recurrent, hybrid). See `LlamaCppEx.State`.
     * `LlamaCppEx.Server` also returns: `:overloaded` (its queue is full),
       `:timeout` (the request's `:timeout` passed), `:context_full` (no KV
       cells left for it before its first token), `:embeddings_only` (a
@@ -91,6 +96,9 @@ defmodule LlamaCppEx.Error do
           | {:not_regular_file, :device | :other, String.t()}
           | {:not_gguf, String.t()}
           | :shift_unsupported
+          | {:invalid_state, String.t()}
+          | {:state_load_failed, String.t()}
+          | {:state_unsupported, String.t()}
           | :overloaded
           | :timeout
           | :context_full
