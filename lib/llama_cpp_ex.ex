@@ -59,7 +59,7 @@ defmodule LlamaCppEx do
   (`finish_reason: :context_full`), as llama-server and the OpenAI API do.
   """
 
-  alias LlamaCppEx.{Chat, Completion, Context, Model, NIF, Options, Sampler, Tokenizer}
+  alias LlamaCppEx.{Chat, Completion, Context, Embedding, Model, NIF, Options, Sampler, Tokenizer}
 
   @call_keys [context: nil, add_special: true, parse_special: false]
   @chat_keys [template: nil, add_assistant: true]
@@ -194,8 +194,8 @@ defmodule LlamaCppEx do
     unless is_integer(max) and max > 0,
       do: raise(ArgumentError, ":n_ctx must be a positive integer, got: #{inspect(opts[:n_ctx])}")
 
-    with {:ok, token_lists} <- encode_all(model, texts, opts[:add_special]),
-         {:ok, token_lists} <- fit(token_lists, max, Options.bool!(opts, :truncate)) do
+    with {:ok, token_lists} <- Embedding.encode_all(model, texts, opts[:add_special]),
+         {:ok, token_lists} <- Embedding.fit(token_lists, max, Options.bool!(opts, :truncate)) do
       longest = token_lists |> Enum.map(&length/1) |> Enum.max(fn -> 1 end) |> max(1)
       n_ctx = min(div(longest + 255, 256) * 256, max(max, longest))
       step = min(Options.pos!(opts, :n_ubatch), n_ctx)
@@ -226,43 +226,16 @@ defmodule LlamaCppEx do
     end
   end
 
-  defp fit(token_lists, max, truncate?) do
-    case Enum.find(token_lists, &(length(&1) > max)) do
-      nil -> {:ok, token_lists}
-      _ when truncate? -> {:ok, Enum.map(token_lists, &Enum.take(&1, max))}
-      long -> {:error, {:too_long, %{tokens: length(long), max: max}}}
-    end
-  end
-
-  defp encode_all(model, texts, add_special) do
-    Enum.reduce_while(texts, {:ok, []}, fn
-      text, {:ok, acc} when is_binary(text) ->
-        case Tokenizer.encode(model, text, add_special: add_special) do
-          {:ok, tokens} -> {:cont, {:ok, [tokens | acc]}}
-          error -> {:halt, error}
-        end
-
-      other, _ ->
-        raise ArgumentError, "texts must be strings, got: #{inspect(other)}"
-    end)
-    |> case do
-      {:ok, acc} -> {:ok, Enum.reverse(acc)}
-      error -> error
-    end
-  end
-
   defp embed_each(_ctx, [], _pooling, _normalize, acc), do: {:ok, Enum.reverse(acc)}
 
   defp embed_each(ctx, [tokens | rest], pooling, normalize, acc) do
     case Context.embed(ctx, tokens, pooling: pooling) do
-      {:ok, vector} -> embed_each(ctx, rest, pooling, normalize, [if(normalize, do: l2(vector), else: vector) | acc])
-      error -> error
-    end
-  end
+      {:ok, vector} ->
+        embed_each(ctx, rest, pooling, normalize, [if(normalize, do: Embedding.normalize(vector), else: vector) | acc])
 
-  defp l2(vector) do
-    norm = :math.sqrt(Enum.reduce(vector, 0.0, &(&1 * &1 + &2)))
-    if norm > 0, do: Enum.map(vector, &(&1 / norm)), else: vector
+      error ->
+        error
+    end
   end
 
   @doc """

@@ -131,7 +131,7 @@ defmodule LlamaCppEx.Server do
   are nearly tied. See `docs/architecture.md` (*Batching server*).
   """
 
-  alias LlamaCppEx.{Chat, Completion, Context, Options, Sampler, Tokenizer}
+  alias LlamaCppEx.{Chat, Completion, Context, Embedding, Options, Sampler, Tokenizer}
   alias LlamaCppEx.Server.{Loop, Queue, Request}
 
   @type server :: GenServer.server()
@@ -345,8 +345,8 @@ defmodule LlamaCppEx.Server do
 
     with {:ok, pid, cfg} <- config(server, opts[:timeout]),
          :ok <- if(cfg.embedding, do: :ok, else: {:error, :embeddings_disabled}),
-         {:ok, lists} <- encode_all(cfg.model, texts, opts[:add_special]),
-         {:ok, lists} <- fit(lists, cfg.n_ctx_slot, Options.bool!(opts, :truncate)) do
+         {:ok, lists} <- Embedding.encode_all(cfg.model, texts, opts[:add_special]),
+         {:ok, lists} <- Embedding.fit(lists, cfg.n_ctx_slot, Options.bool!(opts, :truncate)) do
       reqs =
         for tokens <- lists do
           %Request{
@@ -377,31 +377,6 @@ defmodule LlamaCppEx.Server do
           Process.demonitor(mon, [:flush])
           error
       end
-    end
-  end
-
-  defp encode_all(model, texts, add_special) do
-    Enum.reduce_while(texts, {:ok, []}, fn
-      text, {:ok, acc} when is_binary(text) ->
-        case Tokenizer.encode(model, text, add_special: add_special) do
-          {:ok, tokens} -> {:cont, {:ok, [tokens | acc]}}
-          error -> {:halt, error}
-        end
-
-      other, _ ->
-        raise ArgumentError, "texts must be strings, got: #{inspect(other)}"
-    end)
-    |> case do
-      {:ok, acc} -> {:ok, Enum.reverse(acc)}
-      error -> error
-    end
-  end
-
-  defp fit(lists, max, truncate?) do
-    case Enum.find(lists, &(length(&1) > max)) do
-      nil -> {:ok, lists}
-      _ when truncate? -> {:ok, Enum.map(lists, &Enum.take(&1, max))}
-      long -> {:error, {:too_long, %{tokens: length(long), max: max}}}
     end
   end
 

@@ -370,7 +370,7 @@ defmodule LlamaCppEx.Server.Loop do
   # ---- ending requests ------------------------------------------------------------------------------
 
   defp finish(s, %Request{kind: :embed} = req, vector) do
-    vector = if req.normalize, do: l2(vector), else: vector
+    vector = if req.normalize, do: LlamaCppEx.Embedding.normalize(vector), else: vector
     s |> reply(req, {:ok, vector}) |> end_request(req) |> bump(:completed)
   end
 
@@ -490,8 +490,8 @@ defmodule LlamaCppEx.Server.Loop do
 
   defp chunk(%Request{logprobs: -1} = req), do: {:chunk, req.pending}
 
-  defp chunk(req),
-    do: {:chunk, req.pending, req.pending_lp |> Enum.reverse() |> LlamaCppEx.Logprob.from_native()}
+  # (the consumer, LlamaCppEx.ChunkStream, makes the logprobs structs)
+  defp chunk(req), do: {:chunk, req.pending, Enum.reverse(req.pending_lp)}
 
   # Sends what is not sent yet when the consumer asked for a chunk.
   defp send_chunk(%Request{kind: :stream} = req) do
@@ -634,11 +634,6 @@ defmodule LlamaCppEx.Server.Loop do
       st.busy_us > 0 -> 1 - st.decode_us / st.busy_us
       true -> 0.0
     end
-  end
-
-  defp l2(vector) do
-    norm = :math.sqrt(Enum.reduce(vector, 0.0, &(&1 * &1 + &2)))
-    if norm > 0, do: Enum.map(vector, &(&1 / norm)), else: vector
   end
 
   defp now_us, do: System.monotonic_time(:microsecond)
