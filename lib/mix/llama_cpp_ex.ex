@@ -17,6 +17,27 @@ defmodule Mix.LlamaCppEx do
   @doc "A diagnostic line, on stderr."
   def info(message), do: IO.puts(:stderr, message)
 
+  @doc """
+  A benchmark model by name, from the project at `root`: "stories" (the
+  shared stories260K.gguf, or LLAMA_TEST_MODEL), "synthetic" (made by
+  bench/gen_model.sh into the cache on first use) or a path.
+  """
+  def model_path(root, "stories"),
+    do: System.get_env("LLAMA_TEST_MODEL") || Path.expand("../shared/models/stories260K.gguf", root)
+
+  def model_path(root, "synthetic") do
+    {out, 0} = System.cmd(Path.join(root, "bench/gen_model.sh"), [], stderr_to_stdout: false)
+    out |> String.trim() |> String.split("\n") |> List.last()
+  end
+
+  def model_path(_root, path), do: path
+
+  @doc "Builds llama.cpp reference tools from the pinned source (scripts/llama_cpp.sh tools); their directory."
+  def tools_dir(root, tools) do
+    {out, 0} = System.cmd(Path.join(root, "scripts/llama_cpp.sh"), ["tools" | tools])
+    out |> String.trim() |> String.split("\n") |> List.last()
+  end
+
   # Elixir 1.15+ logs through the :default handler of Erlang's :logger, whose
   # device can only be set when the handler is added; 1.14 logs through
   # Logger's :console backend, which writes to :user (stdout) by default.

@@ -51,19 +51,19 @@ defmodule Mix.Tasks.Llama.Bench do
     models = String.split(opts[:models] || "stories,synthetic", ",", trim: true)
     root = File.cwd!()
 
-    bin = tools_dir(root)
+    bin = Mix.LlamaCppEx.tools_dir(root, ["llama-bench", "llama-batched-bench"])
     env = llama_env(root)
 
     rows =
       for name <- models, t <- threads do
-        path = model_path(root, name)
+        path = Mix.LlamaCppEx.model_path(root, name)
         Mix.LlamaCppEx.info("== #{name}, #{t} thread(s): #{path}")
         {native, ours} = interleaved(bin, path, t, rounds, reps)
         probe = probe_during_generation(path, t)
         {name, path, t, native, Map.put(ours, :probe, probe)}
       end
 
-    memory = if opts[:skip_memory], do: nil, else: memory_check(model_path(root, hd(models)))
+    memory = if opts[:skip_memory], do: nil, else: memory_check(Mix.LlamaCppEx.model_path(root, hd(models)))
 
     report = render(rows, memory, rounds, reps, env)
     IO.puts("\n" <> report)
@@ -98,26 +98,11 @@ defmodule Mix.Tasks.Llama.Bench do
 
   # ---- native side --------------------------------------------------------------
 
-  defp tools_dir(root) do
-    {out, 0} = System.cmd(Path.join(root, "scripts/llama_cpp.sh"), ["tools", "llama-bench", "llama-batched-bench"])
-    out |> String.trim() |> String.split("\n") |> List.last()
-  end
-
   defp llama_env(root) do
     {out, 0} = System.cmd(Path.join(root, "scripts/llama_cpp.sh"), ["ensure"])
 
     for line <- String.split(out, "\n", trim: true), [k, v] = String.split(line, "=", parts: 2), into: %{}, do: {k, v}
   end
-
-  defp model_path(root, "stories"),
-    do: System.get_env("LLAMA_TEST_MODEL") || Path.expand("../shared/models/stories260K.gguf", root)
-
-  defp model_path(root, "synthetic") do
-    {out, 0} = System.cmd(Path.join(root, "bench/gen_model.sh"), [], stderr_to_stdout: false)
-    out |> String.trim() |> String.split("\n") |> List.last()
-  end
-
-  defp model_path(_root, path), do: path
 
   defp native_bench(bin, model, threads, reps) do
     args = ["-m", model, "-p", "256,512", "-n", "128", "-t", "#{threads}", "-r", "#{reps}", "-o", "csv"]

@@ -66,7 +66,7 @@ defmodule Mix.Tasks.Llama.ServerBench do
     batches = list(opts[:batches] || "1,4,8,16", &String.to_integer/1)
     kvs = list(opts[:kv] || "unified,split", &kv!/1)
     sections = list(opts[:sections] || "tg,ttft,prefill,mixed", &String.to_atom/1)
-    path = model_path(root, opts[:model] || "synthetic")
+    path = Mix.LlamaCppEx.model_path(root, opts[:model] || "synthetic")
     {:ok, model} = Model.load(path)
     :rand.seed(:exsss, {7, 8, 9})
 
@@ -78,7 +78,10 @@ defmodule Mix.Tasks.Llama.ServerBench do
         other -> Mix.raise("--flash-attn takes auto, true or false, got #{other}")
       end
 
-    bin = if opts[:skip_native] || :tg not in sections, do: nil, else: tools_dir(root)
+    bin =
+      if opts[:skip_native] || :tg not in sections,
+        do: nil,
+        else: Mix.LlamaCppEx.tools_dir(root, ["llama-batched-bench"])
 
     cfg = %{
       model: model,
@@ -417,21 +420,6 @@ defmodule Mix.Tasks.Llama.ServerBench do
     body = for _ <- 1..(n - if(bos?, do: 1, else: 0)), do: 3 + :rand.uniform(model.n_vocab - 4)
     if bos?, do: [Tokenizer.bos(model) || 1 | body], else: body
   end
-
-  defp tools_dir(root) do
-    {out, 0} = System.cmd(Path.join(root, "scripts/llama_cpp.sh"), ["tools", "llama-batched-bench"])
-    out |> String.trim() |> String.split("\n") |> List.last()
-  end
-
-  defp model_path(root, "stories"),
-    do: System.get_env("LLAMA_TEST_MODEL") || Path.expand("../shared/models/stories260K.gguf", root)
-
-  defp model_path(root, "synthetic") do
-    {out, 0} = System.cmd(Path.join(root, "bench/gen_model.sh"), [], stderr_to_stdout: false)
-    out |> String.trim() |> String.split("\n") |> List.last()
-  end
-
-  defp model_path(_root, path), do: path
 
   defp median([]), do: 0.0
   defp median(xs), do: pct(xs, 50)
