@@ -156,6 +156,15 @@ bool lcx_memory_seq_cp(struct llama_context *ctx, llama_seq_id src, llama_seq_id
   });
 }
 
+struct llama_adapter_lora *lcx_adapter_lora_init(struct llama_model *model, FILE *file) {
+  return guarded<struct llama_adapter_lora *>(nullptr, nullptr,
+                                              [&] { return llama_adapter_lora_init_from_file_ptr(model, file); });
+}
+
+bool lcx_set_adapters_lora(struct llama_context *ctx, struct llama_adapter_lora **adapters, size_t n, float *scales) {
+  return guarded<bool>(false, nullptr, [&] { return llama_set_adapters_lora(ctx, adapters, n, scales) == 0; });
+}
+
 struct ggml_threadpool *lcx_threadpool_new(struct ggml_threadpool_params *params) {
   return guarded<struct ggml_threadpool *>(nullptr, nullptr, [&] { return ggml_threadpool_new(params); });
 }

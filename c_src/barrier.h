@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "ggml-cpu.h"
 #include "llama.h"
@@ -47,6 +48,11 @@ bool lcx_memory_clear(struct llama_context *ctx);
 // llama_memory_seq_rm / llama_memory_seq_cp (false if llama.cpp threw or, for rm, refused)
 bool lcx_memory_seq_rm(struct llama_context *ctx, llama_seq_id seq, llama_pos p0, llama_pos p1);
 bool lcx_memory_seq_cp(struct llama_context *ctx, llama_seq_id src, llama_seq_id dst, llama_pos p0, llama_pos p1);
+// llama_adapter_lora_init_from_file_ptr (catches what it throws itself; the
+// barrier turns gguf's assertions on odd metadata types into exceptions) and
+// llama_set_adapters_lora (false if it threw).
+struct llama_adapter_lora *lcx_adapter_lora_init(struct llama_model *model, FILE *file);
+bool lcx_set_adapters_lora(struct llama_context *ctx, struct llama_adapter_lora **adapters, size_t n, float *scales);
 // ggml_threadpool_new asserts when a thread cannot be created.
 struct ggml_threadpool *lcx_threadpool_new(struct ggml_threadpool_params *params);
 

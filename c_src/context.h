@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "llama.h"
+#include "lora.h"
 #include "model.h"
 #include "owner.h"
 #include "sampler.h"
@@ -35,7 +36,11 @@ bool lcx_context_embeddings(lcx_context *c); // created with embeddings: true
 // With a claim held:
 struct llama_context *lcx_context_llama(lcx_context *c);
 lcx_model *lcx_context_model(lcx_context *c);
-int32_t lcx_next_position(lcx_context *c);     // of sequence 0
+int32_t lcx_next_position(lcx_context *c); // of sequence 0
+// Sets the adapters the context applies (the context keeps references of its
+// own to them); a set equal to the current one changes nothing. False if
+// llama.cpp threw (lcx_last_exception); the current set stays.
+bool lcx_context_apply_lora(lcx_context *c, const lcx_lora_set *set);
 uint32_t lcx_context_seq_size(lcx_context *c); // cells one sequence can hold
 
 typedef enum {

@@ -14,6 +14,7 @@
 #include "context.h"
 #include "grammar_stack.h"
 #include "lcx.h"
+#include "lora.h"
 #include "model.h"
 #include "sampler.h"
 
@@ -264,25 +265,18 @@ static bool is_split_name(const char *path) {
   return true;
 }
 
-// Opens the model file without ever blocking: stat first (a FIFO, socket,
+// Opens a GGUF file without ever blocking: stat first (a FIFO, socket,
 // device or directory is refused before anything opens it), then open with
 // O_NONBLOCK and check the opened file again (the path may have been swapped
-// in between) and its GGUF magic. Returns the fd, or -1 with *err set.
-//
-// llama.cpp opens the file itself, by name. On Linux it is handed
-// /proc/self/fd/<fd>, which names the very file checked here, so swapping the
-// path afterwards cannot make it open a FIFO. Split models keep their name
-// (llama.cpp derives the names of the other parts from it; those parts are
-// opened unchecked), as do systems without /proc.
-static int open_model_file(ErlNifEnv *env, const char *path, ERL_NIF_TERM path_term, char *llama_path,
-                           size_t llama_path_size, ERL_NIF_TERM *err) {
-  struct stat st;
-  if (stat(path, &st) != 0) {
+// in between) and its GGUF magic. Returns the fd, or -1 with *err set
+// (*st: the opened file's stat). Model and adapter loads share it.
+int lcx_open_gguf(ErlNifEnv *env, const char *path, ERL_NIF_TERM path_term, struct stat *st, ERL_NIF_TERM *err) {
+  if (stat(path, st) != 0) {
     *err = file_error(env, errno, path_term);
     return -1;
   }
-  if (!S_ISREG(st.st_mode)) {
-    *err = not_regular(env, st.st_mode, path_term);
+  if (!S_ISREG(st->st_mode)) {
+    *err = not_regular(env, st->st_mode, path_term);
     return -1;
   }
   int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
@@ -290,13 +284,13 @@ static int open_model_file(ErlNifEnv *env, const char *path, ERL_NIF_TERM path_t
     *err = file_error(env, errno, path_term);
     return -1;
   }
-  if (fstat(fd, &st) != 0) {
+  if (fstat(fd, st) != 0) {
     *err = file_error(env, errno, path_term);
     close(fd);
     return -1;
   }
-  if (!S_ISREG(st.st_mode)) {
-    *err = not_regular(env, st.st_mode, path_term);
+  if (!S_ISREG(st->st_mode)) {
+    *err = not_regular(env, st->st_mode, path_term);
     close(fd);
     return -1;
   }
@@ -306,6 +300,21 @@ static int open_model_file(ErlNifEnv *env, const char *path, ERL_NIF_TERM path_t
     close(fd);
     return -1;
   }
+  return fd;
+}
+
+// Opens the model file with lcx_open_gguf.
+//
+// llama.cpp opens the file itself, by name. On Linux it is handed
+// /proc/self/fd/<fd>, which names the very file checked here, so swapping the
+// path afterwards cannot make it open a FIFO. Split models keep their name
+// (llama.cpp derives the names of the other parts from it; those parts are
+// opened unchecked), as do systems without /proc.
+static int open_model_file(ErlNifEnv *env, const char *path, ERL_NIF_TERM path_term, char *llama_path,
+                           size_t llama_path_size, ERL_NIF_TERM *err) {
+  struct stat st;
+  int fd = lcx_open_gguf(env, path, path_term, &st, err);
+  if (fd < 0) return -1;
   snprintf(llama_path, llama_path_size, "%s", path);
 #ifdef __linux__
   char by_fd[64];
@@ -599,12 +608,12 @@ LCX_NIF(nif_model_chat_template) {
 }
 
 LCX_NIF(nif_live_counts) {
-  ERL_NIF_TERM keys[3] = {ATOM_models, ATOM_contexts, ATOM_samplers};
-  ERL_NIF_TERM vals[3] = {enif_make_long(env, atomic_load(&lcx_live_models)),
-                          enif_make_long(env, atomic_load(&lcx_live_contexts)),
-                          enif_make_long(env, atomic_load(&lcx_live_samplers))};
+  ERL_NIF_TERM keys[4] = {ATOM_models, ATOM_contexts, ATOM_samplers, ATOM_loras};
+  ERL_NIF_TERM vals[4] = {
+      enif_make_long(env, atomic_load(&lcx_live_models)), enif_make_long(env, atomic_load(&lcx_live_contexts)),
+      enif_make_long(env, atomic_load(&lcx_live_samplers)), enif_make_long(env, atomic_load(&lcx_live_loras))};
   ERL_NIF_TERM map;
-  enif_make_map_from_arrays(env, keys, vals, 3, &map);
+  enif_make_map_from_arrays(env, keys, vals, 4, &map);
   return map;
 }
 

@@ -34,6 +34,12 @@ int32_t lcx_model_n_vocab(const lcx_model *m);
 int32_t lcx_model_max_piece(const lcx_model *m); // longest token text in bytes
 bool lcx_model_vocab_only(const lcx_model *m);
 
+// Opens a GGUF file for reading without blocking (regular files only, magic
+// checked): the fd, or -1 with *err ({:error, {:file_not_found, path}},
+// {:file_error, posix, path}, {:not_regular_file, type, path}, {:not_gguf, path}).
+struct stat;
+int lcx_open_gguf(ErlNifEnv *env, const char *path, ERL_NIF_TERM path_term, struct stat *st, ERL_NIF_TERM *err);
+
 extern atomic_long lcx_live_models;
 
 #endif
