@@ -265,7 +265,15 @@ defmodule LlamaCppEx.Server.Loop do
 
   defp admit(s, %Request{} = req) do
     {slot, src, reuse} = Cache.choose(s.cache, s.free, req.key, req.scope, req.session)
-    opts = %{max_tokens: req.max_tokens, stop: req.stop, stream: req.kind == :stream, src: src, reuse: reuse}
+
+    opts = %{
+      max_tokens: req.max_tokens,
+      stop: req.stop,
+      stream: req.kind == :stream,
+      src: src,
+      reuse: reuse,
+      lora: req.lora
+    }
 
     case Batch.admit(s.engine, slot, req.sampler, req.tokens, opts) do
       {:ok, reused} ->
