@@ -186,6 +186,7 @@ defmodule LlamaCppEx.LoraTest do
       end
 
       assert ctx_gen(ctx) == base
+      assert_raise ArgumentError, ~r/set_lora/, fn -> gen(model, context: ctx, lora: [{lora, 1.0}]) end
       Context.free(ctx)
     end
   end
