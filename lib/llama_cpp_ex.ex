@@ -265,10 +265,15 @@ defmodule LlamaCppEx do
   end
 
   @doc """
-  Counts of live native objects, `%{models: n, contexts: n, samplers: n}`:
-  useful to check that nothing leaks.
+  Counts of live native objects, `%{models: n, contexts: n, samplers: n,
+  loras: n}`: useful to check that nothing leaks.
   """
-  @spec live_objects() :: %{models: non_neg_integer(), contexts: non_neg_integer(), samplers: non_neg_integer()}
+  @spec live_objects() :: %{
+          models: non_neg_integer(),
+          contexts: non_neg_integer(),
+          samplers: non_neg_integer(),
+          loras: non_neg_integer()
+        }
   def live_objects, do: NIF.live_counts()
 
   @doc "llama.cpp's description of the CPU features and backends it was built with."

@@ -96,6 +96,24 @@ defmodule LlamaCppEx.LoraTest do
     end
   end
 
+  test "set_lora/2 while a stream holds the context is :busy, and changes nothing", %{model: model, lora: lora} do
+    {:ok, ctx} = Context.create(model, n_ctx: 256, n_threads: 1, flash_attn: false)
+    {:ok, sampler} = Sampler.create(model, temp: 0.0)
+    {:ok, tokens} = Tokenizer.encode(model, @prompt)
+    # with 200 tokens to go, the stream's thread holds the context past its first chunk
+    results =
+      ctx
+      |> Context.stream(sampler, tokens, max_tokens: 200)
+      |> Stream.take(1)
+      |> Enum.map(fn _ -> Context.set_lora(ctx, [{lora, 1.0}]) end)
+
+    assert results == [{:error, :busy}]
+    {:ok, base} = gen(model, [])
+    assert ctx_gen(ctx) == base
+    Sampler.free(sampler)
+    Context.free(ctx)
+  end
+
   describe "bad input" do
     test "a missing file, a directory, a non-GGUF file", %{model: model, base: base} do
       assert {:error, {:file_not_found, "/nonexistent/a.gguf"}} = Lora.load(model, "/nonexistent/a.gguf")

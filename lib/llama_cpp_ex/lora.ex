@@ -22,6 +22,8 @@ defmodule LlamaCppEx.Lora do
 
   alias LlamaCppEx.{Model, NIF}
 
+  @max_adapters 8
+
   @enforce_keys [:ref, :model, :path]
   defstruct [:ref, :model, :path, :alpha, n_invocation_tokens: 0]
 
@@ -36,11 +38,9 @@ defmodule LlamaCppEx.Lora do
   @typedoc """
   Adapters with their scales, as contexts, `LlamaCppEx.generate/3` and the
   server take them: `[{adapter, scale}]`, each adapter at most once, at most
-  #{8} of them, scales finite numbers.
+  #{@max_adapters} of them, scales finite numbers.
   """
   @type adapters :: [{t(), number()}]
-
-  @max_adapters 8
 
   @doc """
   Loads the adapter at `path` for `model`.
