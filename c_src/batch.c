@@ -503,10 +503,9 @@ LCX_NIF(nif_batch_step) {
   int64_t decode_us = 0;
   if (n_tokens > 0) {
     bool threw;
-    struct llama_context *ctx = llama(st.e);
     int64_t td = lcx_slot_now_us();
     lcx_log_quiet_when(lcx_abort_cb, st.e->c);
-    int32_t rc = lcx_decode(ctx, st.e->batch, &threw);
+    int32_t rc = lcx_context_decode(st.e->c, st.e->batch, &threw);
     lcx_log_quiet_when(NULL, NULL);
     decode_us = lcx_slot_now_us() - td;
     if (!threw && rc == 1) {

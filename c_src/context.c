@@ -27,6 +27,7 @@ struct lcx_context {
   bool has_logits;                  // the last decode left logits to sample from
   bool embeddings;                  // created with embeddings: true
   lcx_lora_set loras;               // the adapters set on ctx, pinned while set
+  bool loras_changed;               // the next decode reserves the graph: it reads the model's adapters
 };
 
 static ErlNifResourceType *LCX_CONTEXT_RT;
@@ -157,6 +158,17 @@ uint32_t lcx_context_seq_size(lcx_context *c) { return llama_n_ctx_seq(c->ctx); 
 lcx_owner *lcx_context_owner(lcx_context *c) { return &c->owner; }
 bool lcx_context_embeddings(lcx_context *c) { return c->embeddings; }
 
+int32_t lcx_context_decode(lcx_context *c, struct llama_batch batch, bool *threw) {
+  if (!c->loras_changed) return lcx_decode(c->ctx, batch, threw);
+  // llama.cpp reserves the graph again in this decode, reading the model's
+  // list of adapters, which an adapter load or free elsewhere may be changing
+  lcx_model_adapters_lock(c->model);
+  int32_t rc = lcx_decode(c->ctx, batch, threw);
+  lcx_model_adapters_unlock(c->model);
+  if (!*threw && rc == 0) c->loras_changed = false;
+  return rc;
+}
+
 // Decodes tokens into sequence 0 in n_ubatch chunks (what llama_decode would
 // split them into anyway), so that a cancelled claim or a dead caller stops it
 // between chunks as well as inside one (the abort callback).
@@ -170,7 +182,7 @@ lcx_decode_status lcx_decode_tokens(lcx_context *c, const llama_token *toks, uns
     if (lcx_owner_stopped(&c->owner)) return LCX_DECODE_ABORTED;
     llama_pos before = lcx_next_position(c);
     lcx_log_quiet_when(lcx_abort_cb, c);
-    int32_t rc = lcx_decode(c->ctx, llama_batch_get_one((llama_token *)toks + off, (int32_t)len), &threw);
+    int32_t rc = lcx_context_decode(c, llama_batch_get_one((llama_token *)toks + off, (int32_t)len), &threw);
     lcx_log_quiet_when(NULL, NULL);
     if (threw) {
       // the exception skipped llama_decode's own clean-up of the failed batch
@@ -428,7 +440,9 @@ LCX_NIF(nif_context_create) {
   p.abort_callback_data = c;
 
   lcx_log_capture_begin();
+  lcx_model_adapters_lock(m); // creation reserves the graph: it reads the model's adapters
   c->ctx = lcx_init_from_model(lcx_model_llama(m), p);
+  lcx_model_adapters_unlock(m);
   const char *why = lcx_log_capture_end();
   if (!c->ctx) {
     ERL_NIF_TERM err = lcx_err_msg(env, LCX_E_context_failed, why[0] ? why : lcx_last_exception());
@@ -460,6 +474,7 @@ LCX_NIF(nif_context_create) {
     return lcx_err_msg(env, LCX_E_context_failed, "could not start the compute threads");
   }
   llama_attach_threadpool(c->ctx, c->tp, c->tp_batch);
+  c->loras_changed = c->loras.n > 0;
   if (c->loras.n && !lcx_lora_set_apply(c->ctx, &c->loras)) {
     ERL_NIF_TERM err = lcx_err_msg(env, LCX_E_context_failed, lcx_last_exception());
     enif_release_resource(c);
@@ -504,6 +519,7 @@ LCX_NIF(nif_context_set_lora) {
 bool lcx_context_apply_lora(lcx_context *c, const lcx_lora_set *set) {
   if (lcx_lora_set_equal(&c->loras, set)) return true;
   if (!lcx_lora_set_apply(c->ctx, set)) return false;
+  c->loras_changed = true;
   lcx_lora_set old = c->loras;
   lcx_lora_set_copy(&c->loras, set);
   lcx_lora_set_release(&old); // after the context let go of them

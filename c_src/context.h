@@ -51,6 +51,9 @@ typedef enum {
   LCX_DECODE_THREW,      // llama.cpp threw or asserted (lcx_last_exception)
 } lcx_decode_status;
 
+// llama_decode through the barrier (lcx_decode), holding the model's adapter
+// lock when the context's adapters changed since its last decode.
+int32_t lcx_context_decode(lcx_context *c, struct llama_batch batch, bool *threw);
 // Decodes tokens into sequence 0 in n_ubatch chunks.
 lcx_decode_status lcx_decode_tokens(lcx_context *c, const llama_token *toks, unsigned n, int32_t *code);
 ERL_NIF_TERM lcx_decode_error(ErlNifEnv *env, lcx_decode_status st, int32_t code);

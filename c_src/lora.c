@@ -34,7 +34,9 @@ typedef struct {
 static void free_native(void *arg) {
   native_lora *n = arg;
   if (n->adapter) {
-    llama_adapter_lora_free(n->adapter);
+    lcx_model_adapters_lock(n->model);
+    llama_adapter_lora_free(n->adapter); // unregisters it from the model
+    lcx_model_adapters_unlock(n->model);
     atomic_fetch_sub(&lcx_live_loras, 1);
   }
   if (n->model) lcx_model_release(n->model, false);
@@ -125,7 +127,9 @@ LCX_NIF(nif_lora_load) {
 
   lcx_log_capture_begin();
   lcx_clear_exception();
-  l->adapter = lcx_adapter_lora_init(lcx_model_llama(m), file);
+  lcx_model_adapters_lock(m);
+  l->adapter = lcx_adapter_lora_init(lcx_model_llama(m), file); // registers it with the model
+  lcx_model_adapters_unlock(m);
   const char *why = lcx_log_capture_end();
   fclose(file);
   if (!l->adapter) {
@@ -135,7 +139,9 @@ LCX_NIF(nif_lora_load) {
     return err;
   }
   atomic_fetch_add(&lcx_live_loras, 1);
+  lcx_model_adapters_lock(m); // the warm-up context reads the model's adapters
   const char *broken = warm_up(lcx_model_llama(m), l->adapter);
+  lcx_model_adapters_unlock(m);
   if (broken) {
     err = lcx_err_msg(env, LCX_E_load_failed, broken);
     enif_release_resource(l); // frees the adapter, then releases the model

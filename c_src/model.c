@@ -30,9 +30,12 @@ struct lcx_model {
   int32_t n_user_defined; // user-defined tokens: matched literally in every tokenize
   int32_t n_special;      // those plus control and unknown tokens (with parse_special)
   ErlNifMutex *dep_mu;    // guards `dependants`; never held across llama.cpp calls
-  int dependants;         // live contexts + samplers
-  atomic_bool closed;     // free/1 called; llama_model freed when dependants hit 0
-  bool vocab_only;        // no weights: no contexts
+  // guards llama.cpp's list of the model's LoRA adapters (llama_model::loras,
+  // a std::set): see lcx_model_adapters_lock
+  ErlNifMutex *adapters_mu;
+  int dependants;     // live contexts + samplers
+  atomic_bool closed; // free/1 called; llama_model freed when dependants hit 0
+  bool vocab_only;    // no weights: no contexts
 };
 
 // A model load in progress. With a progress function, each progress report
@@ -62,7 +65,11 @@ static void model_dtor(ErlNifEnv *env, void *obj) {
   if (m->model) lcx_dispose(free_llama_model, &m->model, sizeof m->model, true);
   if (m->lock) enif_rwlock_destroy(m->lock);
   if (m->dep_mu) enif_mutex_destroy(m->dep_mu);
+  if (m->adapters_mu) enif_mutex_destroy(m->adapters_mu);
 }
+
+void lcx_model_adapters_lock(lcx_model *m) { enif_mutex_lock(m->adapters_mu); }
+void lcx_model_adapters_unlock(lcx_model *m) { enif_mutex_unlock(m->adapters_mu); }
 
 // Frees the weights once readers (tokenize, introspection) are done.
 static void free_weights(lcx_model *m) {
@@ -450,6 +457,7 @@ LCX_NIF(nif_model_load) {
   memset(m, 0, sizeof *m);
   m->lock = enif_rwlock_create("lcx_model");
   m->dep_mu = enif_mutex_create("lcx_model_dependants");
+  m->adapters_mu = enif_mutex_create("lcx_model_adapters");
   atomic_init(&m->closed, false);
   m->model = model;
   m->vocab = llama_model_get_vocab(model);
@@ -458,6 +466,10 @@ LCX_NIF(nif_model_load) {
   m->vocab_only = vocab_only;
   read_vocab_facts(m);
   atomic_fetch_add(&lcx_live_models, 1);
+  if (!m->lock || !m->dep_mu || !m->adapters_mu) {
+    enif_release_resource(m); // the destructor frees the model
+    return lcx_err(env, LCX_E_out_of_memory);
+  }
   ERL_NIF_TERM t = enif_make_resource(env, m);
   enif_release_resource(m);
   return lcx_ok(env, t);

@@ -26,6 +26,13 @@ void lcx_model_unlock(lcx_model *m);
 bool lcx_model_acquire(lcx_model *m); // false if the model is closed
 void lcx_model_release(lcx_model *m, bool in_destructor);
 
+// llama.cpp keeps a model's LoRA adapters in a std::set that adapter load
+// and free write and that a context reads when it reserves its graph (at
+// creation, and at the first decode after its adapters changed). Those three
+// hold this lock; it is never held while waiting for anything else.
+void lcx_model_adapters_lock(lcx_model *m);
+void lcx_model_adapters_unlock(lcx_model *m);
+
 // Facts read once at load. The llama.cpp objects are valid while the caller
 // holds the read lock or is a dependant.
 struct llama_model *lcx_model_llama(const lcx_model *m);

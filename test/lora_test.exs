@@ -114,6 +114,39 @@ defmodule LlamaCppEx.LoraTest do
     Context.free(ctx)
   end
 
+  test "adapters loaded and collected while other contexts of the model are made and switch adapters", %{
+    model: model,
+    lora: lora,
+    path: path,
+    base: base
+  } do
+    {:ok, adapted} = gen(model, lora: [{lora, 1.0}])
+
+    loader =
+      Task.async(fn ->
+        for _ <- 1..30 do
+          {:ok, _dropped} = Lora.load(model, path)
+          :erlang.garbage_collect()
+        end
+      end)
+
+    users =
+      for _ <- 1..2 do
+        Task.async(fn ->
+          for i <- 1..10 do
+            {set, expected} = if rem(i, 2) == 0, do: {[], base}, else: {[{lora, 1.0}], adapted}
+            {:ok, ctx} = Context.create(model, n_ctx: 256, n_threads: 1, flash_attn: false, lora: set)
+            assert ctx_gen(ctx) == expected
+            :ok = Context.set_lora(ctx, if(set == [], do: [{lora, 1.0}], else: []))
+            assert ctx_gen(ctx) == if(set == [], do: adapted, else: base)
+            Context.free(ctx)
+          end
+        end)
+      end
+
+    Task.await_many([loader | users], 60_000)
+  end
+
   describe "bad input" do
     test "a missing file, a directory, a non-GGUF file", %{model: model, base: base} do
       assert {:error, {:file_not_found, "/nonexistent/a.gguf"}} = Lora.load(model, "/nonexistent/a.gguf")
