@@ -24,6 +24,7 @@ typedef struct {
   // job's, set at admission). llama.cpp applies adapters per context, so a
   // step decodes only slots of one set (choose_adapters).
   lcx_lora_set *seq_loras;
+  uint64_t lora_switches; // steps that changed the context's adapters
 } engine_t;
 
 static ErlNifResourceType *ENGINE_RT;
@@ -366,7 +367,9 @@ static void choose_adapters(step_t *st) {
   if (!oldest) return;
   lcx_lora_set set;
   lcx_lora_set_copy(&set, &e->seq_loras[oldest->seq]);
-  bool applied = lcx_context_apply_lora(e->c, &set);
+  bool changed = false;
+  bool applied = lcx_context_apply_lora(e->c, &set, &changed);
+  if (changed) e->lora_switches++;
   ERL_NIF_TERM reason = applied ? 0 : lcx_err_msg(st->env, LCX_E_exception, lcx_last_exception());
   for (unsigned i = 0; i < e->n_slots; i++) {
     lcx_slot *s = &e->slots[i];
@@ -582,7 +585,7 @@ LCX_NIF(nif_batch_purge) {
   return r;
 }
 
-// batch_info(engine) -> %{n_slots, n_batch, n_ctx_slot, n_ctx, unified, kv_tokens: [per slot]}
+// batch_info(engine) -> %{n_slots, n_batch, n_ctx_slot, n_ctx, unified, kv_tokens: [per slot], lora_switches}
 LCX_NIF(nif_batch_info) {
   ERL_NIF_TERM err;
   lcx_claim me = LCX_CALL_CLAIM(env);
@@ -591,10 +594,12 @@ LCX_NIF(nif_batch_info) {
   ERL_NIF_TERM held = enif_make_list(env, 0);
   for (unsigned i = e->n_slots; i > 0; i--)
     held = enif_make_list_cell(env, enif_make_uint(env, seq_n_past(e, (llama_seq_id)(i - 1))), held);
-  static const char *const keys[] = {"n_slots", "n_batch", "n_ctx_slot", "n_ctx", "unified", "kv_tokens"};
-  ERL_NIF_TERM vals[] = {enif_make_uint(env, e->n_slots),     enif_make_uint(env, e->n_batch),
-                         enif_make_uint(env, e->n_ctx_slot),  enif_make_uint(env, llama_n_ctx(llama(e))),
-                         e->unified ? ATOM_true : ATOM_false, held};
+  static const char *const keys[] = {"n_slots", "n_batch",   "n_ctx_slot",   "n_ctx",
+                                     "unified", "kv_tokens", "lora_switches"};
+  ERL_NIF_TERM vals[] = {enif_make_uint(env, e->n_slots),        enif_make_uint(env, e->n_batch),
+                         enif_make_uint(env, e->n_ctx_slot),     enif_make_uint(env, llama_n_ctx(llama(e))),
+                         e->unified ? ATOM_true : ATOM_false,    held,
+                         enif_make_uint64(env, e->lora_switches)};
   leave(e, &me);
-  return lcx_ok(env, lcx_make_map(env, keys, vals, 6));
+  return lcx_ok(env, lcx_make_map(env, keys, vals, 7));
 }

@@ -510,16 +510,18 @@ LCX_NIF(nif_context_set_lora) {
     return err;
   }
   ERL_NIF_TERM result =
-      lcx_context_apply_lora(c, &set) ? ATOM_ok : lcx_err_msg(env, LCX_E_exception, lcx_last_exception());
+      lcx_context_apply_lora(c, &set, NULL) ? ATOM_ok : lcx_err_msg(env, LCX_E_exception, lcx_last_exception());
   lcx_context_release(c, &who);
   lcx_lora_set_release(&set);
   return result;
 }
 
-bool lcx_context_apply_lora(lcx_context *c, const lcx_lora_set *set) {
+bool lcx_context_apply_lora(lcx_context *c, const lcx_lora_set *set, bool *changed) {
+  if (changed) *changed = false;
   if (lcx_lora_set_equal(&c->loras, set)) return true;
   if (!lcx_lora_set_apply(c->ctx, set)) return false;
   c->loras_changed = true;
+  if (changed) *changed = true;
   lcx_lora_set old = c->loras;
   lcx_lora_set_copy(&c->loras, set);
   lcx_lora_set_release(&old); // after the context let go of them

@@ -39,8 +39,9 @@ lcx_model *lcx_context_model(lcx_context *c);
 int32_t lcx_next_position(lcx_context *c); // of sequence 0
 // Sets the adapters the context applies (the context keeps references of its
 // own to them); a set equal to the current one changes nothing. False if
-// llama.cpp threw (lcx_last_exception); the current set stays.
-bool lcx_context_apply_lora(lcx_context *c, const lcx_lora_set *set);
+// llama.cpp threw (lcx_last_exception); the current set stays. *changed
+// (if given): whether the set differed.
+bool lcx_context_apply_lora(lcx_context *c, const lcx_lora_set *set, bool *changed);
 uint32_t lcx_context_seq_size(lcx_context *c); // cells one sequence can hold
 
 typedef enum {

@@ -5,6 +5,7 @@ defmodule LlamaCppEx.LoraTest do
 
   import LlamaCppEx.TestHelpers
   alias LlamaCppEx.{Context, Lora, Model, NIF, Sampler, Server, Tokenizer}
+  alias LlamaCppEx.Server.Batch
 
   @prompt "Once upon a time"
   @n 40
@@ -29,6 +30,14 @@ defmodule LlamaCppEx.LoraTest do
     {:ok, c} = Context.generate(ctx, sampler, tokens, max_tokens: @n)
     Sampler.free(sampler)
     c.text
+  end
+
+  # every step's events, until the engine has nothing left to do
+  defp run_steps(engine, acc) do
+    case Batch.step(engine, []) do
+      {:ok, [], %{tokens: 0}} -> Enum.reverse(acc)
+      {:ok, events, _} -> run_steps(engine, [events | acc])
+    end
   end
 
   defp tmp_file(name, bytes) do
@@ -272,6 +281,43 @@ defmodule LlamaCppEx.LoraTest do
       for {set, expected} <- cases do
         assert {:ok, ^expected} = Server.generate(server, @prompt, max_tokens: @n, temp: 0.0, lora: set)
       end
+    end
+
+    test "the engine: a step decodes one adapter set, the oldest slot's; sets switch only when needed", %{
+      model: model,
+      lora: lora,
+      base: base
+    } do
+      {:ok, adapted} = gen(model, lora: [{lora, 1.0}])
+      {:ok, ctx} = Context.create(model, n_ctx: 1024, n_seq_max: 4, n_batch: 64, n_threads: 1, flash_attn: false)
+      {:ok, engine} = Batch.new(ctx, n_slots: 4, n_batch: 64, n_ctx_slot: 256)
+      {:ok, tokens} = Tokenizer.encode(model, @prompt)
+      opts = %{max_tokens: @n, stop: [], stream: true, src: 0, reuse: 0}
+      # admission order: slot 0 (adapter), 1 (none), 2 (adapter), 3 (none)
+      for {slot, set} <- [{0, [{lora.ref, 1.0}]}, {1, []}, {2, [{lora.ref, 1.0}]}, {3, []}] do
+        {:ok, s} = Sampler.create(model, temp: 0.0)
+        assert {:ok, 0} = Batch.admit(engine, slot, s, tokens, Map.put(opts, :lora, set))
+      end
+
+      steps = run_steps(engine, [])
+      # the slots that had events in each step: slots 0 and 2 (the oldest's set)
+      # until they are done, then 1 and 3; never a mix
+      slots_per_step = for events <- steps, do: events |> Enum.map(&elem(&1, 1)) |> Enum.uniq() |> Enum.sort()
+      {first, rest} = Enum.split_while(slots_per_step, &(&1 == [0, 2]))
+      assert length(first) == @n, inspect(slots_per_step)
+      assert Enum.all?(rest, &(&1 == [1, 3])), inspect(slots_per_step)
+      assert length(rest) == @n
+      done = for events <- steps, {:done, slot, {:ok, %{text: t}}} <- events, into: %{}, do: {slot, t}
+      assert done == %{0 => adapted, 1 => base, 2 => adapted, 3 => base}
+      # the adapter for slots 0 and 2, then none for 1 and 3: two switches, not one per step
+      assert {:ok, %{lora_switches: 2}} = Batch.info(engine)
+      # adapters of another model, or bad scales, are refused at admission; the slot stays free
+      other = load_model!()
+      {:ok, lora2} = Lora.load(other, lora.path)
+      {:ok, s} = Sampler.create(model, temp: 0.0)
+      assert {:error, :model_mismatch} = Batch.admit(engine, 0, s, tokens, Map.put(opts, :lora, [{lora2.ref, 1.0}]))
+      assert_raise ArgumentError, fn -> Batch.admit(engine, 0, s, tokens, Map.put(opts, :lora, [{lora.ref, :x}])) end
+      assert {:ok, 0} = Batch.admit(engine, 0, s, tokens, opts)
     end
 
     test "an adapter of another model is refused before it reaches the server", %{lora: lora} do
