@@ -181,6 +181,15 @@ size_t lcx_state_seq_set_data(struct llama_context *ctx, const uint8_t *src, siz
   return guarded<size_t>(0, threw, [&] { return llama_state_seq_set_data(ctx, src, size, seq); });
 }
 
+struct llama_adapter_lora *lcx_adapter_lora_init(struct llama_model *model, FILE *file) {
+  return guarded<struct llama_adapter_lora *>(nullptr, nullptr,
+                                              [&] { return llama_adapter_lora_init_from_file_ptr(model, file); });
+}
+
+bool lcx_set_adapters_lora(struct llama_context *ctx, struct llama_adapter_lora **adapters, size_t n, float *scales) {
+  return guarded<bool>(false, nullptr, [&] { return llama_set_adapters_lora(ctx, adapters, n, scales) == 0; });
+}
+
 struct ggml_threadpool *lcx_threadpool_new(struct ggml_threadpool_params *params) {
   return guarded<struct ggml_threadpool *>(nullptr, nullptr, [&] { return ggml_threadpool_new(params); });
 }

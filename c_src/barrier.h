@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "ggml-cpu.h"
 #include "llama.h"
@@ -56,6 +57,11 @@ size_t lcx_state_seq_get_size(struct llama_context *ctx, llama_seq_id seq, bool 
 size_t lcx_state_seq_get_data(struct llama_context *ctx, uint8_t *dst, size_t size, llama_seq_id seq, bool *threw);
 size_t lcx_state_seq_set_data(struct llama_context *ctx, const uint8_t *src, size_t size, llama_seq_id seq,
                               bool *threw);
+// llama_adapter_lora_init_from_file_ptr (catches what it throws itself; the
+// barrier turns gguf's assertions on odd metadata types into exceptions) and
+// llama_set_adapters_lora (false if it threw).
+struct llama_adapter_lora *lcx_adapter_lora_init(struct llama_model *model, FILE *file);
+bool lcx_set_adapters_lora(struct llama_context *ctx, struct llama_adapter_lora **adapters, size_t n, float *scales);
 // ggml_threadpool_new asserts when a thread cannot be created.
 struct ggml_threadpool *lcx_threadpool_new(struct ggml_threadpool_params *params);
 

@@ -4,6 +4,7 @@
 #include "batch.h"
 #include "context.h"
 #include "lcx.h"
+#include "lora.h"
 #include "shift.h"
 #include "slot.h"
 
@@ -20,6 +21,11 @@ typedef struct {
   bool unified;   // one KV stream for all sequences: seq_cp shares cells
   bool embedding; // a pooling: :none embeddings context
   int32_t n_embd;
+  // The LoRA adapters under which each sequence's cells were computed (its
+  // job's, set at admission). llama.cpp applies adapters per context, so a
+  // step decodes only slots of one set (choose_adapters).
+  lcx_lora_set *seq_loras;
+  uint64_t lora_switches; // steps that changed the context's adapters
 } engine_t;
 
 static ErlNifResourceType *ENGINE_RT;
@@ -30,6 +36,11 @@ static void engine_dtor(ErlNifEnv *env, void *obj) {
     for (unsigned i = 0; i < e->n_slots; i++)
       lcx_slot_reset(&e->slots[i]);
     enif_free(e->slots);
+  }
+  if (e->seq_loras) {
+    for (unsigned i = 0; i < e->n_slots; i++)
+      lcx_lora_set_release(&e->seq_loras[i]);
+    enif_free(e->seq_loras);
   }
   if (e->has_batch) llama_batch_free(e->batch);
   if (e->mu) enif_mutex_destroy(e->mu);
@@ -126,7 +137,9 @@ LCX_NIF(nif_batch_new) {
   enif_release_resource(e); // the term keeps it
   e->mu = enif_mutex_create("lcx_batch_engine");
   e->slots = enif_alloc(sizeof(lcx_slot) * n_slots);
-  if (!e->mu || !e->slots) return lcx_err(env, LCX_E_out_of_memory);
+  e->seq_loras = enif_alloc(sizeof(lcx_lora_set) * n_slots);
+  if (e->seq_loras) memset(e->seq_loras, 0, sizeof(lcx_lora_set) * n_slots);
+  if (!e->mu || !e->slots || !e->seq_loras) return lcx_err(env, LCX_E_out_of_memory);
   e->n_slots = n_slots;
   for (unsigned i = 0; i < n_slots; i++)
     lcx_slot_init(&e->slots[i], (llama_seq_id)i);
@@ -195,12 +208,13 @@ static unsigned reuse_prefix(engine_t *e, lcx_slot *s, unsigned src, unsigned re
 }
 
 // batch_admit(engine, slot, sampler, tokens,
-//             %{max_tokens, stop, stream, src, reuse, logprobs, context_shift, n_keep})
+//             %{max_tokens, stop, stream, src, reuse, logprobs, context_shift, n_keep[, lora]})
 //   -> {:ok, reused} | {:error, reason}
 // Starts a generation in a free slot. `src` is the sequence whose first
 // `reuse` tokens equal the prompt's (the slot's own sequence, or another one);
 // at most n_prompt - 1 are reused, so the last prompt token is decoded for
-// its logits.
+// its logits, and none when src's cells were computed under other LoRA
+// adapters than the job's (`lora`: [{adapter, scale}], default none).
 LCX_NIF(nif_batch_admit) {
   ERL_NIF_TERM v, err, r;
   unsigned src, reuse, n;
@@ -239,7 +253,13 @@ LCX_NIF(nif_batch_admit) {
     return err;
   }
   llama_token *toks = NULL;
+  lcx_lora_set loras = {0};
+  bool has_loras = false;
   lcx_slot *s = free_slot(env, e, argv[1], &err);
+  if (s && lcx_map_get(env, opts, "lora", &v)) {
+    has_loras = lcx_read_lora_set(env, v, lcx_context_model(e->c), &loras, &err);
+    if (!has_loras) s = NULL; // err says why
+  }
   if (!s || e->embedding) {
     r = s ? lcx_raise(env, "an embedding engine runs no generations") : err;
   } else if (src >= llama_n_seq_max(llama(e))) {
@@ -252,13 +272,19 @@ LCX_NIF(nif_batch_admit) {
   } else if (!read_prompt(env, e, argv[3], o.max_tokens, &toks, &n, &err)) {
     r = err;
   } else {
+    // cells computed under other adapters are of no use
+    if (src >= e->n_slots || !lcx_lora_set_equal(&e->seq_loras[src], &loras)) reuse = 0;
     unsigned reused = reuse_prefix(e, s, src, reuse < n ? reuse : n - 1);
+    lcx_lora_set_release(&e->seq_loras[s->seq]);
+    e->seq_loras[s->seq] = loras; // the sequence's cells are now the job's
+    has_loras = false;
     r = lcx_slot_begin_generate(s, sampler, toks, n, reused, e->n_ctx_slot, &o, &stops, e->next_order++)
             ? lcx_ok(env, enif_make_uint(env, reused))
             : lcx_err(env, LCX_E_out_of_memory);
     toks = NULL; // the slot owns it now
   }
   leave(e, &me);
+  if (has_loras) lcx_lora_set_release(&loras);
   if (toks) enif_free(toks);
   lcx_stops_free(&stops);
   return r;
@@ -291,6 +317,7 @@ LCX_NIF(nif_batch_admit_embed) {
     r = err;
   } else {
     seq_rm(e, s->seq, 0);
+    lcx_lora_set_release(&e->seq_loras[s->seq]);
     r = lcx_slot_begin_embed(s, toks, n, pool, e->n_embd, e->next_order++) ? ATOM_ok
                                                                            : lcx_err(env, LCX_E_out_of_memory);
   }
@@ -339,6 +366,36 @@ static void claim_samplers(step_t *st) {
 static void release_samplers(step_t *st) {
   for (unsigned i = 0; i < st->e->n_slots; i++)
     if (st->sampling[i]) lcx_owner_release(lcx_sampler_owner(st->e->slots[i].sampler), st->me);
+}
+
+// The step's LoRA adapters: those of the oldest busy slot (admission order)
+// taking part. Slots whose adapters differ sit this step out (they are added
+// to skip); they run once every older slot of another set has finished, so
+// none waits forever. The context switches adapters only when the set
+// changes. If llama.cpp refuses the set, the slots of that set fail.
+static void choose_adapters(step_t *st) {
+  engine_t *e = st->e;
+  lcx_slot *oldest = NULL;
+  for (unsigned i = 0; i < e->n_slots; i++) {
+    lcx_slot *s = &e->slots[i];
+    if (s->state != LCX_SLOT_FREE && !st->skip[i] && (!oldest || s->order < oldest->order)) oldest = s;
+  }
+  if (!oldest) return;
+  lcx_lora_set set;
+  lcx_lora_set_copy(&set, &e->seq_loras[oldest->seq]);
+  bool changed = false;
+  bool applied = lcx_context_apply_lora(e->c, &set, &changed);
+  if (changed) e->lora_switches++;
+  ERL_NIF_TERM reason = applied ? 0 : lcx_err_msg(st->env, LCX_E_exception, lcx_last_exception());
+  for (unsigned i = 0; i < e->n_slots; i++) {
+    lcx_slot *s = &e->slots[i];
+    if (s->state == LCX_SLOT_FREE || st->skip[i]) continue;
+    if (!lcx_lora_set_equal(&e->seq_loras[i], &set))
+      st->skip[i] = true;
+    else if (!applied)
+      fail_slot(st, s, reason);
+  }
+  lcx_lora_set_release(&set);
 }
 
 // One token per generating slot first, then prompt chunks, oldest admission
@@ -457,6 +514,7 @@ LCX_NIF(nif_batch_step) {
     r = err;
     goto out;
   }
+  choose_adapters(&st);
   claim_samplers(&st);
   unsigned n_tokens = build_batch(&st), n_gen = 0;
   for (unsigned i = 0; i < n_slots; i++)
@@ -464,10 +522,9 @@ LCX_NIF(nif_batch_step) {
   int64_t decode_us = 0;
   if (n_tokens > 0) {
     bool threw;
-    struct llama_context *ctx = llama(st.e);
     int64_t td = lcx_slot_now_us();
     lcx_log_quiet_when(lcx_abort_cb, st.e->c);
-    int32_t rc = lcx_decode(ctx, st.e->batch, &threw);
+    int32_t rc = lcx_context_decode(st.e->c, st.e->batch, &threw);
     lcx_log_quiet_when(NULL, NULL);
     decode_us = lcx_slot_now_us() - td;
     if (!threw && rc == 1) {
@@ -545,7 +602,7 @@ LCX_NIF(nif_batch_purge) {
   return r;
 }
 
-// batch_info(engine) -> %{n_slots, n_batch, n_ctx_slot, n_ctx, unified, kv_tokens: [per slot]}
+// batch_info(engine) -> %{n_slots, n_batch, n_ctx_slot, n_ctx, unified, kv_tokens: [per slot], lora_switches}
 LCX_NIF(nif_batch_info) {
   ERL_NIF_TERM err;
   lcx_claim me = LCX_CALL_CLAIM(env);
@@ -554,10 +611,12 @@ LCX_NIF(nif_batch_info) {
   ERL_NIF_TERM held = enif_make_list(env, 0);
   for (unsigned i = e->n_slots; i > 0; i--)
     held = enif_make_list_cell(env, enif_make_uint(env, seq_n_past(e, (llama_seq_id)(i - 1))), held);
-  static const char *const keys[] = {"n_slots", "n_batch", "n_ctx_slot", "n_ctx", "unified", "kv_tokens"};
-  ERL_NIF_TERM vals[] = {enif_make_uint(env, e->n_slots),     enif_make_uint(env, e->n_batch),
-                         enif_make_uint(env, e->n_ctx_slot),  enif_make_uint(env, llama_n_ctx(llama(e))),
-                         e->unified ? ATOM_true : ATOM_false, held};
+  static const char *const keys[] = {"n_slots", "n_batch",   "n_ctx_slot",   "n_ctx",
+                                     "unified", "kv_tokens", "lora_switches"};
+  ERL_NIF_TERM vals[] = {enif_make_uint(env, e->n_slots),        enif_make_uint(env, e->n_batch),
+                         enif_make_uint(env, e->n_ctx_slot),     enif_make_uint(env, llama_n_ctx(llama(e))),
+                         e->unified ? ATOM_true : ATOM_false,    held,
+                         enif_make_uint64(env, e->lora_switches)};
   leave(e, &me);
-  return lcx_ok(env, lcx_make_map(env, keys, vals, 6));
+  return lcx_ok(env, lcx_make_map(env, keys, vals, 7));
 }

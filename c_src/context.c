@@ -17,6 +17,7 @@
 #include "grammar_stack.h"
 #include "lcx.h"
 #include "logprobs.h"
+#include "lora.h"
 
 struct lcx_context {
   lcx_owner owner; // who uses `ctx` (owner.h)
@@ -27,6 +28,8 @@ struct lcx_context {
   bool has_logits;                  // the last decode left logits to sample from
   bool embeddings;                  // created with embeddings: true
   bool kv_unified;                  // one KV stream for all sequences
+  lcx_lora_set loras;               // the adapters set on ctx, pinned while set
+  bool loras_changed;               // the next decode reserves the graph: it reads the model's adapters
 };
 
 static ErlNifResourceType *LCX_CONTEXT_RT;
@@ -47,7 +50,8 @@ atomic_long lcx_live_contexts;
 typedef struct {
   struct llama_context *ctx;
   struct ggml_threadpool *tp, *tp_batch;
-  lcx_model *model; // released after the context is gone
+  lcx_model *model;   // released after the context is gone
+  lcx_lora_set loras; // likewise (the context points at them)
 } native_ctx;
 
 // Frees the llama_context, its pools, and then lets go of the model, in that
@@ -60,16 +64,18 @@ static void free_native(void *arg) {
   }
   if (n->tp) ggml_threadpool_free(n->tp);
   if (n->tp_batch) ggml_threadpool_free(n->tp_batch);
+  lcx_lora_set_release(&n->loras); // before the model: each pins it too
   if (n->model) lcx_model_release(n->model, false);
   if (n->ctx) lcx_janitor_trim_soon();
 }
 
 static void destroy_context(lcx_context *c, bool from_destructor) {
-  native_ctx n = {c->ctx, c->tp, c->tp_batch, c->model};
+  native_ctx n = {c->ctx, c->tp, c->tp_batch, c->model, c->loras};
   c->ctx = NULL;
   c->tp = c->tp_batch = NULL;
   c->model = NULL;
-  if (n.ctx || n.tp || n.tp_batch || n.model) lcx_dispose(free_native, &n, sizeof n, from_destructor);
+  c->loras.n = 0;
+  if (n.ctx || n.tp || n.tp_batch || n.model || n.loras.n) lcx_dispose(free_native, &n, sizeof n, from_destructor);
 }
 
 static void destroy_now(void *c) { destroy_context(c, false); }
@@ -156,6 +162,17 @@ bool lcx_context_embeddings(lcx_context *c) { return c->embeddings; }
 bool lcx_context_kv_unified(lcx_context *c) { return c->kv_unified; }
 void lcx_context_forget_logits(lcx_context *c) { c->has_logits = false; }
 
+int32_t lcx_context_decode(lcx_context *c, struct llama_batch batch, bool *threw) {
+  if (!c->loras_changed) return lcx_decode(c->ctx, batch, threw);
+  // llama.cpp reserves the graph again in this decode, reading the model's
+  // list of adapters, which an adapter load or free elsewhere may be changing
+  lcx_model_adapters_lock(c->model);
+  int32_t rc = lcx_decode(c->ctx, batch, threw);
+  lcx_model_adapters_unlock(c->model);
+  if (!*threw && rc == 0) c->loras_changed = false;
+  return rc;
+}
+
 // Decodes tokens into sequence 0 in n_ubatch chunks (what llama_decode would
 // split them into anyway), so that a cancelled claim or a dead caller stops it
 // between chunks as well as inside one (the abort callback).
@@ -169,7 +186,7 @@ lcx_decode_status lcx_decode_tokens(lcx_context *c, const llama_token *toks, uns
     if (lcx_owner_stopped(&c->owner)) return LCX_DECODE_ABORTED;
     llama_pos before = lcx_next_position(c);
     lcx_log_quiet_when(lcx_abort_cb, c);
-    int32_t rc = lcx_decode(c->ctx, llama_batch_get_one((llama_token *)toks + off, (int32_t)len), &threw);
+    int32_t rc = lcx_context_decode(c, llama_batch_get_one((llama_token *)toks + off, (int32_t)len), &threw);
     lcx_log_quiet_when(NULL, NULL);
     if (threw) {
       // the exception skipped llama_decode's own clean-up of the failed batch
@@ -338,7 +355,7 @@ LCX_NIF(nif_context_create) {
   struct llama_context_params p = llama_context_default_params();
   int n_ctx, n_batch, n_ubatch, n_seq_max, n_threads, n_threads_batch, flash_attn, pooling;
   bool embeddings = false;
-  ERL_NIF_TERM v;
+  ERL_NIF_TERM v, kv_err;
   if (!map_int(env, argv[1], "n_ctx", &n_ctx) || n_ctx < 0)
     return lcx_raise(env, "n_ctx must be a non-negative integer");
   if (!map_int(env, argv[1], "n_batch", &n_batch) || n_batch < 1)
@@ -388,7 +405,6 @@ LCX_NIF(nif_context_create) {
     lcx_model_release(m, false);
     return lcx_raise(env, "n_seq_max (%d) must be at most n_batch (%d, clamped to n_ctx)", n_seq_max, n_batch_eff);
   }
-  ERL_NIF_TERM kv_err;
   if (!check_kv_type(env, lcx_model_llama(m), p.type_k, "k", &kv_err) ||
       !check_kv_type(env, lcx_model_llama(m), p.type_v, "v", &kv_err)) {
     lcx_model_release(m, false);
@@ -419,11 +435,18 @@ LCX_NIF(nif_context_create) {
     enif_release_resource(c); // dtor releases the model
     return lcx_err(env, LCX_E_out_of_memory);
   }
+  // the adapters to apply, pinned by the context (ArgumentError, :model_mismatch)
+  if (lcx_map_get(env, argv[1], "lora", &v) && !lcx_read_lora_set(env, v, m, &c->loras, &kv_err)) {
+    enif_release_resource(c);
+    return kv_err;
+  }
   p.abort_callback = lcx_abort_cb;
   p.abort_callback_data = c;
 
   lcx_log_capture_begin();
+  lcx_model_adapters_lock(m); // creation reserves the graph: it reads the model's adapters
   c->ctx = lcx_init_from_model(lcx_model_llama(m), p);
+  lcx_model_adapters_unlock(m);
   const char *why = lcx_log_capture_end();
   if (!c->ctx) {
     ERL_NIF_TERM err = lcx_err_msg(env, LCX_E_context_failed, why[0] ? why : lcx_last_exception());
@@ -455,6 +478,12 @@ LCX_NIF(nif_context_create) {
     return lcx_err_msg(env, LCX_E_context_failed, "could not start the compute threads");
   }
   llama_attach_threadpool(c->ctx, c->tp, c->tp_batch);
+  c->loras_changed = c->loras.n > 0;
+  if (c->loras.n && !lcx_lora_set_apply(c->ctx, &c->loras)) {
+    ERL_NIF_TERM err = lcx_err_msg(env, LCX_E_context_failed, lcx_last_exception());
+    enif_release_resource(c);
+    return err;
+  }
   c->embeddings = embeddings;
   c->kv_unified = p.kv_unified;
   ERL_NIF_TERM t = enif_make_resource(env, c);
@@ -469,6 +498,39 @@ LCX_NIF(nif_context_free) {
   if (!c) return lcx_raise(env, "expected a context reference");
   lcx_owner_close(&c->owner, destroy_now, c);
   return ATOM_ok;
+}
+
+// context_set_lora(ctx, [{adapter, scale}]): the adapters the context applies
+// from its next decode on (what it holds stays as computed). llama.cpp only
+// rebuilds its graph when the set differs from the current one.
+LCX_NIF(nif_context_set_lora) {
+  lcx_context *c = get_context(env, argv[0]);
+  if (!c) return lcx_raise(env, "expected a context reference");
+  lcx_lora_set set;
+  ERL_NIF_TERM err;
+  lcx_claim who = LCX_CALL_CLAIM(env);
+  if (!lcx_context_claim(env, argv[0], &who, &err)) return err;
+  if (!lcx_read_lora_set(env, argv[1], c->model, &set, &err)) { // c->model is set while claimed
+    lcx_context_release(c, &who);
+    return err;
+  }
+  ERL_NIF_TERM result =
+      lcx_context_apply_lora(c, &set, NULL) ? ATOM_ok : lcx_err_msg(env, LCX_E_exception, lcx_last_exception());
+  lcx_context_release(c, &who);
+  lcx_lora_set_release(&set);
+  return result;
+}
+
+bool lcx_context_apply_lora(lcx_context *c, const lcx_lora_set *set, bool *changed) {
+  if (changed) *changed = false;
+  if (lcx_lora_set_equal(&c->loras, set)) return true;
+  if (!lcx_lora_set_apply(c->ctx, set)) return false;
+  c->loras_changed = true;
+  if (changed) *changed = true;
+  lcx_lora_set old = c->loras;
+  lcx_lora_set_copy(&c->loras, set);
+  lcx_lora_set_release(&old); // after the context let go of them
+  return true;
 }
 
 // context_info(ctx) -> %{n_ctx, n_batch, n_ubatch, n_seq_max, n_threads, n_threads_batch}

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "llama.h"
+#include "lora.h"
 #include "model.h"
 #include "owner.h"
 #include "sampler.h"
@@ -36,7 +37,12 @@ bool lcx_context_kv_unified(lcx_context *c); // one KV stream for all sequences
 // With a claim held:
 struct llama_context *lcx_context_llama(lcx_context *c);
 lcx_model *lcx_context_model(lcx_context *c);
-int32_t lcx_next_position(lcx_context *c);     // of sequence 0
+int32_t lcx_next_position(lcx_context *c); // of sequence 0
+// Sets the adapters the context applies (the context keeps references of its
+// own to them); a set equal to the current one changes nothing. False if
+// llama.cpp threw (lcx_last_exception); the current set stays. *changed
+// (if given): whether the set differed.
+bool lcx_context_apply_lora(lcx_context *c, const lcx_lora_set *set, bool *changed);
 uint32_t lcx_context_seq_size(lcx_context *c); // cells one sequence can hold
 // The KV cache was replaced (a state load): the last decode's logits no longer
 // describe it, so sampling needs a decode first.
@@ -50,6 +56,9 @@ typedef enum {
   LCX_DECODE_THREW,      // llama.cpp threw or asserted (lcx_last_exception)
 } lcx_decode_status;
 
+// llama_decode through the barrier (lcx_decode), holding the model's adapter
+// lock when the context's adapters changed since its last decode.
+int32_t lcx_context_decode(lcx_context *c, struct llama_batch batch, bool *threw);
 // Decodes tokens into sequence 0 in n_ubatch chunks.
 lcx_decode_status lcx_decode_tokens(lcx_context *c, const llama_token *toks, unsigned n, int32_t *code);
 ERL_NIF_TERM lcx_decode_error(ErlNifEnv *env, lcx_decode_status st, int32_t code);

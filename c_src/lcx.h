@@ -49,6 +49,7 @@
   X(models)                                                                                                            \
   X(contexts)                                                                                                          \
   X(samplers)                                                                                                          \
+  X(loras)                                                                                                             \
   X(load_progress)                                                                                                     \
   X(n_batch)                                                                                                           \
   X(n_ubatch)                                                                                                          \

@@ -14,6 +14,7 @@
 #include "context.h"
 #include "grammar_stack.h"
 #include "lcx.h"
+#include "lora.h"
 #include "model.h"
 #include "sampler.h"
 
@@ -29,9 +30,12 @@ struct lcx_model {
   int32_t n_user_defined; // user-defined tokens: matched literally in every tokenize
   int32_t n_special;      // those plus control and unknown tokens (with parse_special)
   ErlNifMutex *dep_mu;    // guards `dependants`; never held across llama.cpp calls
-  int dependants;         // live contexts + samplers
-  atomic_bool closed;     // free/1 called; llama_model freed when dependants hit 0
-  bool vocab_only;        // no weights: no contexts
+  // guards llama.cpp's list of the model's LoRA adapters (llama_model::loras,
+  // a std::set): see lcx_model_adapters_lock
+  ErlNifMutex *adapters_mu;
+  int dependants;     // live contexts + samplers
+  atomic_bool closed; // free/1 called; llama_model freed when dependants hit 0
+  bool vocab_only;    // no weights: no contexts
 };
 
 // A model load in progress. With a progress function, each progress report
@@ -61,7 +65,11 @@ static void model_dtor(ErlNifEnv *env, void *obj) {
   if (m->model) lcx_dispose(free_llama_model, &m->model, sizeof m->model, true);
   if (m->lock) enif_rwlock_destroy(m->lock);
   if (m->dep_mu) enif_mutex_destroy(m->dep_mu);
+  if (m->adapters_mu) enif_mutex_destroy(m->adapters_mu);
 }
+
+void lcx_model_adapters_lock(lcx_model *m) { enif_mutex_lock(m->adapters_mu); }
+void lcx_model_adapters_unlock(lcx_model *m) { enif_mutex_unlock(m->adapters_mu); }
 
 // Frees the weights once readers (tokenize, introspection) are done.
 static void free_weights(lcx_model *m) {
@@ -264,25 +272,18 @@ static bool is_split_name(const char *path) {
   return true;
 }
 
-// Opens the model file without ever blocking: stat first (a FIFO, socket,
+// Opens a GGUF file without ever blocking: stat first (a FIFO, socket,
 // device or directory is refused before anything opens it), then open with
 // O_NONBLOCK and check the opened file again (the path may have been swapped
-// in between) and its GGUF magic. Returns the fd, or -1 with *err set.
-//
-// llama.cpp opens the file itself, by name. On Linux it is handed
-// /proc/self/fd/<fd>, which names the very file checked here, so swapping the
-// path afterwards cannot make it open a FIFO. Split models keep their name
-// (llama.cpp derives the names of the other parts from it; those parts are
-// opened unchecked), as do systems without /proc.
-static int open_model_file(ErlNifEnv *env, const char *path, ERL_NIF_TERM path_term, char *llama_path,
-                           size_t llama_path_size, ERL_NIF_TERM *err) {
-  struct stat st;
-  if (stat(path, &st) != 0) {
+// in between) and its GGUF magic. Returns the fd, or -1 with *err set
+// (*st: the opened file's stat). Model and adapter loads share it.
+int lcx_open_gguf(ErlNifEnv *env, const char *path, ERL_NIF_TERM path_term, struct stat *st, ERL_NIF_TERM *err) {
+  if (stat(path, st) != 0) {
     *err = file_error(env, errno, path_term);
     return -1;
   }
-  if (!S_ISREG(st.st_mode)) {
-    *err = not_regular(env, st.st_mode, path_term);
+  if (!S_ISREG(st->st_mode)) {
+    *err = not_regular(env, st->st_mode, path_term);
     return -1;
   }
   int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
@@ -290,13 +291,13 @@ static int open_model_file(ErlNifEnv *env, const char *path, ERL_NIF_TERM path_t
     *err = file_error(env, errno, path_term);
     return -1;
   }
-  if (fstat(fd, &st) != 0) {
+  if (fstat(fd, st) != 0) {
     *err = file_error(env, errno, path_term);
     close(fd);
     return -1;
   }
-  if (!S_ISREG(st.st_mode)) {
-    *err = not_regular(env, st.st_mode, path_term);
+  if (!S_ISREG(st->st_mode)) {
+    *err = not_regular(env, st->st_mode, path_term);
     close(fd);
     return -1;
   }
@@ -306,6 +307,21 @@ static int open_model_file(ErlNifEnv *env, const char *path, ERL_NIF_TERM path_t
     close(fd);
     return -1;
   }
+  return fd;
+}
+
+// Opens the model file with lcx_open_gguf.
+//
+// llama.cpp opens the file itself, by name. On Linux it is handed
+// /proc/self/fd/<fd>, which names the very file checked here, so swapping the
+// path afterwards cannot make it open a FIFO. Split models keep their name
+// (llama.cpp derives the names of the other parts from it; those parts are
+// opened unchecked), as do systems without /proc.
+static int open_model_file(ErlNifEnv *env, const char *path, ERL_NIF_TERM path_term, char *llama_path,
+                           size_t llama_path_size, ERL_NIF_TERM *err) {
+  struct stat st;
+  int fd = lcx_open_gguf(env, path, path_term, &st, err);
+  if (fd < 0) return -1;
   snprintf(llama_path, llama_path_size, "%s", path);
 #ifdef __linux__
   char by_fd[64];
@@ -441,6 +457,7 @@ LCX_NIF(nif_model_load) {
   memset(m, 0, sizeof *m);
   m->lock = enif_rwlock_create("lcx_model");
   m->dep_mu = enif_mutex_create("lcx_model_dependants");
+  m->adapters_mu = enif_mutex_create("lcx_model_adapters");
   atomic_init(&m->closed, false);
   m->model = model;
   m->vocab = llama_model_get_vocab(model);
@@ -449,6 +466,10 @@ LCX_NIF(nif_model_load) {
   m->vocab_only = vocab_only;
   read_vocab_facts(m);
   atomic_fetch_add(&lcx_live_models, 1);
+  if (!m->lock || !m->dep_mu || !m->adapters_mu) {
+    enif_release_resource(m); // the destructor frees the model
+    return lcx_err(env, LCX_E_out_of_memory);
+  }
   ERL_NIF_TERM t = enif_make_resource(env, m);
   enif_release_resource(m);
   return lcx_ok(env, t);
@@ -599,12 +620,12 @@ LCX_NIF(nif_model_chat_template) {
 }
 
 LCX_NIF(nif_live_counts) {
-  ERL_NIF_TERM keys[3] = {ATOM_models, ATOM_contexts, ATOM_samplers};
-  ERL_NIF_TERM vals[3] = {enif_make_long(env, atomic_load(&lcx_live_models)),
-                          enif_make_long(env, atomic_load(&lcx_live_contexts)),
-                          enif_make_long(env, atomic_load(&lcx_live_samplers))};
+  ERL_NIF_TERM keys[4] = {ATOM_models, ATOM_contexts, ATOM_samplers, ATOM_loras};
+  ERL_NIF_TERM vals[4] = {
+      enif_make_long(env, atomic_load(&lcx_live_models)), enif_make_long(env, atomic_load(&lcx_live_contexts)),
+      enif_make_long(env, atomic_load(&lcx_live_samplers)), enif_make_long(env, atomic_load(&lcx_live_loras))};
   ERL_NIF_TERM map;
-  enif_make_map_from_arrays(env, keys, vals, 3, &map);
+  enif_make_map_from_arrays(env, keys, vals, 4, &map);
   return map;
 }
 

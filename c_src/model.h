@@ -26,6 +26,13 @@ void lcx_model_unlock(lcx_model *m);
 bool lcx_model_acquire(lcx_model *m); // false if the model is closed
 void lcx_model_release(lcx_model *m, bool in_destructor);
 
+// llama.cpp keeps a model's LoRA adapters in a std::set that adapter load
+// and free write and that a context reads when it reserves its graph (at
+// creation, and at the first decode after its adapters changed). Those three
+// hold this lock; it is never held while waiting for anything else.
+void lcx_model_adapters_lock(lcx_model *m);
+void lcx_model_adapters_unlock(lcx_model *m);
+
 // Facts read once at load. The llama.cpp objects are valid while the caller
 // holds the read lock or is a dependant.
 struct llama_model *lcx_model_llama(const lcx_model *m);
@@ -33,6 +40,12 @@ const struct llama_vocab *lcx_model_vocab(const lcx_model *m);
 int32_t lcx_model_n_vocab(const lcx_model *m);
 int32_t lcx_model_max_piece(const lcx_model *m); // longest token text in bytes
 bool lcx_model_vocab_only(const lcx_model *m);
+
+// Opens a GGUF file for reading without blocking (regular files only, magic
+// checked): the fd, or -1 with *err ({:error, {:file_not_found, path}},
+// {:file_error, posix, path}, {:not_regular_file, type, path}, {:not_gguf, path}).
+struct stat;
+int lcx_open_gguf(ErlNifEnv *env, const char *path, ERL_NIF_TERM path_term, struct stat *st, ERL_NIF_TERM *err);
 
 extern atomic_long lcx_live_models;
 

@@ -7,6 +7,7 @@ int lcx_context_load_types(ErlNifEnv *env);
 int lcx_sampler_load_types(ErlNifEnv *env);
 int lcx_generate_load_types(ErlNifEnv *env);
 int lcx_batch_load_types(ErlNifEnv *env);
+int lcx_lora_load_types(ErlNifEnv *env);
 void lcx_model_init_system_info(void);
 
 LCX_NIF(nif_load_handle);
@@ -41,6 +42,9 @@ LCX_NIF(nif_context_state_save);
 LCX_NIF(nif_context_state_load);
 LCX_NIF(nif_context_seq_save);
 LCX_NIF(nif_context_seq_load);
+LCX_NIF(nif_context_set_lora);
+LCX_NIF(nif_lora_load);
+LCX_NIF(nif_lora_info);
 LCX_NIF(nif_stream_start);
 LCX_NIF(nif_stream_cancel);
 LCX_NIF(nif_stream_demand);
@@ -116,6 +120,12 @@ static ErlNifFunc nif_funcs[] = {
     {"context_clear", 1, nif_context_clear, DIRTY_CPU},
     // Forward passes: dirty CPU.
     {"context_decode", 2, nif_context_decode, DIRTY_CPU},
+    // Waits for the context's claim (a generation may hold it): dirty CPU.
+    {"context_set_lora", 2, nif_context_set_lora, DIRTY_CPU},
+    // Reads the adapter file and decodes one token with it (its check): dirty IO.
+    {"lora_load", 2, nif_lora_load, DIRTY_IO},
+    // A few metadata lookups in a small map: normal.
+    {"lora_info", 1, nif_lora_info, 0},
     {"context_embed", 3, nif_context_embed, DIRTY_CPU},
     {"generate", 4, nif_generate, DIRTY_CPU},
     // Saved state (state.c): copies the whole KV cache (tens of MB) and, for
@@ -153,7 +163,7 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   lcx_init_atoms(env);
   lcx_init_reasons(env);
   if (lcx_model_load_types(env) || lcx_context_load_types(env) || lcx_sampler_load_types(env) ||
-      lcx_generate_load_types(env) || lcx_batch_load_types(env))
+      lcx_generate_load_types(env) || lcx_batch_load_types(env) || lcx_lora_load_types(env))
     return -1;
   if (lcx_log_load() || lcx_janitor_load()) return -1;
   lcx_barrier_init();

@@ -30,7 +30,8 @@ defmodule LlamaCppEx do
     * every `LlamaCppEx.Context` option (`:n_ctx`, `:n_threads`, ...). Without
       `:n_ctx` the context is sized to fit the prompt plus `:max_tokens`, up to
       the model's training length (beyond it, generation ends with
-      `:context_full`);
+      `:context_full`). Among them `:lora`, LoRA adapters with their scales
+      (`[{%LlamaCppEx.Lora{}, scale}]`, see `LlamaCppEx.Lora`);
     * `:context` - an existing `LlamaCppEx.Context` to use (it is cleared first
       and not freed afterwards);
     * `:add_special` / `:parse_special` - how the prompt is tokenized (defaults
@@ -239,10 +240,15 @@ defmodule LlamaCppEx do
   end
 
   @doc """
-  Counts of live native objects, `%{models: n, contexts: n, samplers: n}`:
-  useful to check that nothing leaks.
+  Counts of live native objects, `%{models: n, contexts: n, samplers: n,
+  loras: n}`: useful to check that nothing leaks.
   """
-  @spec live_objects() :: %{models: non_neg_integer(), contexts: non_neg_integer(), samplers: non_neg_integer()}
+  @spec live_objects() :: %{
+          models: non_neg_integer(),
+          contexts: non_neg_integer(),
+          samplers: non_neg_integer(),
+          loras: non_neg_integer()
+        }
   def live_objects, do: NIF.live_counts()
 
   @doc "llama.cpp's description of the CPU features and backends it was built with."
@@ -281,6 +287,9 @@ defmodule LlamaCppEx do
   end
 
   defp context_for(model, tokens, opts) do
+    if opts.call[:context] && Keyword.has_key?(opts.context, :lora),
+      do: raise(ArgumentError, ":lora applies to a context the call creates; set a :context's with Context.set_lora/2")
+
     case opts.call[:context] do
       %Context{model: %Model{ref: ref}} = ctx when ref == model.ref ->
         with :ok <- Context.clear(ctx), do: {:ok, ctx, false}

@@ -14,7 +14,7 @@ defmodule LlamaCppEx.Context do
   """
 
   import LlamaCppEx.Options
-  alias LlamaCppEx.{Completion, Model, NIF, Options, Sampler}
+  alias LlamaCppEx.{Completion, Lora, Model, NIF, Options, Sampler}
 
   @typedoc "See `LlamaCppEx.Error`."
   @type reason :: LlamaCppEx.Error.reason()
@@ -71,7 +71,8 @@ defmodule LlamaCppEx.Context do
       :type_v,
       :pooling,
       :max_memory,
-      :kv_unified
+      :kv_unified,
+      :lora
     ]
 
   @doc """
@@ -109,6 +110,8 @@ defmodule LlamaCppEx.Context do
       sequences (`true`: each may use all `n_ctx` cells, and cells can belong to
       several sequences) or one part of `n_ctx / n_seq_max` cells per
       sequence (`false`, the default, as llama.cpp).
+    * `:lora` - LoRA adapters to apply, `[{%LlamaCppEx.Lora{}, scale}]`
+      (default `[]`; see `set_lora/2`).
   """
   @spec create(Model.t(), keyword()) :: {:ok, t()} | {:error, term()}
   def create(%Model{} = model, opts \\ []) do
@@ -128,7 +131,8 @@ defmodule LlamaCppEx.Context do
         type_v: :f16,
         pooling: :unspecified,
         max_memory: nil,
-        kv_unified: false
+        kv_unified: false,
+        lora: []
       )
 
     if model.vocab_only, do: raise(ArgumentError, "cannot create a context for a vocab_only model")
@@ -150,7 +154,8 @@ defmodule LlamaCppEx.Context do
       type_v: cache_type!(opts, :type_v),
       pooling: Map.get(@pooling, opts[:pooling]) || raise(ArgumentError, "unknown :pooling #{inspect(opts[:pooling])}"),
       max_memory: max_memory!(opts[:max_memory]),
-      kv_unified: bool!(opts, :kv_unified)
+      kv_unified: bool!(opts, :kv_unified),
+      lora: Lora.native!(opts[:lora], model)
     }
 
     if native.n_seq_max > native.n_batch and n_ctx > 0,
@@ -195,6 +200,23 @@ defmodule LlamaCppEx.Context do
       {_level, _info, children}, acc when is_list(children) -> acc + physical_cores(children)
       _, acc -> acc
     end)
+  end
+
+  @doc """
+  Sets the LoRA adapters the context applies, replacing those it had:
+  `[{%LlamaCppEx.Lora{}, scale}]` (`[]` removes them all).
+
+  The adapters take effect from the next decode; what the context already
+  holds (its KV cache) stays as it was computed, so call `clear/1` for a
+  fresh start under the new adapters. Setting the same adapters and scales
+  again changes nothing. Raises `ArgumentError` for an adapter of another
+  model, a scale that is not a finite number or an adapter given twice.
+
+      :ok = LlamaCppEx.Context.set_lora(ctx, [{lora, 0.5}])
+  """
+  @spec set_lora(t(), Lora.adapters()) :: :ok | {:error, reason()}
+  def set_lora(%__MODULE__{ref: ref, model: model}, adapters) do
+    NIF.context_set_lora(ref, Lora.native!(adapters, model))
   end
 
   @doc """

@@ -82,6 +82,13 @@ defmodule LlamaCppEx.Server do
       holds the conversation, if it is free.
     * `:cache_scope` - a tenant: prefixes are shared only between requests of
       the same scope (default `nil`, one scope for all).
+    * `:lora` - LoRA adapters of the server's model with their scales,
+      `[{%LlamaCppEx.Lora{}, scale}]` (default `[]`). llama.cpp applies
+      adapters to a whole context, so a step decodes only requests with the
+      same adapters and scales: those of the oldest running request; the
+      others wait for a step of their own set (as llama-server does), and the
+      context switches adapters only when the set changes. Prefixes are
+      shared only between requests with the same adapters.
 
   A request ends when it finishes, when its caller dies, on `cancel/2`, on
   its timeout, or when its stream is halted; its slot goes to the next
@@ -159,7 +166,7 @@ defmodule LlamaCppEx.Server do
   ]
 
   @call_keys [add_special: true, parse_special: false]
-  @request_keys [priority: :normal, timeout: :infinity, ref: nil, session: nil, cache_scope: nil]
+  @request_keys [priority: :normal, timeout: :infinity, ref: nil, session: nil, cache_scope: nil, lora: []]
   @chat_keys [template: nil, add_assistant: true]
   @stream_keys [on_complete: nil]
 
@@ -448,6 +455,7 @@ defmodule LlamaCppEx.Server do
   def request(server, opts, tokenize, kind) do
     with {:ok, pid, cfg} <- config(server, opts.request[:timeout]),
          :ok <- if(cfg.embedding, do: {:error, :embeddings_only}, else: :ok),
+         lora = LlamaCppEx.Lora.native!(opts.request[:lora], cfg.model),
          {:ok, tokens} <- tokenize.(cfg.model),
          :ok <- check_prompt(tokens, opts.gen, cfg),
          {:ok, sampler} <- Sampler.create(cfg.model, opts.sampler) do
@@ -469,8 +477,17 @@ defmodule LlamaCppEx.Server do
          priority: r[:priority],
          timeout: r[:timeout],
          session: r[:session],
-         scope: r[:cache_scope]
+         scope: cache_scope(r[:cache_scope], lora),
+         lora: lora
        }}
+    end
+  end
+
+  # prefixes computed under other adapters differ: a scope of their own
+  defp cache_scope(scope, lora) do
+    case lora |> Enum.reject(&(elem(&1, 1) == 0.0)) |> Enum.sort() do
+      [] -> scope
+      set -> {scope, {:lora, set}}
     end
   end
 

@@ -11,6 +11,29 @@ defmodule LlamaCppEx.TestHelpers do
   @doc "The 32k-vocab random llama (override with LLAMA_TEST_RANDOM_MODEL)."
   def random_model_path, do: System.get_env("LLAMA_TEST_RANDOM_MODEL") || @default_random
 
+  @doc """
+  The deterministic test LoRA adapter for stories260K, generated into the
+  cache by bench/gen_lora.sh when it is missing (never in the repository).
+  """
+  def lora_path do
+    script = Path.expand("../../bench/gen_lora.sh", __DIR__)
+
+    case System.cmd(script, [model_path()], stderr_to_stdout: false) do
+      {out, 0} -> out |> String.trim() |> String.split("\n") |> List.last()
+      {out, rc} -> raise "bench/gen_lora.sh failed (#{rc}): #{out}"
+    end
+  end
+
+  @doc "The bin directory of llama.cpp's reference tools, building them if needed."
+  def llama_tools!(tools) do
+    script = Path.expand("../../scripts/llama_cpp.sh", __DIR__)
+
+    case System.cmd(script, ["tools" | tools], stderr_to_stdout: false) do
+      {out, 0} -> out |> String.trim() |> String.split("\n") |> List.last()
+      {out, rc} -> raise "scripts/llama_cpp.sh tools failed (#{rc}): #{out}"
+    end
+  end
+
   @doc "The llama.cpp source checkout the NIF was built from, or nil."
   def llama_src do
     case System.get_env("LLAMA_CPP_SRC") do

@@ -274,7 +274,8 @@ defmodule LlamaCppEx.Server.Loop do
       n_keep: req.n_keep,
       stream: req.kind == :stream,
       src: src,
-      reuse: reuse
+      reuse: reuse,
+      lora: req.lora
     }
 
     case Batch.admit(s.engine, slot, req.sampler, req.tokens, opts) do

@@ -15,6 +15,8 @@ defmodule LlamaCppEx.Server.Request do
     # the prompt as a LlamaCppEx.Server.Cache key
     key: <<>>,
     sampler: nil,
+    # LoRA adapters as the engine takes them: [{ref, scale}]
+    lora: [],
     max_tokens: 256,
     stop: [],
     # alternatives per token, -1: off
