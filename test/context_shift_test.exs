@@ -99,7 +99,15 @@ defmodule LlamaCppEx.ContextShiftTest do
         opts = [max_tokens: n, n_ctx: n_ctx, temp: 0.0, n_threads: 1, context_shift: true, n_keep: keep + 1]
         {:ok, ours} = LlamaCppEx.complete(model, prompt, opts)
         assert ours.discarded_tokens > 0
-        assert ours.text == cli, "keep #{keep}, n_ctx #{n_ctx}"
+
+        at =
+          Enum.find(0..byte_size(cli), fn i ->
+            binary_part(cli, 0, i) != binary_part(ours.text, 0, min(i, byte_size(ours.text)))
+          end)
+
+        assert ours.text == cli,
+               "keep #{keep}, n_ctx #{n_ctx}: #{byte_size(ours.text)} vs #{byte_size(cli)} bytes, first difference near #{inspect(at)}: " <>
+                 inspect(binary_part(cli, max((at || 1) - 40, 0), min(80, byte_size(cli) - max((at || 1) - 40, 0))))
       end
     end
   end

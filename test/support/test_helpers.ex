@@ -24,15 +24,25 @@ defmodule LlamaCppEx.TestHelpers do
     end
   end
 
-  @doc "The bin directory of llama.cpp's reference tools, building them if needed."
+  @doc """
+  The bin directory of llama.cpp's reference tools built from the pinned
+  source (`scripts/llama_cpp.sh tools`), building them if needed. One build
+  at a time: test modules run concurrently, and a tool relinked while another
+  runs it is not the tool.
+  """
   def llama_tools!(tools) do
     script = Path.expand("../../scripts/llama_cpp.sh", __DIR__)
 
-    case System.cmd(script, ["tools" | tools], stderr_to_stdout: false) do
-      {out, 0} -> out |> String.trim() |> String.split("\n") |> List.last()
-      {out, rc} -> raise "scripts/llama_cpp.sh tools failed (#{rc}): #{out}"
-    end
+    :global.trans({__MODULE__.LlamaTools, self()}, fn ->
+      case System.cmd(script, ["tools" | tools], stderr_to_stdout: false) do
+        {out, 0} -> out |> String.trim() |> String.split("\n") |> List.last()
+        {out, rc} -> raise "scripts/llama_cpp.sh tools failed (#{rc}): #{out}"
+      end
+    end)
   end
+
+  @doc "The path of one reference tool (see `llama_tools!/1`)."
+  def llama_tool!(name), do: Path.join(llama_tools!([name]), name)
 
   @doc "The llama.cpp source checkout the NIF was built from, or nil."
   def llama_src do
@@ -47,19 +57,6 @@ defmodule LlamaCppEx.TestHelpers do
 
       src ->
         src
-    end
-  end
-
-  @doc """
-  The path of a llama.cpp tool (llama-completion, ...) built from the pinned
-  source into the cache (`scripts/llama_cpp.sh tools`), building it if needed.
-  """
-  def llama_tool!(name) do
-    script = Path.expand("../../scripts/llama_cpp.sh", __DIR__)
-
-    case System.cmd(script, ["tools", name], stderr_to_stdout: false) do
-      {out, 0} -> Path.join(out |> String.trim() |> String.split("\n") |> List.last(), name)
-      {out, code} -> raise "building #{name} failed (#{code}): #{out}"
     end
   end
 
