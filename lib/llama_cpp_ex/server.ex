@@ -132,7 +132,7 @@ defmodule LlamaCppEx.Server do
   """
 
   alias LlamaCppEx.{Chat, Completion, Context, Options, Sampler, Tokenizer}
-  alias LlamaCppEx.Server.{Loop, Queue, Request}
+  alias LlamaCppEx.Server.{Loop, Queue, Request, SavedSession}
 
   @type server :: GenServer.server()
 
@@ -302,6 +302,81 @@ defmodule LlamaCppEx.Server do
   """
   @spec stats(server()) :: map()
   def stats(server), do: GenServer.call(server, :stats)
+
+  # ---- saved sessions ---------------------------------------------------------------------------
+
+  @doc """
+  Takes a conversation out of the prefix cache, to resume it later (after a
+  restart, or on another server with the same model and settings) with
+  `restore_session/3` instead of recomputing it.
+
+  The conversation is the idle slot that last served `session` (the
+  `:session` of its requests) in `:cache_scope` (default `nil`): its token
+  ids and KV cells, as a `LlamaCppEx.Server.SavedSession`. The slot keeps
+  them. `{:error, :not_found}` when no slot holds the session (it was
+  evicted, or never ran), `{:error, :busy}` while a request of it runs.
+
+  Options: `:cache_scope`, `:timeout` (milliseconds, default `:infinity`).
+
+      {:ok, _} = LlamaCppEx.Server.chat(server, messages, session: "user-42", max_tokens: 64)
+      {:ok, saved} = LlamaCppEx.Server.save_session(server, "user-42")
+  """
+  @spec save_session(server(), term(), keyword()) :: {:ok, SavedSession.t()} | {:error, term()}
+  def save_session(server, session, opts \\ []) do
+    opts = Keyword.validate!(opts, cache_scope: nil, timeout: :infinity)
+    timeout!(opts[:timeout])
+    control(server, {:save_session, session, opts[:cache_scope]}, opts[:timeout])
+  end
+
+  @doc """
+  Puts a saved conversation (`save_session/3`) back in the prefix cache: its
+  cells are loaded into a free slot (the least recently used one, whose
+  cached prefix it replaces) and recorded there as idle, with its session
+  and scope. The next request of that session whose prompt starts with the
+  saved tokens reuses them like any cached prefix: its
+  `Completion.cached_tokens` counts them and only the rest of its prompt is
+  computed.
+
+  The server must run the same model with the same KV layout: `:kv_unified`,
+  and for `kv_unified: false` the same `:n_parallel` (one KV stream per
+  slot), `:type_k`/`:type_v`, and a slot at least as large as the saved
+  tokens. A saved session that does not fit, whose checksum does not match
+  its parts, or whose state fails the native checks
+  (`LlamaCppEx.State`) is `{:error, {:invalid_state, message}}` or
+  `{:error, {:state_load_failed, message}}`; the server goes on as before (the
+  chosen slot is left empty). `{:error, :busy}` when every slot runs a
+  request. With a unified cache that is overcommitted (`:kv_cells`), loading
+  needs free cells; idle prefixes are not evicted for it.
+
+  Options: `:timeout` (milliseconds, default `:infinity`).
+
+      {:ok, saved} = LlamaCppEx.Server.SavedSession.read_file("user-42.session")
+      :ok = LlamaCppEx.Server.restore_session(server, saved)
+      {:ok, reply} = LlamaCppEx.Server.chat(server, messages, session: "user-42")
+  """
+  @spec restore_session(server(), SavedSession.t(), keyword()) :: :ok | {:error, term()}
+  def restore_session(server, saved, opts \\ [])
+
+  def restore_session(server, %SavedSession{tokens: tokens, state: state} = saved, opts)
+      when is_list(tokens) and is_binary(state) do
+    opts = Keyword.validate!(opts, timeout: :infinity)
+    timeout!(opts[:timeout])
+    control(server, {:restore_session, saved}, opts[:timeout])
+  end
+
+  def restore_session(_server, other, _opts) do
+    raise ArgumentError,
+          "expected a LlamaCppEx.Server.SavedSession with a token list and a binary state, got: #{inspect(other)}"
+  end
+
+  # a call to the server process itself (it waits while the server loads)
+  defp control(server, msg, timeout) do
+    GenServer.call(server, msg, timeout)
+  catch
+    :exit, {:timeout, _} -> {:error, :timeout}
+    :exit, {:noproc, _} -> {:error, {:server_down, :noproc}}
+    :exit, {reason, _} -> {:error, {:server_down, reason}}
+  end
 
   # ---- embeddings -------------------------------------------------------------------------------
 
