@@ -41,7 +41,13 @@ defmodule LlamaCppEx.Server.SavedSession do
   # Built by the server from a slot's cache entry and its saved sequence.
   @spec new(term(), term(), [non_neg_integer()], binary()) :: t()
   def new(session, scope, tokens, state) do
-    %__MODULE__{session: session, scope: scope, tokens: tokens, state: state, checksum: sum(session, scope, tokens, state)}
+    %__MODULE__{
+      session: session,
+      scope: scope,
+      tokens: tokens,
+      state: state,
+      checksum: sum(session, scope, tokens, state)
+    }
   end
 
   @doc false
