@@ -562,8 +562,7 @@ LCX_NIF(nif_batch_seq_save) {
     r = lcx_raise(env, "an embedding engine keeps no sequences");
   } else {
     unsigned n = seq_n_past(e, s->seq);
-    r = n == 0 ? lcx_err_msg(env, LCX_E_invalid_state, "the sequence is empty")
-               : lcx_state_seq_save(env, e->c, s->seq);
+    r = n == 0 ? lcx_err_msg(env, LCX_E_invalid_state, "the sequence is empty") : lcx_state_seq_save(env, e->c, s->seq);
     const ERL_NIF_TERM *t;
     int arity;
     if (enif_get_tuple(env, r, &arity, &t) && arity == 2 && enif_is_identical(t[0], ATOM_ok))
@@ -580,8 +579,7 @@ LCX_NIF(nif_batch_seq_save) {
 LCX_NIF(nif_batch_seq_load) {
   ERL_NIF_TERM err, r;
   unsigned want;
-  if (!enif_get_uint(env, argv[3], &want) || want == 0)
-    return lcx_raise(env, "n_tokens must be a positive integer");
+  if (!enif_get_uint(env, argv[3], &want) || want == 0) return lcx_raise(env, "n_tokens must be a positive integer");
   lcx_claim me = LCX_CALL_CLAIM(env);
   engine_t *e = enter(env, argv[0], &me, &err);
   if (!e) return err;

@@ -154,7 +154,6 @@ defmodule LlamaCppEx.ServerSessionTest do
 
     # another model of the same architecture (1 layer, the session has 5)
     {:ok, other} = LlamaCppEx.Model.load(random_model_path())
-    on_exit(fn -> LlamaCppEx.Model.free(other) end)
     random = start!(other, n_ctx: 128)
     assert {:error, {reason, _}} = Server.restore_session(random, saved)
     assert reason in [:invalid_state, :state_load_failed]

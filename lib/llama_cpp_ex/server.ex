@@ -107,6 +107,31 @@ defmodule LlamaCppEx.Server do
   computed once. `stats/1` shows the hit ratio; `Completion.cached_tokens`
   the tokens a request reused.
 
+  ## Saved sessions
+
+  A conversation's cells can outlive the server: `save_session/3` takes the
+  idle slot that last served a `:session` (in a `:cache_scope`) and returns a
+  `LlamaCppEx.Server.SavedSession` (its tokens and KV cells); after a restart,
+  `restore_session/3` loads it into a free slot of the new server as an idle
+  cache entry of that session, and the next turn reuses it like any cached
+  prefix (`Completion.cached_tokens`, `stats/1`'s `prefix_cache`), computing
+  only the new tokens. The new server must have the same model and KV
+  layout (`:kv_unified`, `:n_parallel` with split KV, `:type_k`/`:type_v`);
+  anything else, or a damaged saved session, is refused with
+  `{:error, reason}` and the server is unaffected.
+
+      {:ok, _} = LlamaCppEx.Server.chat(server, messages, session: "user-42")
+      {:ok, saved} = LlamaCppEx.Server.save_session(server, "user-42")
+      :ok = LlamaCppEx.Server.SavedSession.write_file(saved, "user-42.session")
+
+      # in the restarted server
+      {:ok, saved} = LlamaCppEx.Server.SavedSession.read_file("user-42.session")
+      :ok = LlamaCppEx.Server.restore_session(server, saved)
+      {:ok, reply} = LlamaCppEx.Server.chat(server, messages ++ next_turn, session: "user-42")
+
+  A chat's next turn reuses the saved tokens when its rendered prompt starts
+  with them; the cells hold the prompt and the reply's tokens but the last.
+
   ## Performance
 
   The server's own work (building the batch, sampling, text, the NIF call and
@@ -335,7 +360,8 @@ defmodule LlamaCppEx.Server do
   and scope. The next request of that session whose prompt starts with the
   saved tokens reuses them like any cached prefix: its
   `Completion.cached_tokens` counts them and only the rest of its prompt is
-  computed.
+  computed (with `prefix_cache: true`, the default; without it the cells are
+  loaded but not reused).
 
   The server must run the same model with the same KV layout: `:kv_unified`,
   and for `kv_unified: false` the same `:n_parallel` (one KV stream per
