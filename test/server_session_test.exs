@@ -190,6 +190,18 @@ defmodule LlamaCppEx.ServerSessionTest do
     assert inspect(saved) =~ "#{length(saved.tokens)} tokens"
   end
 
+  test "a restore while every slot is busy is refused; it goes in once one is free", %{model: m, first: first} do
+    {_c, saved} = first_turn(start!(m, n_parallel: 1), first)
+    server = start!(m, n_parallel: 1)
+    stream = Server.stream(server, first, max_tokens: 200, temp: 0.0)
+    {:suspended, _chunk, cont} = Enumerable.reduce(stream, {:cont, nil}, fn x, _ -> {:suspend, x} end)
+    assert Server.restore_session(server, saved) == {:error, :busy}
+    cont.({:halt, nil})
+    assert eventually(fn -> Server.stats(server).slots.busy == 0 end, 5000)
+    assert :ok = Server.restore_session(server, saved)
+    assert Server.stats(server).prefix_cache.held == %{0 => length(saved.tokens)}
+  end
+
   test "an embedding server keeps no sessions", %{model: m} do
     server = start!(m, embeddings: true, n_ctx: 64)
     assert Server.save_session(server, "s1") == {:error, :embeddings_only}
