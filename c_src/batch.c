@@ -7,6 +7,7 @@
 #include "lora.h"
 #include "shift.h"
 #include "slot.h"
+#include "state.h"
 
 typedef struct {
   ErlNifMutex *mu; // one call at a time
@@ -598,6 +599,68 @@ LCX_NIF(nif_batch_purge) {
     r = lcx_raise(env, "slot %u is busy", i);
   else if (!seq_rm(e, (llama_seq_id)i, (llama_pos)from))
     seq_rm(e, (llama_seq_id)i, 0);
+  leave(e, &me);
+  return r;
+}
+
+// ---- saved sequences ---------------------------------------------------------------------------
+
+// batch_seq_save(engine, slot) -> {:ok, binary, n_past} | {:error, reason}
+// The cells of a free slot's sequence (state.h), and the positions it holds.
+LCX_NIF(nif_batch_seq_save) {
+  ERL_NIF_TERM err, r;
+  lcx_claim me = LCX_CALL_CLAIM(env);
+  engine_t *e = enter(env, argv[0], &me, &err);
+  if (!e) return err;
+  lcx_slot *s = free_slot(env, e, argv[1], &err);
+  if (!s) {
+    r = err;
+  } else if (e->embedding) {
+    r = lcx_raise(env, "an embedding engine keeps no sequences");
+  } else if (e->seq_loras[s->seq].n > 0) {
+    // a restored sequence is taken as computed without adapters
+    r = lcx_err_msg(env, LCX_E_invalid_state, "the sequence was computed with LoRA adapters");
+  } else {
+    unsigned n = seq_n_past(e, s->seq);
+    r = n == 0 ? lcx_err_msg(env, LCX_E_invalid_state, "the sequence is empty") : lcx_state_seq_save(env, e->c, s->seq);
+    const ERL_NIF_TERM *t;
+    int arity;
+    if (enif_get_tuple(env, r, &arity, &t) && arity == 2 && enif_is_identical(t[0], ATOM_ok))
+      r = enif_make_tuple3(env, ATOM_ok, t[1], enif_make_uint(env, n));
+  }
+  leave(e, &me);
+  return r;
+}
+
+// batch_seq_load(engine, slot, binary, n_tokens) -> :ok | {:error, reason}
+// Replaces a free slot's sequence with a saved one (checked by state.h) that
+// must hold exactly positions 0..n_tokens-1, within the slot's cells;
+// otherwise the sequence is left empty and the reason says why.
+LCX_NIF(nif_batch_seq_load) {
+  ERL_NIF_TERM err, r;
+  unsigned want;
+  if (!enif_get_uint(env, argv[3], &want) || want == 0) return lcx_raise(env, "n_tokens must be a positive integer");
+  lcx_claim me = LCX_CALL_CLAIM(env);
+  engine_t *e = enter(env, argv[0], &me, &err);
+  if (!e) return err;
+  lcx_slot *s = free_slot(env, e, argv[1], &err);
+  if (!s) {
+    r = err;
+  } else if (e->embedding) {
+    r = lcx_raise(env, "an embedding engine keeps no sequences");
+  } else if (want > e->n_ctx_slot) {
+    r = lcx_err_msg(env, LCX_E_invalid_state, "more tokens than a slot holds");
+  } else {
+    lcx_lora_set_release(&e->seq_loras[s->seq]); // the cells are now the session's, made without adapters
+    r = lcx_state_seq_load(env, e->c, s->seq, argv[2]);
+    unsigned n = seq_n_past(e, s->seq);
+    if (enif_is_identical(r, ATOM_ok) && n != want) {
+      char msg[96];
+      snprintf(msg, sizeof msg, "the state holds %u positions, the session %u tokens", n, want);
+      r = lcx_err_msg(env, LCX_E_invalid_state, msg);
+    }
+    if (!enif_is_identical(r, ATOM_ok)) seq_rm(e, s->seq, 0); // neither half of a session stays
+  }
   leave(e, &me);
   return r;
 }

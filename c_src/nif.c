@@ -56,6 +56,8 @@ LCX_NIF(nif_batch_step);
 LCX_NIF(nif_batch_release);
 LCX_NIF(nif_batch_purge);
 LCX_NIF(nif_batch_info);
+LCX_NIF(nif_batch_seq_save);
+LCX_NIF(nif_batch_seq_load);
 LCX_NIF(nif_chat_apply_template);
 LCX_NIF(nif_chat_builtin_templates);
 LCX_NIF(nif_set_log_handler);
@@ -153,6 +155,10 @@ static ErlNifFunc nif_funcs[] = {
     {"batch_release", 3, nif_batch_release, DIRTY_CPU},
     {"batch_purge", 3, nif_batch_purge, DIRTY_CPU},
     {"batch_info", 1, nif_batch_info, DIRTY_CPU},
+    // Saving or loading a slot's sequence copies its KV cells (megabytes) and
+    // checks every cell of a blob: dirty CPU, as context_seq_save/load.
+    {"batch_seq_save", 2, nif_batch_seq_save, DIRTY_CPU},
+    {"batch_seq_load", 4, nif_batch_seq_load, DIRTY_CPU},
     // Template rendering is linear in the conversation: dirty CPU.
     {"chat_apply_template", 3, nif_chat_apply_template, DIRTY_CPU},
     {"chat_builtin_templates", 0, nif_chat_builtin_templates, 0},

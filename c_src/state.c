@@ -29,6 +29,7 @@
 
 #include "context.h"
 #include "lcx.h"
+#include "state.h"
 
 // ---- reading a blob ------------------------------------------------------------------
 
@@ -230,7 +231,7 @@ static bool check_seq(reader *r, shape *sh, lcx_context *c) {
   return true;
 }
 
-// ---- NIFs ------------------------------------------------------------------------------------
+// ---- saving and loading -------------------------------------------------------------------------
 
 static bool always(void *data) { return true; }
 
@@ -305,6 +306,21 @@ static ERL_NIF_TERM load(ErlNifEnv *env, lcx_context *c, int32_t seq, ERL_NIF_TE
   return lcx_err_msg(env, LCX_E_state_load_failed, msg);
 }
 
+// A negative id would mean the whole context to save/load: the callers pass checked ids.
+static bool valid_seq(lcx_context *c, int32_t seq) {
+  return seq >= 0 && (uint32_t)seq < llama_n_seq_max(lcx_context_llama(c));
+}
+
+ERL_NIF_TERM lcx_state_seq_save(ErlNifEnv *env, lcx_context *c, int32_t seq) {
+  return valid_seq(c, seq) ? save(env, c, seq) : lcx_raise(env, "sequence id %d outside the context", seq);
+}
+
+ERL_NIF_TERM lcx_state_seq_load(ErlNifEnv *env, lcx_context *c, int32_t seq, ERL_NIF_TERM blob) {
+  return valid_seq(c, seq) ? load(env, c, seq, blob) : lcx_raise(env, "sequence id %d outside the context", seq);
+}
+
+// ---- NIFs ------------------------------------------------------------------------------------
+
 // context_state_save(ctx) -> {:ok, binary}
 LCX_NIF(nif_context_state_save) {
   ERL_NIF_TERM err;
@@ -334,7 +350,7 @@ LCX_NIF(nif_context_seq_save) {
   lcx_context *c = lcx_context_claim(env, argv[0], &me, &err);
   if (!c) return err;
   int32_t seq;
-  r = get_seq(env, c, argv[1], &seq, &err) ? save(env, c, seq) : err;
+  r = get_seq(env, c, argv[1], &seq, &err) ? lcx_state_seq_save(env, c, seq) : err;
   lcx_context_release(c, &me);
   return r;
 }
@@ -346,7 +362,7 @@ LCX_NIF(nif_context_seq_load) {
   lcx_context *c = lcx_context_claim(env, argv[0], &me, &err);
   if (!c) return err;
   int32_t seq;
-  r = get_seq(env, c, argv[1], &seq, &err) ? load(env, c, seq, argv[2]) : err;
+  r = get_seq(env, c, argv[1], &seq, &err) ? lcx_state_seq_load(env, c, seq, argv[2]) : err;
   lcx_context_release(c, &me);
   return r;
 }

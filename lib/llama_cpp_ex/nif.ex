@@ -96,6 +96,8 @@ defmodule LlamaCppEx.NIF do
   def batch_release(_engine, _slot, _keep), do: nif_error()
   def batch_purge(_engine, _slot, _from), do: nif_error()
   def batch_info(_engine), do: nif_error()
+  def batch_seq_save(_engine, _slot), do: nif_error()
+  def batch_seq_load(_engine, _slot, _state, _n_tokens), do: nif_error()
 
   def chat_apply_template(_template, _messages, _add_assistant), do: nif_error()
   def chat_builtin_templates, do: nif_error()

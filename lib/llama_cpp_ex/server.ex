@@ -114,6 +114,31 @@ defmodule LlamaCppEx.Server do
   computed once. `stats/1` shows the hit ratio; `Completion.cached_tokens`
   the tokens a request reused.
 
+  ## Saved sessions
+
+  A conversation's cells can outlive the server: `save_session/3` takes the
+  idle slot that last served a `:session` (in a `:cache_scope`) and returns a
+  `LlamaCppEx.Server.SavedSession` (its tokens and KV cells); after a restart,
+  `restore_session/3` loads it into a free slot of the new server as an idle
+  cache entry of that session, and the next turn reuses it like any cached
+  prefix (`Completion.cached_tokens`, `stats/1`'s `prefix_cache`), computing
+  only the new tokens. The new server must have the same model and KV
+  layout (`:kv_unified`, `:n_parallel` with split KV, `:type_k`/`:type_v`);
+  anything else, or a damaged saved session, is refused with
+  `{:error, reason}` and the server is unaffected.
+
+      {:ok, _} = LlamaCppEx.Server.chat(server, messages, session: "user-42")
+      {:ok, saved} = LlamaCppEx.Server.save_session(server, "user-42")
+      :ok = LlamaCppEx.Server.SavedSession.write_file(saved, "user-42.session")
+
+      # in the restarted server
+      {:ok, saved} = LlamaCppEx.Server.SavedSession.read_file("user-42.session")
+      :ok = LlamaCppEx.Server.restore_session(server, saved)
+      {:ok, reply} = LlamaCppEx.Server.chat(server, messages ++ next_turn, session: "user-42")
+
+  A chat's next turn reuses the saved tokens when its rendered prompt starts
+  with them; the cells hold the prompt and the reply's tokens but the last.
+
   ## Performance
 
   The server's own work (building the batch, sampling, text, the NIF call and
@@ -139,7 +164,7 @@ defmodule LlamaCppEx.Server do
   """
 
   alias LlamaCppEx.{Chat, Completion, Context, Embedding, Options, Sampler, Tokenizer}
-  alias LlamaCppEx.Server.{Loop, Queue, Request}
+  alias LlamaCppEx.Server.{Loop, Queue, Request, SavedSession}
 
   @type server :: GenServer.server()
 
@@ -309,6 +334,82 @@ defmodule LlamaCppEx.Server do
   """
   @spec stats(server()) :: map()
   def stats(server), do: GenServer.call(server, :stats)
+
+  # ---- saved sessions ---------------------------------------------------------------------------
+
+  @doc """
+  Takes a conversation out of the prefix cache, to resume it later (after a
+  restart, or on another server with the same model and settings) with
+  `restore_session/3` instead of recomputing it.
+
+  The conversation is the idle slot that last served `session` (the
+  `:session` of its requests) in `:cache_scope` (default `nil`): its token
+  ids and KV cells, as a `LlamaCppEx.Server.SavedSession`. The slot keeps
+  them. `{:error, :not_found}` when no slot holds the session (it was
+  evicted, or never ran), `{:error, :busy}` while a request of it runs.
+
+  Options: `:cache_scope`, `:timeout` (milliseconds, default `:infinity`).
+
+      {:ok, _} = LlamaCppEx.Server.chat(server, messages, session: "user-42", max_tokens: 64)
+      {:ok, saved} = LlamaCppEx.Server.save_session(server, "user-42")
+  """
+  @spec save_session(server(), term(), keyword()) :: {:ok, SavedSession.t()} | {:error, term()}
+  def save_session(server, session, opts \\ []) do
+    opts = Keyword.validate!(opts, cache_scope: nil, timeout: :infinity)
+    timeout!(opts[:timeout])
+    control(server, {:save_session, session, opts[:cache_scope]}, opts[:timeout])
+  end
+
+  @doc """
+  Puts a saved conversation (`save_session/3`) back in the prefix cache: its
+  cells are loaded into a free slot (the least recently used one, whose
+  cached prefix it replaces) and recorded there as idle, with its session
+  and scope. The next request of that session whose prompt starts with the
+  saved tokens reuses them like any cached prefix: its
+  `Completion.cached_tokens` counts them and only the rest of its prompt is
+  computed (with `prefix_cache: true`, the default; without it the cells are
+  loaded but not reused).
+
+  The server must run the same model with the same KV layout: `:kv_unified`,
+  and for `kv_unified: false` the same `:n_parallel` (one KV stream per
+  slot), `:type_k`/`:type_v`, and a slot at least as large as the saved
+  tokens. A saved session that does not fit, whose checksum does not match
+  its parts, or whose state fails the native checks
+  (`LlamaCppEx.State`) is `{:error, {:invalid_state, message}}` or
+  `{:error, {:state_load_failed, message}}`; the server goes on as before (the
+  chosen slot is left empty). `{:error, :busy}` when every slot runs a
+  request. With a unified cache that is overcommitted (`:kv_cells`), loading
+  needs free cells; idle prefixes are not evicted for it.
+
+  Options: `:timeout` (milliseconds, default `:infinity`).
+
+      {:ok, saved} = LlamaCppEx.Server.SavedSession.read_file("user-42.session")
+      :ok = LlamaCppEx.Server.restore_session(server, saved)
+      {:ok, reply} = LlamaCppEx.Server.chat(server, messages, session: "user-42")
+  """
+  @spec restore_session(server(), SavedSession.t(), keyword()) :: :ok | {:error, term()}
+  def restore_session(server, saved, opts \\ [])
+
+  def restore_session(server, %SavedSession{tokens: tokens, state: state} = saved, opts)
+      when is_list(tokens) and is_binary(state) do
+    opts = Keyword.validate!(opts, timeout: :infinity)
+    timeout!(opts[:timeout])
+    control(server, {:restore_session, saved}, opts[:timeout])
+  end
+
+  def restore_session(_server, other, _opts) do
+    raise ArgumentError,
+          "expected a LlamaCppEx.Server.SavedSession with a token list and a binary state, got: #{inspect(other)}"
+  end
+
+  # a call to the server process itself (it waits while the server loads)
+  defp control(server, msg, timeout) do
+    GenServer.call(server, msg, timeout)
+  catch
+    :exit, {:timeout, _} -> {:error, :timeout}
+    :exit, {:noproc, _} -> {:error, {:server_down, :noproc}}
+    :exit, {reason, _} -> {:error, {:server_down, reason}}
+  end
 
   # ---- embeddings -------------------------------------------------------------------------------
 

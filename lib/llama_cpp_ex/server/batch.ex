@@ -49,6 +49,17 @@ defmodule LlamaCppEx.Server.Batch do
   @spec purge(t(), slot(), non_neg_integer()) :: :ok
   def purge(engine, slot, from \\ 0), do: NIF.batch_purge(engine, slot, from)
 
+  @doc "A free slot's sequence as a saved state (LlamaCppEx.State), and the positions it holds."
+  @spec seq_save(t(), slot()) :: {:ok, binary(), non_neg_integer()} | {:error, term()}
+  def seq_save(engine, slot), do: NIF.batch_seq_save(engine, slot)
+
+  @doc """
+  Replaces a free slot's sequence with a saved one that holds exactly
+  positions `0..n_tokens-1`; on an error the sequence is left empty.
+  """
+  @spec seq_load(t(), slot(), binary(), pos_integer()) :: :ok | {:error, term()}
+  def seq_load(engine, slot, state, n_tokens), do: NIF.batch_seq_load(engine, slot, state, n_tokens)
+
   @doc "Sizes, and the positions each slot's sequence holds."
   @spec info(t()) :: {:ok, map()}
   def info(engine), do: NIF.batch_info(engine)

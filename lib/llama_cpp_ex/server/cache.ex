@@ -132,6 +132,33 @@ defmodule LlamaCppEx.Server.Cache do
     %{c | seqs: Map.put(c.seqs, slot, seq), tick: c.tick + 1}
   end
 
+  @doc "A saved session (`key`, its scope and id) was loaded into the free `slot`: an idle entry."
+  @spec restore(t(), slot(), binary(), term(), term()) :: t()
+  def restore(%__MODULE__{} = c, slot, key, scope, session) do
+    blocks = [{c.next_block, 0, div(byte_size(key), 4)}]
+    seq = %{tokens: key, scope: scope, session: session, used: c.tick + 1, busy: false, blocks: blocks}
+    %{c | seqs: Map.put(c.seqs, slot, seq), tick: c.tick + 1, next_block: c.next_block + 1}
+  end
+
+  @doc """
+  The idle slot that holds `session` of `scope` (the most recently used of
+  them): `{:ok, slot}`, `:busy` when only a running job holds it, or `:error`.
+  """
+  @spec session(t(), term(), term()) :: {:ok, slot()} | :busy | :error
+  def session(%__MODULE__{seqs: seqs}, session, scope) do
+    held = for {s, seq} <- seqs, seq.session == session, seq.scope == scope, seq.tokens != <<>>, do: {s, seq}
+
+    case Enum.reject(held, fn {_s, seq} -> seq.busy end) do
+      [] when held != [] -> :busy
+      [] -> :error
+      idle -> {:ok, idle |> Enum.max_by(fn {_s, seq} -> seq.used end) |> elem(0)}
+    end
+  end
+
+  @doc "The token ids of a key."
+  @spec tokens(binary()) :: [non_neg_integer()]
+  def tokens(key), do: for(<<t::32 <- key>>, do: t)
+
   @doc "The slot's sequence holds nothing any more."
   @spec drop(t(), slot()) :: t()
   def drop(%__MODULE__{} = c, slot), do: %{c | seqs: Map.put(c.seqs, slot, @empty)}

@@ -15,7 +15,7 @@ defmodule LlamaCppEx.Server.Loop do
   require Logger
 
   alias LlamaCppEx.{Completion, Context, Model, Sampler}
-  alias LlamaCppEx.Server.{Batch, Cache, Queue, Request}
+  alias LlamaCppEx.Server.{Batch, Cache, Queue, Request, SavedSession}
 
   # a stream runs at most this many tokens past its last chunk before it waits
   # for its consumer (as LlamaCppEx.Context.stream/4)
@@ -176,9 +176,86 @@ defmodule LlamaCppEx.Server.Loop do
 
   def handle_call(:stats, _from, s), do: {:reply, stats(s), s}
 
+  def handle_call({:save_session, _session, _scope}, _from, %{embedding: true} = s),
+    do: {:reply, {:error, :embeddings_only}, s}
+
+  def handle_call({:save_session, session, scope}, _from, s) do
+    with {:ok, slot} <- session_slot(s.cache, session, scope),
+         key = s.cache.seqs[slot].tokens,
+         {:ok, state, n_past} <- Batch.seq_save(s.engine, slot),
+         :ok <- same_length(n_past, key) do
+      saved = SavedSession.new(session, scope, Cache.tokens(key), state)
+      {:reply, {:ok, saved}, bump(s, :sessions_saved)}
+    else
+      error -> {:reply, error, s}
+    end
+  end
+
+  def handle_call({:restore_session, _saved}, _from, %{embedding: true} = s),
+    do: {:reply, {:error, :embeddings_only}, s}
+
+  def handle_call({:restore_session, _saved}, _from, %{free: []} = s), do: {:reply, {:error, :busy}, s}
+
+  def handle_call({:restore_session, %SavedSession{} = saved}, _from, s) do
+    case check_saved(saved, s) do
+      :ok ->
+        key = Cache.key(saved.tokens)
+        {slot, _src, _reuse} = Cache.choose(s.cache, s.free, key, saved.scope, saved.session)
+
+        case Batch.seq_load(s.engine, slot, saved.state, length(saved.tokens)) do
+          :ok ->
+            cache = Cache.restore(s.cache, slot, key, saved.scope, saved.session)
+            {:reply, :ok, bump(%{s | cache: cache}, :sessions_restored)}
+
+          # the slot's sequence is empty now
+          error ->
+            {:reply, error, %{s | cache: Cache.drop(s.cache, slot)}}
+        end
+
+      error ->
+        {:reply, error, s}
+    end
+  end
+
   def handle_call(:info, _from, s) do
     {:ok, info} = Batch.info(s.engine)
     {:reply, Map.merge(info, %{cache: Cache.held(s.cache), free: s.free}), s}
+  end
+
+  # ---- saved sessions -------------------------------------------------------------------------
+
+  defp session_slot(cache, session, scope) do
+    case Cache.session(cache, session, scope) do
+      {:ok, slot} -> {:ok, slot}
+      :busy -> {:error, :busy}
+      :error -> {:error, :not_found}
+    end
+  end
+
+  # the cache index says what the sequence holds; a sequence that disagrees is not saved
+  defp same_length(n_past, key) when n_past * 4 == byte_size(key), do: :ok
+
+  defp same_length(n_past, key),
+    do: {:error, {:invalid_state, "the slot holds #{n_past} positions, its cache entry #{div(byte_size(key), 4)}"}}
+
+  # what the blob's own native checks cannot see: its parts belong together and the tokens fit
+  defp check_saved(saved, s) do
+    n_vocab = Model.n_vocab(s.model)
+    n = length(saved.tokens)
+
+    cond do
+      not SavedSession.intact?(saved) ->
+        {:error, {:invalid_state, "the checksum does not match the saved session's parts"}}
+
+      not Enum.all?(saved.tokens, &(is_integer(&1) and &1 >= 0 and &1 < n_vocab)) ->
+        {:error, {:invalid_state, "token ids outside the vocabulary (#{n_vocab})"}}
+
+      n == 0 or n > s.n_ctx_slot ->
+        {:error, {:invalid_state, "#{n} tokens, a slot holds 1..#{s.n_ctx_slot}"}}
+
+      true ->
+        :ok
+    end
   end
 
   # ---- messages ---------------------------------------------------------------------------
@@ -522,6 +599,8 @@ defmodule LlamaCppEx.Server.Loop do
       rejected: 0,
       evictions: 0,
       cache_hits: 0,
+      sessions_saved: 0,
+      sessions_restored: 0,
       prompt_tokens: 0,
       cached_tokens: 0,
       generated_tokens: 0,
@@ -600,7 +679,9 @@ defmodule LlamaCppEx.Server.Loop do
         hit_ratio: if(lookups > 0, do: st.cached_tokens / lookups, else: 0.0),
         hits: st.cache_hits,
         evictions: st.evictions,
-        held: Cache.held(s.cache)
+        held: Cache.held(s.cache),
+        sessions_saved: st.sessions_saved,
+        sessions_restored: st.sessions_restored
       },
       kv_cells: %{used: Cache.cells(s.cache), total: s.kv_cells, unified: s.unified},
       steps: %{
