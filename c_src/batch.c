@@ -117,12 +117,18 @@ LCX_NIF(nif_batch_new) {
   uint32_t llama_batch_max = llama_n_batch(ctx);
   enum llama_pooling_type pooling = llama_pooling_type(ctx);
   int32_t n_embd = llama_model_n_embd_out(lcx_model_llama(lcx_context_model(c)));
-  bool has_embeddings = lcx_context_embeddings(c);
+  bool has_embeddings = lcx_context_embeddings(c), splits = lcx_context_splits_batches(c);
+  uint32_t n_ubatch = llama_n_ubatch(ctx);
   lcx_context_release(c, &me);
 
   if (n_slots < 1 || n_slots > n_seq_max) return lcx_raise(env, "n_slots must be in 1..%u (n_seq_max)", n_seq_max);
   if (n_batch < n_slots || n_batch > llama_batch_max)
     return lcx_raise(env, "n_batch must be in %u..%u (n_slots..the context's n_batch)", n_slots, llama_batch_max);
+  if (!splits && n_batch > n_ubatch)
+    return lcx_raise(env,
+                     "n_batch must be at most n_ubatch (%u): this model's batches cannot be split (no KV cache or "
+                     "non-causal attention)",
+                     n_ubatch);
   if (n_ctx_slot < 1 || n_ctx_slot > n_ctx_seq)
     return lcx_raise(env, "n_ctx_slot must be in 1..%u (the context's n_ctx_seq)", n_ctx_seq);
   if (embedding && (!has_embeddings || pooling != LLAMA_POOLING_TYPE_NONE))
@@ -208,6 +214,12 @@ static unsigned reuse_prefix(engine_t *e, lcx_slot *s, unsigned src, unsigned re
   return 0;
 }
 
+static bool sampler_busy(const engine_t *e, const lcx_sampler *sampler) {
+  for (unsigned i = 0; i < e->n_slots; i++)
+    if (e->slots[i].state != LCX_SLOT_FREE && e->slots[i].sampler == sampler) return true;
+  return false;
+}
+
 // batch_admit(engine, slot, sampler, tokens,
 //             %{max_tokens, stop, stream, src, reuse, logprobs, context_shift, n_keep[, lora]})
 //   -> {:ok, reused} | {:error, reason}
@@ -263,11 +275,14 @@ LCX_NIF(nif_batch_admit) {
   }
   if (!s || e->embedding) {
     r = s ? lcx_raise(env, "an embedding engine runs no generations") : err;
-  } else if (src >= llama_n_seq_max(llama(e))) {
-    r = lcx_raise(env, "src must be a sequence of the context");
+  } else if (src >= e->n_slots) {
+    r = lcx_raise(env, "src must be a slot of the engine (0..%u)", e->n_slots - 1);
+  } else if (sampler_busy(e, sampler)) {
+    // the step claims each slot's sampler: one held twice would wait on itself
+    r = lcx_raise(env, "the sampler is in use by another slot");
   } else if (lcx_sampler_model(sampler) != lcx_context_model(e->c)) {
     r = lcx_err(env, LCX_E_model_mismatch);
-  } else if (o.shift && (e->unified || !lcx_can_shift(llama(e)))) {
+  } else if (o.shift && ((e->unified && llama_n_seq_max(llama(e)) > 1) || !lcx_can_shift(llama(e)))) {
     // a unified cache shares cells between sequences: moving one's would move the others'
     r = lcx_err(env, LCX_E_shift_unsupported);
   } else if (!read_prompt(env, e, argv[3], o.max_tokens, &toks, &n, &err)) {

@@ -26,6 +26,7 @@ struct lcx_context {
   struct ggml_threadpool *tp_batch; // and for batches (NULL: same as tp)
   lcx_model *model;                 // kept alive with enif_keep_resource
   bool has_logits;                  // the last decode left logits to sample from
+  bool shift_pending;               // positions were shifted; the next decode applies it
   bool embeddings;                  // created with embeddings: true
   bool kv_unified;                  // one KV stream for all sequences
   lcx_lora_set loras;               // the adapters set on ctx, pinned while set
@@ -94,6 +95,10 @@ int lcx_context_load_types(ErlNifEnv *env) {
 bool lcx_abort_cb(void *data) { return lcx_owner_cancelled(&((lcx_context *)data)->owner); }
 
 static bool embeds_stepwise(lcx_context *c);
+
+bool lcx_context_splits_batches(lcx_context *c) { return embeds_stepwise(c); }
+
+void lcx_context_shifted(lcx_context *c) { c->shift_pending = true; }
 
 // ---- claims ---------------------------------------------------------------------------------
 
@@ -183,7 +188,10 @@ lcx_decode_status lcx_decode_tokens(lcx_context *c, const llama_token *toks, uns
   for (unsigned off = 0; off < n; off += step) {
     unsigned len = n - off < step ? n - off : step;
     bool threw;
-    if (lcx_owner_stopped(&c->owner)) return LCX_DECODE_ABORTED;
+    // a shift (shift.h) rotates the K cache at the next llama_decode: that one
+    // runs, or the cache would keep moved positions with unrotated keys
+    if (!c->shift_pending && lcx_owner_stopped(&c->owner)) return LCX_DECODE_ABORTED;
+    c->shift_pending = false;
     llama_pos before = lcx_next_position(c);
     lcx_log_quiet_when(lcx_abort_cb, c);
     int32_t rc = lcx_context_decode(c, llama_batch_get_one((llama_token *)toks + off, (int32_t)len), &threw);

@@ -32,6 +32,10 @@ bool lcx_abort_cb(void *data);
 // Who uses the context (the batching engine claims it for its life).
 lcx_owner *lcx_context_owner(lcx_context *c);
 bool lcx_context_embeddings(lcx_context *c); // created with embeddings: true
+// Whether llama_decode may split a batch into n_ubatch micro-batches: the
+// context has a memory and the model's attention is causal. Otherwise
+// llama.cpp asserts that a batch fits in one micro-batch.
+bool lcx_context_splits_batches(lcx_context *c);
 bool lcx_context_kv_unified(lcx_context *c); // one KV stream for all sequences
 
 // With a claim held:
@@ -59,6 +63,10 @@ typedef enum {
 // llama_decode through the barrier (lcx_decode), holding the model's adapter
 // lock when the context's adapters changed since its last decode.
 int32_t lcx_context_decode(lcx_context *c, struct llama_batch batch, bool *threw);
+// Sequence 0's positions were shifted (shift.h): the next lcx_decode_tokens
+// calls llama_decode, which applies it, even if the claim was cancelled.
+void lcx_context_shifted(lcx_context *c);
+
 // Decodes tokens into sequence 0 in n_ubatch chunks.
 lcx_decode_status lcx_decode_tokens(lcx_context *c, const llama_token *toks, unsigned n, int32_t *code);
 ERL_NIF_TERM lcx_decode_error(ErlNifEnv *env, lcx_decode_status st, int32_t code);

@@ -374,6 +374,7 @@ static bool room_for_next(gen_t *g) {
   if (g->opts->shift) {
     int32_t keep = n_keep(g), drop = lcx_shift_amount((int32_t)pos, keep);
     if (drop > 0 && lcx_shift(lcx_context_llama(g->c), 0, keep, drop, (int32_t)pos)) {
+      lcx_context_shifted(g->c);
       g->shifted += drop;
       return true;
     }
@@ -397,7 +398,8 @@ static void run(gen_t *g) {
   g->t1 = now_us();
   while (go && sample_next(g, &tok) && append_token(g, tok) && deliver(g)) {
     if (g->n_out >= (unsigned)g->opts->max_tokens) break; // FINISH_MAX_TOKENS
-    go = room_for_next(g) && !stopped(g) && decode_next(g);
+    // stopped first: a shift made by room_for_next is applied by decode_next
+    go = !stopped(g) && room_for_next(g) && decode_next(g);
   }
   g->t2 = now_us();
   if (g->fail == FAIL_NONE) {

@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "context.h"
+#include "grammar_stack.h"
 #include "lcx.h"
 #include "shift.h"
 #include "slot.h"
@@ -167,7 +168,8 @@ static lcx_slot_outcome failed(lcx_slot *s, lcx_slot_fail f) {
 static lcx_slot_outcome sample_next(lcx_slot *s, struct llama_context *ctx, const struct llama_vocab *vocab,
                                     struct llama_sampler *chain, int32_t at, llama_token *tok) {
   bool threw;
-  *tok = lcx_sampler_sample(chain, ctx, at, &threw);
+  // on a stack with room for a grammar stage's recursion (grammar_stack.h), as generate.c
+  *tok = lcx_chain_sample(chain, lcx_model_max_piece(lcx_sampler_model(s->sampler)), ctx, at, &threw);
   if (!s->t_first) s->t_first = lcx_slot_now_us();
   if (threw) return failed(s, LCX_SLOT_FAIL_SAMPLER);
   if (llama_vocab_is_eog(vocab, *tok)) return done(s, LCX_FINISH_EOG);

@@ -151,5 +151,14 @@ defmodule LlamaCppEx.ContextShiftTest do
       assert {:error, :shift_unsupported} = Server.complete(server, @prompt, context_shift: true)
       assert {:ok, _} = Server.complete(server, @prompt, max_tokens: 4)
     end
+
+    test "a one-slot server shifts (nothing shares its cells)", %{model: model} do
+      server = start_supervised!({Server, model: model, n_parallel: 1, n_ctx: 256, n_threads: 1}, id: make_ref())
+
+      assert {:ok, %{discarded_tokens: d, generated_tokens: 400}} =
+               Server.complete(server, @prompt, max_tokens: 400, temp: 0.0, context_shift: true)
+
+      assert d > 0
+    end
   end
 end

@@ -156,6 +156,11 @@ defmodule LlamaCppEx.GrammarLimitsTest do
         :ok = LlamaCppEx.Context.decode(ctx, tokens)
         {:ok, token} = LlamaCppEx.Sampler.sample(s, ctx)
         true = is_integer(token)
+        # the batching server samples every slot in its step NIF
+        {:ok, server} = LlamaCppEx.Server.start_link(model: m, n_parallel: 2, n_ctx: 64, n_threads: 1)
+        {:ok, ^text} = LlamaCppEx.Server.generate(server, "Once", opts)
+        {:ok, _} = LlamaCppEx.Server.generate(server, "Once", max_tokens: 3, temp: 0.0, json_schema: %{"type" => "string"})
+        GenServer.stop(server)
       end
       IO.puts("DONE")
       """

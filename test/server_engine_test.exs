@@ -73,8 +73,14 @@ defmodule LlamaCppEx.ServerEngineTest do
     assert {:error, :embeddings_disabled} = Batch.admit_embed(e, 0, t, :mean)
     assert_raise ArgumentError, ~r/pooling/, fn -> Batch.admit_embed(e, 0, t, :max) end
 
+    # a sequence of the context that is not a slot (n_seq_max 4, 3 slots)
+    assert_raise ArgumentError, ~r/src/, fn -> Batch.admit(e, 0, s, t, %{@opts | src: 3}) end
+    assert_raise ArgumentError, ~r/max_tokens/, fn -> Batch.admit(e, 0, s, t, %{@opts | max_tokens: 3_000_000_000}) end
+
     assert {:ok, 0} = Batch.admit(e, 0, s, t, @opts)
     assert_raise ArgumentError, ~r/busy/, fn -> Batch.admit(e, 0, greedy(model), t, @opts) end
+    # one sampler in two slots would make the step wait on itself
+    assert_raise ArgumentError, ~r/sampler is in use/, fn -> Batch.admit(e, 1, s, t, @opts) end
     assert_raise ArgumentError, ~r/busy/, fn -> Batch.purge(e, 0, 0) end
     assert_raise ArgumentError, ~r/skip/, fn -> Batch.step(e, [7]) end
     assert_raise ArgumentError, ~r/skip/, fn -> Batch.step(e, [:x]) end

@@ -532,6 +532,26 @@ defmodule LlamaCppEx.ServerTest do
       assert_receive {:EXIT, ^bad, {:file_not_found, _}}
     end
 
+    test "a model without causal attention is refused before a step could trip llama.cpp's assert", %{model: model} do
+      # stories260K marked non-causal: llama.cpp then requires each batch to fit in one micro-batch
+      g = LlamaCppEx.TestGGUF.parse(File.read!(model_path()))
+      path = g |> LlamaCppEx.TestGGUF.put("llama.attention.causal", :bool, false) |> LlamaCppEx.TestGGUF.write_tmp!()
+      {:ok, noncausal} = LlamaCppEx.Model.load(path)
+      {:ok, ctx} = LlamaCppEx.Context.create(noncausal, n_ctx: 256, n_seq_max: 2, n_batch: 128, n_ubatch: 32)
+      refute ctx.stepwise_embeddings
+
+      assert_raise ArgumentError, ~r/n_ubatch/, fn ->
+        LlamaCppEx.Server.Batch.new(ctx, n_slots: 2, n_batch: 128, n_ctx_slot: 128)
+      end
+
+      Process.flag(:trap_exit, true)
+      {:ok, server} = Server.start_link(model: noncausal, n_parallel: 2, n_ctx: 128, n_batch: 128, n_ubatch: 32)
+      assert {:error, {:server_down, :generation_needs_causal_model}} = Server.generate(server, "Once")
+      assert_receive {:EXIT, ^server, :generation_needs_causal_model}
+      # the causal one serves as before
+      assert {:ok, _} = LlamaCppEx.generate(model, "Once", max_tokens: 4)
+    end
+
     test "start options are checked at once" do
       assert_raise ArgumentError, fn -> Server.start_link(n_parallel: 2) end
       assert_raise ArgumentError, fn -> Server.start_link(model_path: "x", n_parallel: 0) end

@@ -49,6 +49,9 @@ defmodule LlamaCppEx.Context do
   # tokens a stream's native loop may run past its last chunk (STREAM_WINDOW in c_src/generate.c)
   @stream_window 16
   @generate_keys [max_tokens: 256, stop: [], logprobs: nil, context_shift: false, n_keep: nil]
+  @int32_max 2_147_483_647
+  # LCX_MAX_STOPS in c_src/text.h
+  @max_stops 64
 
   @doc false
   def stream_window, do: @stream_window
@@ -317,13 +320,17 @@ defmodule LlamaCppEx.Context do
   def generate_opts(opts) do
     max = opts[:max_tokens]
 
-    unless is_integer(max) and max > 0,
-      do: raise(ArgumentError, ":max_tokens must be a positive integer, got: #{inspect(max)}")
+    unless is_integer(max) and max > 0 and max <= @int32_max,
+      do: raise(ArgumentError, ":max_tokens must be a positive integer (at most 2^31 - 1), got: #{inspect(max)}")
 
     stop = List.wrap(opts[:stop])
 
-    unless Enum.all?(stop, &(is_binary(&1) and &1 != "" and String.valid?(&1))),
-      do: raise(ArgumentError, ":stop must be a list of non-empty UTF-8 strings, got: #{inspect(opts[:stop])}")
+    unless length(stop) <= @max_stops and Enum.all?(stop, &(is_binary(&1) and &1 != "" and String.valid?(&1))),
+      do:
+        raise(
+          ArgumentError,
+          ":stop must be a list of at most #{@max_stops} non-empty UTF-8 strings, got: #{inspect(opts[:stop])}"
+        )
 
     n_keep = opts[:n_keep]
 

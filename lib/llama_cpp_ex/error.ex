@@ -56,7 +56,8 @@ defmodule LlamaCppEx.Error do
       cells left for it before its first token), `:embeddings_only` (a
       generation on an embedding server), `:duplicate_ref` (a `:ref` already
       in use), `{:server_down, reason}` (the server stopped or crashed while
-      the request waited).
+      the request waited), `{:invalid_request, message}` (a request the
+      native engine refused at admission; the others are unaffected).
   """
   @type reason ::
           :closed
@@ -105,6 +106,7 @@ defmodule LlamaCppEx.Error do
           | :embeddings_only
           | :duplicate_ref
           | {:server_down, term()}
+          | {:invalid_request, String.t()}
 
   @impl true
   def message(%{reason: reason}), do: "LlamaCppEx: #{inspect(reason)}"

@@ -524,7 +524,7 @@ defmodule LlamaCppEx.Server do
 
   # a prompt given as token ids is checked natively (ids in range) when it is admitted
   defp encode(_model, tokens, _call) when is_list(tokens) do
-    if Enum.all?(tokens, &is_integer/1),
+    if Enum.all?(tokens, &(is_integer(&1) and &1 >= -2_147_483_648 and &1 <= 2_147_483_647)),
       do: {:ok, tokens},
       else: raise(ArgumentError, "a prompt must be a string or a list of token ids")
   end

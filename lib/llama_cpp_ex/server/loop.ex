@@ -43,9 +43,12 @@ defmodule LlamaCppEx.Server.Loop do
     end
   end
 
-  defp stepwise(%Context{stepwise_embeddings: false} = ctx, true) do
+  # Steps decode chunks of many sequences in one batch, which llama.cpp
+  # splits into micro-batches only with a KV cache and causal attention
+  # (encoder-only models such as BERT have neither).
+  defp stepwise(%Context{stepwise_embeddings: false} = ctx, embeddings?) do
     Context.free(ctx)
-    {:error, :embeddings_need_causal_model}
+    {:error, if(embeddings?, do: :embeddings_need_causal_model, else: :generation_needs_causal_model)}
   end
 
   defp stepwise(_ctx, _embeddings), do: :ok
@@ -334,7 +337,7 @@ defmodule LlamaCppEx.Server.Loop do
   defp admit(s, %Request{kind: :embed} = req) do
     [slot | free] = s.free
 
-    case Batch.admit_embed(s.engine, slot, req.tokens, req.pooling) do
+    case admit_native(fn -> Batch.admit_embed(s.engine, slot, req.tokens, req.pooling) end) do
       :ok -> occupy(%{s | free: free, cache: Cache.drop(s.cache, slot)}, req, slot)
       {:error, reason} -> s |> reply(req, {:error, reason}) |> end_request(req) |> bump(:failed)
     end
@@ -355,7 +358,7 @@ defmodule LlamaCppEx.Server.Loop do
       lora: req.lora
     }
 
-    case Batch.admit(s.engine, slot, req.sampler, req.tokens, opts) do
+    case admit_native(fn -> Batch.admit(s.engine, slot, req.sampler, req.tokens, opts) end) do
       {:ok, reused} ->
         cache = Cache.admit(s.cache, slot, req.key, req.scope, req.session, src, reused)
         s = %{s | free: List.delete(s.free, slot), cache: cache}
@@ -363,8 +366,18 @@ defmodule LlamaCppEx.Server.Loop do
         occupy(s, req, slot)
 
       {:error, reason} ->
-        s |> reply(req, {:error, reason}) |> end_request(req) |> bump(:failed)
+        # the slot's cells may have changed before the failure: forget them
+        %{s | cache: Cache.drop(s.cache, slot)} |> reply(req, {:error, reason}) |> end_request(req) |> bump(:failed)
     end
+  end
+
+  # Requests are checked in the caller's process before they get here; should
+  # one still carry something the native side refuses (it raises), that
+  # request fails alone instead of taking the server and every caller down.
+  defp admit_native(fun) do
+    fun.()
+  rescue
+    e in ArgumentError -> {:error, {:invalid_request, Exception.message(e)}}
   end
 
   defp occupy(s, req, slot) do
@@ -484,7 +497,13 @@ defmodule LlamaCppEx.Server.Loop do
   defp stop_request(s, %Request{} = req, why) do
     # under KV pressure the cells go too
     keep? = why != :context_full
-    {:ok, map} = Batch.release(s.engine, req.slot, keep?)
+    # {:error, :out_of_memory} from the slot's last text: end it like one without a result
+    map =
+      case Batch.release(s.engine, req.slot, keep?) do
+        {:ok, map} -> map
+        {:error, _} -> nil
+      end
+
     s = if map, do: count_tokens(s, map), else: s
     s = if map && keep?, do: keep_cells(s, req, map), else: %{s | cache: Cache.drop(s.cache, req.slot)}
 
