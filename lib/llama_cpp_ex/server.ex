@@ -67,7 +67,11 @@ defmodule LlamaCppEx.Server do
   `generate/3`, `complete/3`, `stream/3`, `chat/3`, `chat_complete/3` and
   `stream_chat/3` take the options of the same functions of `LlamaCppEx`
   (a prompt is a string, or a list of token ids that is used as it is):
-  `:max_tokens`, `:stop`, every `LlamaCppEx.Sampler` option (`:temp`,
+  `:max_tokens`, `:stop`, `:logprobs` (per token, and per chunk in
+  streams, as `{text, logprobs}` elements), `:context_shift`/`:n_keep` (a
+  slot that reaches the end of its cells drops the oldest half and goes on;
+  refused with `:shift_unsupported` by a unified KV cache of several slots,
+  whose sequences share cells), every `LlamaCppEx.Sampler` option (`:temp`,
   `:seed`, `:grammar`, `:json_schema`, `:response_format`, ...), `:add_special`/`:parse_special`, and for chats
   `:template`/`:add_assistant`; context options belong to the server and
   are refused. Each request is tokenized and its sampler built in the calling
