@@ -239,7 +239,10 @@ defmodule LlamaCppEx.StateTest do
   # often and at the end). LCX_FUZZ_N sets the count (default 5000).
   @tag timeout: 600_000
   test "fuzz: mutated blobs", %{model: m, tokens: t, sampler: s} do
-    n = String.to_integer(System.get_env("LCX_FUZZ_N", "5000"))
+    fuzz!(m, s, t, String.to_integer(System.get_env("LCX_FUZZ_N", "5000")))
+  end
+
+  defp fuzz!(m, s, t, n) do
     seed = String.to_integer(System.get_env("LCX_FUZZ_SEED", "#{:erlang.unique_integer([:positive])}"))
     :rand.seed(:exsss, {seed, 7, 11})
     IO.puts("fuzz: #{n} blobs, LCX_FUZZ_SEED=#{seed}")
@@ -356,6 +359,12 @@ defmodule LlamaCppEx.StateTest do
       assert {:ok, _} = Context.position(b)
       :ok = Context.clear(b)
       :ok = Context.decode(b, Enum.take(long, 4))
+    end
+
+    @tag timeout: 600_000
+    test "fuzz: mutated blobs of a sliding-window model", %{swa: m, sampler: s} do
+      {:ok, long} = Tokenizer.encode(m, String.duplicate("Once upon a time, there was a girl. ", 8))
+      fuzz!(m, s, long, div(String.to_integer(System.get_env("LCX_FUZZ_N", "5000")), 5))
     end
 
     test "a window of 0 is refused: llama.cpp would mask every cell" do
