@@ -7,7 +7,8 @@
 // logits, is forgotten on every load (the pinned llama.cpp saves no logits).
 // So a loaded cache is consistent with the context as long as each sequence
 // holds exactly the positions 0..n-1 once, as every cache this library fills
-// does: that is checked before loading.
+// does (a sliding-window cache: its latest positions, see read_cache): that is
+// checked before loading.
 //
 // llama.cpp checks a blob only in part, and some of what it does not check
 // asserts or corrupts its cell bookkeeping: a sequence blob's cell count is
@@ -18,7 +19,8 @@
 // count, types and row sizes run after it has emptied the target. So every
 // blob is parsed here first against the context it is loaded into (the
 // format of src/llama-kv-cache.cpp state_write / state_write_meta /
-// state_write_data): the architecture, the stream count, every cell's
+// state_write_data, in the layout llama.cpp gives the model, see
+// memory_layout): the architecture, the stream count, every cell's
 // position and sequences, the layer headers' shape, and the exact length. Only
 // a blob that passes goes to llama.cpp, through the exception barrier. What is
 // left to llama.cpp: whether the layer count, K/V types and row sizes are the
