@@ -239,7 +239,10 @@ defmodule LlamaCppEx.StateTest do
   # often and at the end). LCX_FUZZ_N sets the count (default 5000).
   @tag timeout: 600_000
   test "fuzz: mutated blobs", %{model: m, tokens: t, sampler: s} do
-    n = String.to_integer(System.get_env("LCX_FUZZ_N", "5000"))
+    fuzz!(m, s, t, String.to_integer(System.get_env("LCX_FUZZ_N", "5000")))
+  end
+
+  defp fuzz!(m, s, t, n) do
     seed = String.to_integer(System.get_env("LCX_FUZZ_SEED", "#{:erlang.unique_integer([:positive])}"))
     :rand.seed(:exsss, {seed, 7, 11})
     IO.puts("fuzz: #{n} blobs, LCX_FUZZ_SEED=#{seed}")
@@ -282,6 +285,186 @@ defmodule LlamaCppEx.StateTest do
     IO.puts("fuzz results: #{inspect(tally)}")
     check_usable(dst, state, s, turn, expected)
     assert Map.get(tally, :invalid_state, 0) > 0
+  end
+
+  describe "a sliding-window (iSWA) model" do
+    # stories260K as a cohere2 model (the llama tensors, without the FFN norms
+    # and the output matrix that cohere2 does not have): llama.cpp gives it a
+    # base cache and a sliding-window cache of window 32, three layers in four.
+    setup do
+      swa = load_model!(swa_model_path(32))
+      {:ok, sampler} = Sampler.create(swa, temp: 0.0)
+      %{swa: swa, sampler: sampler}
+    end
+
+    test "a sequence longer than the window moves, and a whole context", %{swa: m, sampler: s} do
+      {:ok, long} = Tokenizer.encode(m, String.duplicate("Once upon a time, there was a girl. ", 8))
+      assert length(long) > 64
+      {history, turn} = Enum.split(long, length(long) - 3)
+      a = ctx!(m, n_ctx: 512, n_seq_max: 2)
+      :ok = Context.decode(a, history)
+      {:ok, seq} = Context.save_sequence(a, 0)
+      {:ok, whole} = Context.save_state(a)
+      # llama.cpp leaves the cells out of the window: the SWA section holds 32
+      assert swa_positions(seq, :seq) == Enum.to_list((length(history) - 32)..(length(history) - 1))
+      assert swa_positions(whole, :state) == Enum.to_list(0..(length(history) - 1))
+
+      expected = recomputed(m, s, history, turn)
+      b = ctx!(m, n_ctx: 512, n_seq_max: 2)
+      :ok = Context.decode(b, Enum.take(long, 5))
+      assert :ok = Context.load_sequence(b, 1, seq)
+      :ok = Context.clear(b)
+      assert :ok = Context.load_sequence(b, 0, seq)
+      assert Context.position(b) == {:ok, length(history)}
+      assert continue(b, s, turn) == expected
+      c = ctx!(m, n_ctx: 512, n_seq_max: 2)
+      assert :ok = Context.load_state(c, whole)
+      assert Context.position(c) == {:ok, length(history)}
+      assert continue(c, s, turn) == expected
+    end
+
+    test "an SWA section that does not end where the base one does, or has holes, is refused", %{swa: m} do
+      {:ok, long} = Tokenizer.encode(m, String.duplicate("Once upon a time, there was a girl. ", 8))
+      a = ctx!(m, n_ctx: 512)
+      :ok = Context.decode(a, long)
+      {:ok, seq} = Context.save_sequence(a, 0)
+      {:ok, whole} = Context.save_state(a)
+      top = length(long) - 1
+      b = ctx!(m, n_ctx: 512)
+
+      bad = fn blob, kind, fun ->
+        cells = swa_cells(blob, kind)
+        Enum.reduce(cells, blob, fn {at, pos}, acc -> put_i32(acc, at, fun.(pos)) end)
+      end
+
+      # every SWA position one lower: it ends before the base section
+      assert {:error, {:invalid_state, msg}} = Context.load_sequence(b, 0, bad.(seq, :seq, &(&1 - 1)))
+      assert msg =~ "ends at #{top - 1} in the sliding-window cache"
+      # a cell of the window moved below it: a hole in the window, and a masked cell
+      hole = bad.(seq, :seq, fn p -> if p == top - 10, do: top - 40, else: p end)
+      assert {:error, {:invalid_state, msg}} = Context.load_sequence(b, 0, hole)
+      assert msg =~ "misses position #{top - 10}"
+      # the oldest one: the window is shorter, but a sequence blob holds no masked cells
+      low = top - 31
+      masked = bad.(seq, :seq, fn p -> if p == low, do: low - 10, else: p end)
+      assert {:error, {:invalid_state, msg}} = Context.load_sequence(b, 0, masked)
+      assert msg =~ "holds masked position #{low - 10}"
+      # in a whole context masked cells below the window are as llama.cpp left them, in any order
+      stale = bad.(whole, :state, fn p -> if p == 3, do: 1, else: if(p == 1, do: 3, else: p) end)
+      assert :ok = Context.load_state(b, stale)
+      beyond = bad.(whole, :state, fn p -> if p == top - 5, do: top + 40, else: p end)
+      assert {:error, {:invalid_state, msg}} = Context.load_state(b, beyond)
+      assert msg =~ "ends at #{top + 40} in the sliding-window cache, at #{top}"
+      # nothing got in, and the context still works
+      assert {:ok, _} = Context.position(b)
+      :ok = Context.clear(b)
+      :ok = Context.decode(b, Enum.take(long, 4))
+    end
+
+    @tag timeout: 600_000
+    test "fuzz: mutated blobs of a sliding-window model", %{swa: m, sampler: s} do
+      {:ok, long} = Tokenizer.encode(m, String.duplicate("Once upon a time, there was a girl. ", 8))
+      fuzz!(m, s, long, div(String.to_integer(System.get_env("LCX_FUZZ_N", "5000")), 5))
+    end
+
+    test "a window of 0 is refused: llama.cpp would mask every cell" do
+      {:ok, m} = LlamaCppEx.Model.load(swa_model_path(0))
+      ctx = ctx!(m)
+      assert {:error, {:state_unsupported, msg}} = Context.save_state(ctx)
+      assert msg =~ "window of 0"
+      assert {:error, {:state_unsupported, _}} = Context.load_sequence(ctx, 0, "x")
+    end
+  end
+
+  defp swa_model_path(window) do
+    alias LlamaCppEx.TestGGUF
+    g = TestGGUF.parse(File.read!(model_path()))
+
+    kvs =
+      Enum.map(g.kvs, fn
+        {"general.architecture", t, _} -> {"general.architecture", t, "cohere2"}
+        {"llama." <> k, t, v} -> {"cohere2." <> k, t, v}
+        kv -> kv
+      end)
+
+    # drop tensors cohere2 does not create; GGUF wants the data of the rest contiguous, in order
+    sorted = Enum.sort_by(g.tensors, & &1.offset)
+    ends = Enum.map(Enum.drop(sorted, 1), & &1.offset) ++ [byte_size(g.data)]
+
+    {tensors, data} =
+      Enum.zip(sorted, ends)
+      |> Enum.reject(fn {t, _} -> t.name =~ "ffn_norm" or t.name == "output.weight" end)
+      |> Enum.map_reduce([], fn {t, e}, acc ->
+        {%{t | offset: IO.iodata_length(acc)}, [acc, binary_part(g.data, t.offset, e - t.offset)]}
+      end)
+
+    %{g | kvs: kvs, tensors: tensors, data: IO.iodata_to_binary(data)}
+    |> TestGGUF.put("cohere2.attention.sliding_window", :u32, window)
+    |> TestGGUF.put("cohere2.logit_scale", :f32, 1.0)
+    |> TestGGUF.put("cohere2.attention.layer_norm_epsilon", :f32, 1.0e-5)
+    |> TestGGUF.write_tmp!()
+  end
+
+  # The cells of the last (SWA) cache section of a blob: {offset of the position, position}.
+  defp swa_cells(blob, kind) do
+    start =
+      case kind do
+        :seq -> 8
+        :state -> 4 + :binary.decode_unsigned(binary_part(blob, 0, 4), :little)
+      end
+
+    {_base, at} = walk_cache(blob, start)
+    {cells, _} = walk_cache(blob, at)
+    cells
+  end
+
+  defp swa_positions(blob, kind), do: blob |> swa_cells(kind) |> Enum.map(&elem(&1, 1)) |> Enum.sort()
+
+  defp put_i32(blob, at, v) do
+    <<pre::binary-size(at), _::32, post::binary>> = blob
+    pre <> <<v::little-signed-32>> <> post
+  end
+
+  # One cache section from offset at: its cells and the offset after it.
+  defp walk_cache(blob, at) do
+    <<_::binary-size(at), n_stream::little-32, _::binary>> = blob
+
+    Enum.reduce(1..n_stream, {[], at + 4}, fn _, {cells, at} ->
+      <<_::binary-size(at), n::little-32, _::binary>> = blob
+      {mine, at} = walk_cells(blob, at + 4, n)
+      at = if n > 0, do: walk_layers(blob, at, n), else: at
+      {cells ++ mine, at}
+    end)
+  end
+
+  defp walk_cells(_blob, at, 0), do: {[], at}
+
+  defp walk_cells(blob, at, n) do
+    Enum.map_reduce(1..n, at, fn _, at ->
+      <<_::binary-size(at), pos::little-signed-32, n_seq::little-32, _::binary>> = blob
+      {{at, pos}, at + 8 + 4 * n_seq}
+    end)
+  end
+
+  defp walk_layers(blob, at, cells) do
+    <<_::binary-size(at), v_trans::little-32, n_layer::little-32, _::binary>> = blob
+    at = at + 8
+
+    at =
+      Enum.reduce(1..n_layer, at, fn _, at ->
+        <<_::binary-size(at), _type::32, row::little-64, _::binary>> = blob
+        at + 12 + row * cells
+      end)
+
+    Enum.reduce(1..n_layer, at, fn _, at ->
+      if v_trans == 1 do
+        <<_::binary-size(at), _type::32, el::little-32, n_embd::little-32, _::binary>> = blob
+        at + 12 + el * n_embd * cells
+      else
+        <<_::binary-size(at), _type::32, row::little-64, _::binary>> = blob
+        at + 12 + row * cells
+      end
+    end)
   end
 
   defp check_usable(ctx, state, sampler, turn, expected) do
