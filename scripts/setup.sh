@@ -31,6 +31,7 @@ fi
 
 # the HTTP server's client tests: the official openai package and
 # playwright-core, into the cache (never the repository); see test/js/
-scripts/npm_test_deps.sh >/dev/null
+scripts/npm_test_deps.sh >/dev/null ||
+  echo "setup: could not install the npm test packages; test/http_clients_test.exs will fail" >&2
 
 mix compile

@@ -173,4 +173,29 @@ defmodule LlamaCppEx.HTTPFuzzTest do
     assert match?({:error, :closed}, result) or match?({:ok, "HTTP/1.1 408" <> _}, result), inspect(result)
     assert elapsed < 15_000
   end
+
+  test "connections past :max_connections get a 503 until others close" do
+    {:ok, http} =
+      HTTP.start_link(
+        server: [model: TestHelpers.load_model!(), n_parallel: 1, n_ctx: 256],
+        port: 0,
+        max_connections: 2
+      )
+
+    port = HTTP.port(http)
+    idle = for _ <- 1..2, do: elem(:gen_tcp.connect(~c"127.0.0.1", port, [:binary, active: false]), 1)
+    health = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    assert TestHelpers.eventually(fn ->
+             match?({_, "HTTP/1.1 503 " <> _}, raw(port, health, timeout: 2000))
+           end)
+
+    Enum.each(idle, &:gen_tcp.close/1)
+
+    assert TestHelpers.eventually(fn ->
+             match?({_, "HTTP/1.1 200 " <> _}, raw(port, health, timeout: 2000))
+           end)
+
+    HTTP.stop(http)
+  end
 end

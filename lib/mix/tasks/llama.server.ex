@@ -54,7 +54,7 @@ defmodule Mix.Tasks.Llama.Server do
       do: Mix.raise("unknown arguments: #{inspect(invalid ++ rest)}; see `mix help llama.server`")
 
     Mix.LlamaCppEx.start_app()
-    LlamaCppEx.Log.set_level(if opts[:verbose], do: :info, else: :warning)
+    LlamaCppEx.Log.set_level(if opts[:verbose], do: :info, else: :error)
 
     path = opts[:model] || System.get_env("LLAMA_MODEL") || default_model()
 
