@@ -308,6 +308,53 @@ defmodule LlamaCppEx.HTTPTest do
       assert text == hd(full["choices"])["message"]["content"]
     end
 
+    test "n streamed choices: each has its role chunk, its text and its finish", %{url: url} do
+      body =
+        :jiffy.encode(%{
+          "prompt" => "Once upon a time",
+          "max_tokens" => 6,
+          "temperature" => 0,
+          "n" => 2,
+          "stream" => true
+        })
+
+      {out, 0} =
+        System.cmd("curl", [
+          "-sS",
+          "-N",
+          "-H",
+          "Authorization: Bearer #{@key}",
+          "--data-binary",
+          body,
+          url <> "/v1/completions"
+        ])
+
+      chunks = out |> sse_events() |> Enum.drop(-1) |> Enum.map(&:jiffy.decode(&1, [:return_maps]))
+      choices = Enum.flat_map(chunks, & &1["choices"])
+      by_index = Enum.group_by(choices, & &1["index"])
+      assert Map.keys(by_index) |> Enum.sort() == [0, 1]
+      texts = Map.new(by_index, fn {i, cs} -> {i, Enum.map_join(cs, & &1["text"])} end)
+      # greedy: both choices are the same text, that of the unstreamed request
+      {200, _, full} =
+        request(
+          url,
+          :post,
+          "/v1/completions",
+          %{"prompt" => "Once upon a time", "max_tokens" => 6, "temperature" => 0},
+          auth()
+        )
+
+      assert texts[0] == hd(full["choices"])["text"] and texts[1] == texts[0]
+      assert Enum.count(choices, &(&1["finish_reason"] == "length")) == 2
+    end
+
+    test "a stream that fails before its first token is an ordinary HTTP error", %{url: url} do
+      {400, headers, %{"error" => %{"code" => "invalid_grammar"}}} =
+        chat(url, %{"messages" => @messages, "stream" => true, "grammar" => "root ::= ("})
+
+      assert headers["content-type"] == "application/json"
+    end
+
     test "HTTP/1.0: the stream ends by closing the connection", %{port: port} do
       body = ~s({"prompt": "Once upon a time", "max_tokens": 4, "temperature": 0, "stream": true})
 
