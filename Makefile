@@ -41,7 +41,7 @@ else
 	SO_LDFLAGS = -shared -Wl,--exclude-libs,ALL
 endif
 
-.PHONY: nif nif-asan demo test test-asan bench clean format
+.PHONY: nif nif-asan demo serve test test-asan bench clean format
 
 nif: $(NIF_SO)
 
@@ -79,6 +79,13 @@ $(ASAN_OBJ_DIR)/%.o: c_src/%.cpp
 demo:
 	scripts/setup.sh
 	mix llama.generate --prompt "Once upon a time" -n 200
+
+# Installs what is missing, builds, and serves the shared model over the
+# OpenAI-compatible API on http://127.0.0.1:8080 (chat page at /).
+# ARGS="--port 9000 --parallel 8" passes options to mix llama.server.
+serve:
+	scripts/setup.sh
+	mix llama.server $(ARGS)
 
 # Removes what the compiler built, for every Mix environment.
 clean:

@@ -19,7 +19,7 @@ defmodule LlamaCppEx.MixProject do
   end
 
   def application do
-    [extra_applications: [:logger, :crypto], mod: {LlamaCppEx.Application, []}]
+    [extra_applications: [:logger, :crypto, :inets, :jiffy], mod: {LlamaCppEx.Application, []}]
   end
 
   defp elixirc_paths(:test), do: ["lib", "test/support"]

@@ -15,6 +15,10 @@ have_cmd g++ || need+=(g++)
 have_cmd make || need+=(make)
 have_cmd git || need+=(git)
 have_cmd npm || need+=(npm)
+have_cmd node || need+=(nodejs)
+have_cmd curl || need+=(curl)
+# the HTTP server's browser test (test/http_page_test.exs)
+have_cmd chromium || need+=(chromium)
 have_cmd sha256sum || need+=(coreutils)
 
 if [ ${#need[@]} -gt 0 ]; then
@@ -24,5 +28,10 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq || true
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+
+# the HTTP server's client tests: the official openai package and
+# playwright-core, into the cache (never the repository); see test/js/
+scripts/npm_test_deps.sh >/dev/null ||
+  echo "setup: could not install the npm test packages; test/http_clients_test.exs will fail" >&2
 
 mix compile

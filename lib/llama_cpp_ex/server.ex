@@ -415,6 +415,21 @@ defmodule LlamaCppEx.Server do
     :exit, {reason, _} -> {:error, {:server_down, reason}}
   end
 
+  @doc """
+  The server's model and sizes, once it has loaded (waits while it loads, up
+  to `timeout`): `%{model: LlamaCppEx.Model.t(), n_ctx: cells per slot,
+  embeddings: boolean}`. Used by `LlamaCppEx.HTTP` for `/v1/models` and
+  `/tokenize`.
+
+      {:ok, %{model: model, n_ctx: n_ctx}} = LlamaCppEx.Server.settings(server)
+  """
+  @spec settings(server(), timeout()) ::
+          {:ok, %{model: LlamaCppEx.Model.t(), n_ctx: pos_integer(), embeddings: boolean()}} | {:error, term()}
+  def settings(server, timeout \\ :infinity) do
+    with {:ok, _pid, cfg} <- config(server, timeout),
+         do: {:ok, %{model: cfg.model, n_ctx: cfg.n_ctx_slot, embeddings: cfg.embedding}}
+  end
+
   # ---- embeddings -------------------------------------------------------------------------------
 
   @doc """
