@@ -192,8 +192,11 @@ main() {
       ;;
     tools)
       [ $# -gt 0 ] || die "tools: name the targets (e.g. llama-simple llama-bench)"
-      if ! grep -q '^LLAMA_BUILD_TOOLS:BOOL=ON' "$build/CMakeCache.txt" || ! grep -q '^LLAMA_BUILD_EXAMPLES:BOOL=ON' "$build/CMakeCache.txt"; then
-        cmake -S "$src" -B "$build" -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_COMMON=ON >>"$build.configure.log" 2>&1 \
+      if ! grep -q '^LLAMA_BUILD_TOOLS:BOOL=ON' "$build/CMakeCache.txt" || ! grep -q '^LLAMA_BUILD_EXAMPLES:BOOL=ON' "$build/CMakeCache.txt" \
+        || ! grep -q '^LLAMA_BUILD_SERVER:BOOL=ON' "$build/CMakeCache.txt"; then
+        # llama-server (a reference for the HTTP benchmark) without TLS: nothing here needs it
+        cmake -S "$src" -B "$build" -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_COMMON=ON \
+          -DLLAMA_BUILD_SERVER=ON -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF >>"$build.configure.log" 2>&1 \
           || die "cmake configure for tools failed"
       fi
       log "building reference tools: $*"
