@@ -185,7 +185,7 @@ defmodule LlamaCppEx.Jinja.Interpreter do
     depth = length(st.frames)
     indexed = Enum.with_index(items)
     prev = [:undefined | items]
-    next = tl(items) ++ [:undefined]
+    next = if items == [], do: [], else: tl(items) ++ [:undefined]
 
     {acc, iterated, st} = iterate(Enum.zip([indexed, prev, next]), n, target, body, depth, [], false, st)
 

@@ -81,7 +81,9 @@ defmodule LlamaCppEx.Jinja.Sandbox do
   catch
     {:jinja_error, message, line} -> error(message, line)
     {:jinja_error, message} -> error(message, nil)
-    kind, reason -> error("internal error: #{Exception.format_banner(kind, reason)}", nil)
+    kind, reason ->
+      where = __STACKTRACE__ |> Enum.take(1) |> Exception.format_stacktrace() |> String.trim()
+      error("internal error: #{Exception.format_banner(kind, reason)} (#{where})", nil)
   end
 
   @doc false

@@ -201,7 +201,10 @@ defmodule LlamaCppEx.Jinja.Value do
   def loose_eq?(a, b) when is_boolean(b), do: loose_eq?(a, if(b, do: 1, else: 0))
   def loose_eq?(a, b) when is_number(a) and is_binary(b), do: to_js_number(b) == a
   def loose_eq?(a, b) when is_binary(a) and is_number(b), do: to_js_number(a) == b
-  # arrays and dicts are objects: equal only to themselves, which we cannot tell apart
+  # Arrays and dicts are objects in the reference, equal only to themselves
+  # (`message == user_messages[-1]` is the idiom); values cannot be told apart by
+  # identity here, so equal contents are equal, as in Python.
+  def loose_eq?(a, b) when is_tuple(a) or is_list(a), do: a === b
   def loose_eq?(_a, _b), do: false
 
   @doc "`===` of the raw values (used by `in` on arrays and by `unique`)."
