@@ -68,7 +68,7 @@ defmodule LlamaCppEx.JinjaReference do
           type: "object",
           properties: [
             city: [type: "string", description: "The city, e.g. Paris"],
-            unit: [type: "string", enum: ["celsius", "fahrenheit"]]
+            unit: [type: "string", description: "The unit", enum: ["celsius", "fahrenheit"]]
           ],
           required: ["city"]
         ]
@@ -79,7 +79,11 @@ defmodule LlamaCppEx.JinjaReference do
       function: [
         name: "search",
         description: "Search the web",
-        parameters: [type: "object", properties: [query: [type: "string"]], required: ["query"]]
+        parameters: [
+          type: "object",
+          properties: [query: [type: "string", description: "What to look for"]],
+          required: ["query"]
+        ]
       ]
     ]
   ]

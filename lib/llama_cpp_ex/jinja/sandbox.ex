@@ -79,8 +79,12 @@ defmodule LlamaCppEx.Jinja.Sandbox do
   defp guarded(fun) do
     {:ok, fun.()}
   catch
-    {:jinja_error, message, line} -> error(message, line)
-    {:jinja_error, message} -> error(message, nil)
+    {:jinja_error, message, line} ->
+      error(message, line)
+
+    {:jinja_error, message} ->
+      error(message, nil)
+
     kind, reason ->
       where = __STACKTRACE__ |> Enum.take(1) |> Exception.format_stacktrace() |> String.trim()
       error("internal error: #{Exception.format_banner(kind, reason)} (#{where})", nil)
