@@ -100,15 +100,27 @@ defmodule LlamaCppEx.Jinja do
     end
   end
 
-  def render(%__MODULE__{ast: ast}, vars, opts) do
-    limits = Sandbox.limits!(opts)
-    vars = variables!(vars)
-    Sandbox.run(fn -> Interpreter.render(ast, vars, limits) end, limits)
-  end
+  def render(%__MODULE__{} = template, vars, opts), do: render_values(template, variables!(vars), opts)
 
   def render(other, _vars, _opts), do: raise(ArgumentError, "expected a template, got: #{inspect(other)}")
 
-  defp variables!(vars) when is_map(vars) or is_list(vars) do
+  @doc false
+  # `values`: variable name => template value (LlamaCppEx.Jinja.Value), already converted
+  # (LlamaCppEx.Chat builds messages with their key order this way).
+  @spec render_values(t() | String.t(), %{String.t() => Value.t()}, keyword()) :: {:ok, String.t()} | error()
+  def render_values(source, values, opts) when is_binary(source) do
+    with {:ok, template} <- compile(source, Keyword.take(opts, Sandbox.option_names())) do
+      render_values(template, values, opts)
+    end
+  end
+
+  def render_values(%__MODULE__{ast: ast}, values, opts) do
+    limits = Sandbox.limits!(opts)
+    Sandbox.run(fn -> Interpreter.render(ast, values, limits) end, limits)
+  end
+
+  @doc false
+  def variables!(vars) when is_map(vars) or is_list(vars) do
     unless is_map(vars) or Keyword.keyword?(vars),
       do: raise(ArgumentError, "variables must be a map or keyword list, got: #{inspect(vars)}")
 
@@ -127,5 +139,5 @@ defmodule LlamaCppEx.Jinja do
     end)
   end
 
-  defp variables!(other), do: raise(ArgumentError, "variables must be a map or keyword list, got: #{inspect(other)}")
+  def variables!(other), do: raise(ArgumentError, "variables must be a map or keyword list, got: #{inspect(other)}")
 end
