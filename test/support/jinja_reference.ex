@@ -48,8 +48,9 @@ defmodule LlamaCppEx.JinjaReference do
   defp decode_results(json) do
     for dir <- Path.wildcard("/usr/lib/erlang/lib/jiffy-*/ebin"), do: Code.prepend_path(dir)
 
-    json
-    |> :jiffy.decode([:return_maps])
+    # apply/3: jiffy is a test-time tool from Debian, not a dependency
+    :jiffy
+    |> apply(:decode, [json, [:return_maps]])
     |> Enum.map(fn
       %{"ok" => s} -> {:ok, s}
       %{"error" => e} -> {:error, e}
@@ -133,7 +134,17 @@ defmodule LlamaCppEx.JinjaReference do
          add_generation_prompt: true
        ]},
       {"thinking_on", [messages: [user, thinking, follow], add_generation_prompt: true, enable_thinking: true]},
-      {"thinking_off", [messages: [system, user], add_generation_prompt: true, enable_thinking: false]}
+      {"thinking_off", [messages: [system, user], add_generation_prompt: true, enable_thinking: false]},
+      {"twenty_messages_tools",
+       [
+         messages:
+           Enum.take(
+             [system | Enum.concat(List.duplicate([weather, call.(city: "Paris"), tool_result, final, follow], 4))],
+             20
+           ),
+         tools: @tools,
+         add_generation_prompt: true
+       ]}
     ]
   end
 
