@@ -37,7 +37,7 @@ defmodule LlamaCppEx do
     * `:add_special` / `:parse_special` - how the prompt is tokenized (defaults
       `true` / `false`; chat functions ignore them).
 
-  Chat functions also take `:template` and `:add_assistant` (see `LlamaCppEx.Chat`).
+  Chat functions also take `:template`, `:add_assistant` and `:variables` (see `LlamaCppEx.Chat`).
   Unknown options raise `ArgumentError`.
 
   ## Streams
@@ -63,7 +63,7 @@ defmodule LlamaCppEx do
   alias LlamaCppEx.{Chat, Completion, Context, Embedding, Model, NIF, Options, Sampler, Tokenizer}
 
   @call_keys [context: nil, add_special: true, parse_special: false]
-  @chat_keys [template: nil, add_assistant: true]
+  @chat_keys [template: nil, add_assistant: true, variables: []]
   @stream_keys [on_complete: nil]
 
   @doc """

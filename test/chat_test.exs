@@ -1,4 +1,5 @@
-# LlamaCppEx.Chat (llama.cpp's built-in template engine) and LlamaCppEx.chat/3.
+# LlamaCppEx.Chat (llama.cpp's built-in templates by name, LlamaCppEx.Jinja for
+# template strings) and LlamaCppEx.chat/3.
 #
 # Neither test model has a tokenizer.chat_template, so templates are named
 # explicitly. llama-2-tiny-random has the LLaMA-2 vocabulary, where "<s>" and
@@ -60,10 +61,7 @@ defmodule LlamaCppEx.ChatTest do
                {:ok, "[INST] You are terse.\nHi! [/INST]"}
     end
 
-    test "a Jinja template string is recognised by its markers", %{model: model} do
-      # llama_chat_apply_template does not run Jinja: it detects well-known
-      # templates by their marker strings (here <|im_start|>) and renders them
-      # natively.
+    test "a Jinja template string is rendered by LlamaCppEx.Jinja", %{model: model} do
       jinja =
         "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}" <>
           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
@@ -79,9 +77,9 @@ defmodule LlamaCppEx.ChatTest do
     end
 
     test "an unknown template", %{model: model} do
-      # llama.cpp returns -1 for a name it does not know and a template string
-      # without any marker it recognises.
-      for t <- ["garbage", "", "{{ bogus }}", "chatml2"] do
+      # A string without Jinja tags is a name for llama.cpp, which returns -1 for
+      # a name it does not know.
+      for t <- ["garbage", "", "chatml2"] do
         assert Chat.apply_template(model, @conversation, template: t) == {:error, :unknown_template}, inspect(t)
       end
 
@@ -260,6 +258,76 @@ defmodule LlamaCppEx.ChatTest do
         assert Chat.tokenize(m, messages, template: template) == Tokenizer.encode(m, rendered, parse_special: true),
                "#{template}: #{inspect(rendered)}"
       end
+    end
+  end
+
+  describe "Jinja templates" do
+    @jinja "{% for m in messages %}{{ m.role }}:{{ m.content }}{% if m.tool_calls %} calls {{ m.tool_calls|tojson }}{% endif %}\n{% endfor %}" <>
+             "{% if tools %}{{ tools|length }} tools {% endif %}{{ enable_thinking }}{% if add_generation_prompt %}>{% endif %}"
+
+    test "messages with tool calls, tools and other variables reach the template", %{model: model} do
+      messages = [
+        %{role: "user", content: "Weather?"},
+        %{role: :assistant, content: nil, tool_calls: [[id: "c1", function: [name: "w", arguments: [city: "Paris"]]]]}
+      ]
+
+      assert {:ok, text} =
+               Chat.apply_template(model, messages,
+                 template: @jinja,
+                 variables: [tools: [%{name: "w"}], enable_thinking: false]
+               )
+
+      # (trim_blocks: the newline after each `%}` goes)
+      assert text ==
+               "user:Weather?assistant: calls [{\"id\": \"c1\", \"function\": {\"name\": \"w\", \"arguments\": {\"city\": \"Paris\"}}}]1 tools false>"
+
+      assert {:ok, closed} = Chat.apply_template(model, messages, template: @jinja, add_assistant: false)
+      refute String.ends_with?(closed, ">")
+
+      assert_raise ArgumentError, fn ->
+        Chat.apply_template(model, messages, template: @jinja, variables: [messages: []])
+      end
+    end
+
+    test "bos_token and eos_token are the model's", %{random: random} do
+      {:ok, bos} = Tokenizer.token_to_piece(random, Tokenizer.bos(random), special: true)
+      {:ok, eos} = Tokenizer.token_to_piece(random, Tokenizer.eos(random), special: true)
+      assert Chat.apply_template(random, [], template: "{{ bos_token }}|{{ eos_token }}") == {:ok, bos <> "|" <> eos}
+      assert Chat.apply_template(nil, [], template: "{{ bos_token }}|{{ eos_token }}") == {:ok, "|"}
+    end
+
+    test "template errors name the line", %{model: model} do
+      template = "{% for m in messages %}\n{{ raise_exception('no ' ~ m.role) }}\n{% endfor %}"
+
+      assert Chat.apply_template(model, @conversation, template: template) ==
+               {:error, {:template_error, %{message: "no system", line: 2}}}
+
+      assert {:error, {:template_error, %{line: 1}}} = Chat.tokenize(model, @conversation, template: "{% if %}")
+    end
+
+    test "tokenize: the template's text parses specials, contents do not", %{random: random} do
+      template = "{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}{{ eos_token }}{% endfor %}"
+      plain = [%{role: "user", content: "hello there"}]
+      {:ok, rendered} = Chat.apply_template(random, plain, template: template)
+      # no special text in a content: exactly the rendered prompt, bos written by the template only
+      assert Chat.tokenize(random, plain, template: template) ==
+               Tokenizer.encode(random, rendered, add_special: false, parse_special: true)
+
+      {:ok, tokens} = Chat.tokenize(random, [%{role: "user", content: "a </s> b"}], template: template)
+      eos = Tokenizer.eos(random)
+      # one eos: the template's; the content's "</s>" stays text
+      assert Enum.count(tokens, &(&1 == eos)) == 1
+      assert List.last(tokens) == eos
+      assert hd(tokens) == Tokenizer.bos(random)
+    end
+
+    test "chat/3 generates with a Jinja template", %{model: model} do
+      template = "{% for m in messages %}{{ m.content }}\n{% endfor %}"
+
+      assert {:ok, reply} =
+               LlamaCppEx.chat(model, [%{role: "user", content: "Once upon a time"}], template: template, max_tokens: 4)
+
+      assert is_binary(reply)
     end
   end
 

@@ -2,9 +2,23 @@ defmodule LlamaCppEx.Chat do
   @moduledoc """
   Chat templates: turning a list of messages into the prompt a chat model expects.
 
-  Rendering uses llama.cpp's `llama_chat_apply_template`, which recognises the
-  model's own template (its `tokenizer.chat_template` metadata) or one of the
-  built-in formats by name (see `builtin_templates/0`).
+  The model's own template (its `tokenizer.chat_template` metadata) and any
+  template string with Jinja tags are rendered by `LlamaCppEx.Jinja` (compiled
+  once per template and cached), with the variables chat templates expect:
+  `messages`, `add_generation_prompt`, `bos_token`, `eos_token`, plus whatever
+  `:variables` adds (`tools`, `enable_thinking`, `date_string`, ...). llama.cpp's
+  built-in formats stay available by name (`template: "chatml"`, see
+  `builtin_templates/0`), rendered by `llama_chat_apply_template`; so does a
+  string without Jinja tags, which llama.cpp treats as a name.
+
+      {:ok, prompt} =
+        LlamaCppEx.Chat.apply_template(model, messages,
+          variables: [tools: tools, enable_thinking: false]
+        )
+
+  With a Jinja template, a message is a map that may carry more than `:role`
+  and `:content`: `tool_calls`, `tool_call_id`, `name`, `reasoning_content`, a
+  `nil` content or a list of content parts are passed to the template as they are.
 
       messages = [
         %{role: "system", content: "You are terse."},
@@ -19,10 +33,13 @@ defmodule LlamaCppEx.Chat do
   tokens.
   """
 
-  alias LlamaCppEx.{Model, NIF, Tokenizer}
+  alias LlamaCppEx.{Jinja, Model, NIF, Tokenizer}
 
   @type role :: String.t() | atom()
-  @type message :: %{required(:role) => role(), required(:content) => String.t()} | {role(), String.t()}
+  @type message ::
+          %{required(:role) => role(), optional(:content) => term(), optional(atom()) => term()} | {role(), String.t()}
+
+  @options [template: nil, add_assistant: true, variables: []]
 
   @doc "Names of llama.cpp's built-in chat templates (e.g. `\"chatml\"`, `\"llama3\"`)."
   @spec builtin_templates() :: [String.t()]
@@ -35,15 +52,72 @@ defmodule LlamaCppEx.Chat do
 
     * `:template` - a built-in template name or a template string; default the
       model's own template. `{:error, :no_template}` when neither exists.
-    * `:add_assistant` - end with the start of an assistant turn (default `true`).
+    * `:add_assistant` - end with the start of an assistant turn (default `true`);
+      `add_generation_prompt` in Jinja templates.
+    * `:variables` - more template variables (map or keyword list), e.g.
+      `tools: [...]`, `enable_thinking: false`; Jinja templates only. They may
+      override `bos_token`/`eos_token`, not `messages` or `add_generation_prompt`.
+
+  A Jinja template that fails (`raise_exception` in the template, a runtime
+  error, a sandbox limit) gives `{:error, {:template_error, %{message:, line:}}}`.
   """
   @spec apply_template(Model.t() | nil, [message()], keyword()) :: {:ok, String.t()} | {:error, term()}
   def apply_template(model, messages, opts \\ []) do
-    opts = Keyword.validate!(opts, template: nil, add_assistant: true)
+    opts = Keyword.validate!(opts, @options)
 
     with {:ok, template} <- resolve_template(model, opts[:template]) do
-      NIF.chat_apply_template(template, normalize!(messages), add_assistant!(opts))
+      messages = prepare!(template, messages)
+      render(model, template, messages, add_assistant!(opts), variables!(opts))
     end
+  end
+
+  defp prepare!({:jinja, _}, messages), do: jinja_messages!(messages)
+  defp prepare!({:native, _}, messages), do: normalize!(messages)
+
+  defp render(_model, {:native, template}, messages, add_assistant, _variables),
+    do: NIF.chat_apply_template(template, messages, add_assistant)
+
+  defp render(model, {:jinja, source}, messages, add_assistant, variables) do
+    vars =
+      special_token_variables(model)
+      |> Map.merge(variables)
+      |> Jinja.variables!()
+      |> Map.merge(%{"messages" => messages, "add_generation_prompt" => add_assistant})
+
+    Jinja.render_values(source, vars, [])
+  end
+
+  # bos_token / eos_token as the model writes them ("" without a model or token)
+  defp special_token_variables(nil), do: %{"bos_token" => "", "eos_token" => ""}
+
+  defp special_token_variables(%Model{} = model) do
+    Map.new([{"bos_token", Tokenizer.bos(model)}, {"eos_token", Tokenizer.eos(model)}], fn {name, token} ->
+      text =
+        with id when is_integer(id) <- token,
+             {:ok, text} <- Tokenizer.token_to_piece(model, id, special: true) do
+          text
+        else
+          _ -> ""
+        end
+
+      {name, text}
+    end)
+  end
+
+  defp variables!(opts) do
+    vars = opts[:variables]
+
+    unless is_map(vars) or Keyword.keyword?(vars),
+      do: raise(ArgumentError, ":variables must be a map or keyword list, got: #{inspect(vars)}")
+
+    Map.new(vars, fn {k, v} ->
+      name = if is_atom(k), do: Atom.to_string(k), else: k
+
+      if name in ["messages", "add_generation_prompt"],
+        do: raise(ArgumentError, ":variables cannot set #{name} (pass messages and :add_assistant)")
+
+      {name, v}
+    end)
   end
 
   @doc """
@@ -58,21 +132,52 @@ defmodule LlamaCppEx.Chat do
   """
   @spec tokenize(Model.t(), [message()], keyword()) :: {:ok, [Tokenizer.token()]} | {:error, term()}
   def tokenize(%Model{} = model, messages, opts \\ []) do
-    opts = Keyword.validate!(opts, template: nil, add_assistant: true)
-    messages = normalize!(messages)
+    opts = Keyword.validate!(opts, @options)
+    add_assistant = add_assistant!(opts)
+    variables = variables!(opts)
 
     with {:ok, template} <- resolve_template(model, opts[:template]),
-         {:ok, rendered} <- NIF.chat_apply_template(template, messages, add_assistant!(opts)),
-         {:ok, forging?} <- any_special_text?(model, messages) do
+         messages = prepare!(template, messages),
+         {:ok, rendered} <- render(model, template, messages, add_assistant, variables),
+         {:ok, forging?} <- any_special_text?(model, contents(template, messages)) do
       if forging?,
-        do: tokenize_separately(model, template, messages, add_assistant!(opts)),
-        else: Tokenizer.encode(model, rendered, add_special: true, parse_special: true)
+        do: tokenize_separately(model, template, messages, add_assistant, variables),
+        else: Tokenizer.encode(model, rendered, add_special: add_special?(template, model), parse_special: true)
     end
   end
 
+  # A Jinja template writes bos_token itself; a native one relies on the tokenizer.
+  defp add_special?({:jinja, _}, _model), do: false
+  defp add_special?({:native, _}, _model), do: true
+
+  # The message contents that are strings (a Jinja message may have none, or parts).
+  defp contents({:native, _}, messages), do: Enum.map(messages, &elem(&1, 1))
+
+  defp contents({:jinja, _}, messages) do
+    for {:obj, pairs} <- messages, {"content", c} when is_binary(c) <- [List.keyfind(pairs, "content", 0)], do: c
+  end
+
+  defp with_contents({:native, _}, messages, new), do: Enum.zip_with(messages, new, fn {role, _}, c -> {role, c} end)
+
+  defp with_contents({:jinja, _}, messages, new) do
+    {out, []} =
+      Enum.map_reduce(messages, new, fn {:obj, pairs} = m, new ->
+        case List.keyfind(pairs, "content", 0) do
+          {"content", c} when is_binary(c) ->
+            [replacement | rest] = new
+            {{:obj, List.keyreplace(pairs, "content", 0, {"content", replacement})}, rest}
+
+          _ ->
+            {m, new}
+        end
+      end)
+
+    out
+  end
+
   # A content holds special-token text exactly when parsing specials changes its tokens.
-  defp any_special_text?(model, messages) do
-    Enum.reduce_while(messages, {:ok, false}, fn {_role, content}, acc ->
+  defp any_special_text?(model, contents) do
+    Enum.reduce_while(contents, {:ok, false}, fn content, acc ->
       with {:ok, plain} <- Tokenizer.encode(model, content, add_special: false, parse_special: false),
            {:ok, parsed} <- Tokenizer.encode(model, content, add_special: false, parse_special: true) do
         if plain == parsed, do: {:cont, acc}, else: {:halt, {:ok, true}}
@@ -86,15 +191,16 @@ defmodule LlamaCppEx.Chat do
   # template's text with special-token parsing and each content without.
   # (SentencePiece vocabularies give each separately tokenized piece its
   # leading space; that small difference is the price of safety here.)
-  defp tokenize_separately(model, template, messages, add_assistant) do
+  defp tokenize_separately(model, template, messages, add_assistant, variables) do
     # a fresh random nonce each call: a user cannot predict, hence cannot embed, a marker
     nonce = Base.encode16(:crypto.strong_rand_bytes(12))
-    markers = Enum.map(0..(length(messages) - 1)//1, &"\u0001#{nonce}:#{&1}\u0001")
-    marked = Enum.zip_with(messages, markers, fn {role, _}, marker -> {role, marker} end)
+    contents = contents(template, messages)
+    markers = Enum.map(0..(length(contents) - 1)//1, &"\u0001#{nonce}:#{&1}\u0001")
+    marked = with_contents(template, messages, markers)
 
-    with {:ok, rendered} <- NIF.chat_apply_template(template, marked, add_assistant),
-         {:ok, parts} <- split_on_markers(rendered, markers, Enum.map(messages, &elem(&1, 1))) do
-      tokenize_parts(model, parts)
+    with {:ok, rendered} <- render(model, template, marked, add_assistant, variables),
+         {:ok, parts} <- split_on_markers(rendered, markers, contents) do
+      tokenize_parts(model, parts, add_special?(template, model))
     end
   end
 
@@ -112,12 +218,12 @@ defmodule LlamaCppEx.Chat do
     end
   end
 
-  defp tokenize_parts(model, parts) do
+  defp tokenize_parts(model, parts, add_special) do
     parts
     |> Enum.reject(fn {_, text} -> text == "" end)
     |> Enum.with_index()
     |> Enum.reduce_while({:ok, []}, fn {{kind, text}, i}, {:ok, acc} ->
-      opts = [add_special: i == 0, parse_special: kind == :template]
+      opts = [add_special: add_special and i == 0, parse_special: kind == :template]
 
       case Tokenizer.encode(model, text, opts) do
         {:ok, toks} -> {:cont, {:ok, [toks | acc]}}
@@ -130,19 +236,66 @@ defmodule LlamaCppEx.Chat do
     end
   end
 
+  # {:jinja, source} for a template with Jinja tags (the model's own, or given);
+  # {:native, name_or_text} for llama.cpp's built-in formats, chosen by name.
   defp resolve_template(model, nil) do
     case model do
-      %Model{chat_template: t} when is_binary(t) -> {:ok, t}
+      %Model{chat_template: t} when is_binary(t) -> {:ok, classify(t)}
       _ -> {:error, :no_template}
     end
   end
 
   defp resolve_template(_model, template) when is_binary(template) do
     if String.contains?(template, <<0>>), do: raise(ArgumentError, "template must not contain NUL bytes")
-    {:ok, template}
+    unless String.valid?(template), do: raise(ArgumentError, "template must be valid UTF-8")
+    {:ok, classify(template)}
   end
 
   defp resolve_template(_model, other), do: raise(ArgumentError, ":template must be a string, got: #{inspect(other)}")
+
+  defp classify(template) do
+    if String.contains?(template, ["{{", "{%"]), do: {:jinja, template}, else: {:native, template}
+  end
+
+  # Messages for a Jinja template: dicts with role and content first, then the other
+  # keys in key order; the values checked by LlamaCppEx.Jinja.Value.from_term/1.
+  defp jinja_messages!(messages) when is_list(messages) do
+    if messages != [] and Keyword.keyword?(messages),
+      do: raise(ArgumentError, "messages must be a list of messages, got a keyword list: #{inspect(messages)}")
+
+    Enum.map(messages, fn
+      {role, content} ->
+        {role, content} = pair!(role, content)
+        {:obj, [{"role", role}, {"content", content}]}
+
+      %{} = message when not is_struct(message) ->
+        fields = Map.new(message, fn {k, v} -> {if(is_atom(k), do: Atom.to_string(k), else: k), v} end)
+
+        role =
+          case fields do
+            %{"role" => role} when is_binary(role) or (is_atom(role) and role not in [nil, true, false]) ->
+              to_string(role)
+
+            _ ->
+              raise ArgumentError, "a message needs a :role (string or atom), got: #{inspect(message)}"
+          end
+
+        {:obj, rest} = LlamaCppEx.Jinja.Value.from_term(Map.drop(fields, ["role", "content"]))
+
+        content =
+          case Map.fetch(fields, "content") do
+            {:ok, c} -> [{"content", LlamaCppEx.Jinja.Value.from_term(c)}]
+            :error -> []
+          end
+
+        {:obj, [{"role", role} | content] ++ rest}
+
+      other ->
+        raise ArgumentError, "a message must be %{role: _, content: _} or {role, content}, got: #{inspect(other)}"
+    end)
+  end
+
+  defp jinja_messages!(other), do: raise(ArgumentError, "messages must be a list, got: #{inspect(other)}")
 
   defp add_assistant!(opts) do
     case opts[:add_assistant] do

@@ -33,7 +33,10 @@ defmodule LlamaCppEx.Error do
     * `{:context_failed, message}`, `{:context_too_large, %{needed:, available:}}`
       - creating a context.
     * `:thread_failed`, `{:exception, message}` - native failures.
-    * `{:template_failed, message}`, `:unknown_template` - chat templates.
+    * `{:template_failed, message}`, `:unknown_template` - chat templates
+      (llama.cpp's named formats); `{:template_error, %{message:, line:}}` - a
+      Jinja template failed (`LlamaCppEx.Jinja`: its `raise_exception`, a
+      runtime error, a sandbox limit); made in Elixir, not by the NIF.
     * `:invalid_utf8`, `{:tokenize_failed, message}`,
       `{:detokenize_failed, message}` - tokenizing and token text.
     * `:embeddings_disabled`, `{:unsupported_pooling, type}`, `:no_embeddings`,
@@ -75,6 +78,7 @@ defmodule LlamaCppEx.Error do
           | :model_mismatch
           | {:invalid_grammar, String.t()}
           | {:invalid_json_schema, String.t()}
+          | {:template_error, %{message: String.t(), line: pos_integer() | nil}}
           | {:unsupported_json_schema, String.t()}
           | {:load_failed, String.t()}
           | :load_cancelled

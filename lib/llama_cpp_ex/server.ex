@@ -73,7 +73,7 @@ defmodule LlamaCppEx.Server do
   refused with `:shift_unsupported` by a unified KV cache of several slots,
   whose sequences share cells), every `LlamaCppEx.Sampler` option (`:temp`,
   `:seed`, `:grammar`, `:json_schema`, `:response_format`, ...), `:add_special`/`:parse_special`, and for chats
-  `:template`/`:add_assistant`; context options belong to the server and
+  `:template`/`:add_assistant`/`:variables`; context options belong to the server and
   are refused. Each request is tokenized and its sampler built in the calling
   process, so a bad request (an unknown option, an invalid grammar or JSON schema, a prompt
   longer than a slot) fails alone, before it reaches the server. Also:
@@ -196,7 +196,7 @@ defmodule LlamaCppEx.Server do
 
   @call_keys [add_special: true, parse_special: false]
   @request_keys [priority: :normal, timeout: :infinity, ref: nil, session: nil, cache_scope: nil, lora: []]
-  @chat_keys [template: nil, add_assistant: true]
+  @chat_keys [template: nil, add_assistant: true, variables: []]
   @stream_keys [on_complete: nil]
 
   @doc "A child specification: `{LlamaCppEx.Server, opts}` in a supervisor's children."
