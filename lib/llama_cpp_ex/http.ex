@@ -110,6 +110,7 @@ defmodule LlamaCppEx.HTTP do
     opts = Keyword.validate!(opts, @defaults)
     JSON.ensure!()
     {:ok, _} = Application.ensure_all_started(:inets)
+    preload()
 
     if is_nil(opts[:server]), do: raise(ArgumentError, ":server is required (a LlamaCppEx.Server or its options)")
 
@@ -163,4 +164,13 @@ defmodule LlamaCppEx.HTTP do
   @doc "Stops the server (and the batching servers it started)."
   @spec stop(GenServer.server()) :: :ok
   def stop(http), do: GenServer.stop(http)
+
+  # Outside a release (`mix run`, iex) modules load on first use, and jiffy's
+  # NIF with its first call: 60 ms or more that would otherwise go to the
+  # first request's time to first token.
+  defp preload do
+    _ = JSON.encode!(%{})
+    {:ok, modules} = :application.get_key(:llama_cpp_ex, :modules)
+    Enum.each(modules, &Code.ensure_loaded/1)
+  end
 end

@@ -53,6 +53,20 @@ defmodule LlamaCppEx.Server.Loop do
 
   defp stepwise(_ctx, _embeddings), do: :ok
 
+  # One decode before the first request, as llama-server does at start: the
+  # first llama_decode of a context pays for its weights (page faults of the
+  # mapped file, repacking for the CPU's kernels, buffers), 100 ms on
+  # stories260K, which would otherwise be the first caller's time to first token.
+  defp warm_up(_ctx, _model, true), do: :ok
+
+  defp warm_up(ctx, model, _embeddings) do
+    bos = LlamaCppEx.Tokenizer.bos(model) || 0
+
+    with :ok <- Context.decode(ctx, [bos]) do
+      Context.clear(ctx)
+    end
+  end
+
   defp setup(opts) do
     with {:ok, model, own?} <- model(opts),
          opts = Keyword.put(opts, :n_ctx, opts[:n_ctx] || default_n_ctx(model)),
@@ -62,6 +76,7 @@ defmodule LlamaCppEx.Server.Loop do
          # texts are absorbed in chunks across steps: only with a KV cache and
          # causal attention do token embeddings not depend on how a sequence is split
          :ok <- stepwise(ctx, opts[:embeddings]),
+         :ok <- warm_up(ctx, model, opts[:embeddings]),
          {:ok, engine} <-
            Batch.new(ctx,
              n_slots: opts[:n_parallel],

@@ -71,6 +71,8 @@ defmodule Mix.Tasks.Llama.HttpBench do
 
     ours = LlamaCppEx.HTTP.url(http)
     {upstream, port} = start_llama_server(cfg, bin, path)
+    # each server's first requests pay for first use (code loading, buffers): not measured
+    for url <- [ours, upstream], do: load(root, url, 2, %{cfg | requests: 1, max_tokens: 8}, eos)
 
     try do
       rows =
