@@ -58,15 +58,21 @@ async function one(i, stats) {
   stats.tokens += tokens;
 }
 
-const stats = { ttft: [], gap: [], tokens: 0 };
+// A request that fails (a refused or dropped connection, an HTTP error) is
+// counted and reported, not retried.
+const stats = { ttft: [], gap: [], tokens: 0, errors: 0, first_error: null };
 const t0 = performance.now();
 await Promise.all(Array.from({ length: N }, async (_, c) => {
-  for (let r = 0; r < R; r++) await one(c * R + r, stats);
+  for (let r = 0; r < R; r++) {
+    try { await one(c * R + r, stats); }
+    catch (e) { stats.errors++; stats.first_error ??= String(e.cause?.message ?? e.message); }
+  }
 }));
 const wall = (performance.now() - t0) / 1000;
 console.log(JSON.stringify({
   clients: N, requests: N * R, max_tokens: M, wall_s: +wall.toFixed(3),
   tokens: stats.tokens, tokens_per_s: +(stats.tokens / wall).toFixed(1),
   ttft_p50_ms: +pct(stats.ttft, 50).toFixed(2), ttft_p99_ms: +pct(stats.ttft, 99).toFixed(2),
-  gap_p50_ms: +(pct(stats.gap, 50) ?? 0).toFixed(3), gap_p99_ms: +(pct(stats.gap, 99) ?? 0).toFixed(3)
+  gap_p50_ms: +(pct(stats.gap, 50) ?? 0).toFixed(3), gap_p99_ms: +(pct(stats.gap, 99) ?? 0).toFixed(3),
+  errors: stats.errors, first_error: stats.first_error
 }));

@@ -60,10 +60,9 @@ defmodule LlamaCppEx do
   (`finish_reason: :context_full`), as llama-server and the OpenAI API do.
   """
 
-  alias LlamaCppEx.{Chat, Completion, Context, Embedding, Model, NIF, Options, Sampler, Tokenizer}
+  alias LlamaCppEx.{Chat, ChatFormat, Completion, Context, Embedding, Model, NIF, Options, Sampler, Tokenizer}
 
   @call_keys [context: nil, add_special: true, parse_special: false]
-  @chat_keys [template: nil, add_assistant: true, variables: []]
   @stream_keys [on_complete: nil]
 
   @doc """
@@ -94,22 +93,35 @@ defmodule LlamaCppEx do
 
   @doc """
   Generates a reply to a conversation, rendered with the model's chat template
-  (or `:template`). Returns the reply text.
+  (or `:template`). Returns the reply's content: its text without reasoning
+  blocks or tool calls (see `chat_complete/3` for those).
 
       {:ok, reply} = LlamaCppEx.chat(model, [%{role: "user", content: "Hello"}])
+
+  Takes the options of `LlamaCppEx.Chat.apply_template/3` (`:template`,
+  `:tools`, `:tool_choice`, `:enable_thinking`, ...) besides those of `generate/3`.
   """
   @spec chat(Model.t(), [Chat.message()], keyword()) :: {:ok, String.t()} | {:error, term()}
   def chat(model, messages, opts \\ []) do
-    with {:ok, %Completion{text: text}} <- chat_complete(model, messages, opts), do: {:ok, text}
+    with {:ok, %Completion{reply: reply}} <- chat_complete(model, messages, opts), do: {:ok, reply.content}
   end
 
-  @doc "Like `chat/3`, returning a `LlamaCppEx.Completion`."
+  @doc """
+  Like `chat/3`, returning a `LlamaCppEx.Completion`: its `:text` is what the
+  model wrote, and its `:reply` that text read in the template's
+  `LlamaCppEx.ChatFormat`, a `LlamaCppEx.ChatReply` with the content, the
+  reasoning and the tool calls.
+
+      tools = [%{"type" => "function", "function" => %{"name" => "get_weather", "parameters" => %{...}}}]
+      {:ok, %{reply: %{tool_calls: calls}}} = LlamaCppEx.chat_complete(model, messages, tools: tools)
+  """
   @spec chat_complete(Model.t(), [Chat.message()], keyword()) :: {:ok, Completion.t()} | {:error, term()}
   def chat_complete(%Model{} = model, messages, opts \\ []) do
-    opts = split!(opts, chat: @chat_keys)
+    opts = split!(opts, chat: Chat.option_keys())
 
-    with {:ok, tokens} <- Chat.tokenize(model, messages, opts.chat) do
-      run(model, tokens, opts)
+    with {:ok, tokens, reply} <- Chat.prepare(model, messages, opts.chat),
+         {:ok, completion} <- run(model, tokens, opts) do
+      {:ok, Completion.with_reply(completion, reply)}
     end
   end
 
@@ -134,11 +146,46 @@ defmodule LlamaCppEx do
     token_stream(model, fn -> encode_prompt(model, prompt, opts.call) end, opts)
   end
 
-  @doc "A lazy stream of the reply to a conversation (see `chat/3` and `stream/3`)."
+  @doc """
+  A lazy stream of the reply to a conversation (see `chat/3` and `stream/3`):
+  text chunks of what the model writes, or, with `parse_reply: true` (the
+  default when `:tools` are given), the reply's parts as they become known
+  (`t:LlamaCppEx.ChatFormat.delta/0`: `{:content, text}`,
+  `{:reasoning, text}`, `{:tool_call, index, %LlamaCppEx.ToolCall{}}`).
+  """
   @spec stream_chat(Model.t(), [Chat.message()], keyword()) :: Enumerable.t()
   def stream_chat(%Model{} = model, messages, opts \\ []) do
-    opts = split!(opts, chat: @chat_keys, stream: @stream_keys)
-    token_stream(model, fn -> Chat.tokenize(model, messages, opts.chat) end, opts)
+    opts = split!(opts, chat: Chat.option_keys(), stream: @stream_keys ++ [parse_reply: nil])
+
+    if parse_reply?(opts) do
+      # rendered when the stream starts, so the reply's format is known then
+      Stream.flat_map([:start], fn :start ->
+        {tokens, reply} = chat_prompt!(model, messages, opts.chat)
+
+        model
+        |> token_stream(fn -> {:ok, tokens} end, opts)
+        |> ChatFormat.reply_stream(reply.format, reply.thinking_open)
+      end)
+    else
+      token_stream(model, fn -> Chat.tokenize(model, messages, opts.chat) end, opts)
+    end
+  end
+
+  @doc false
+  # Shared with LlamaCppEx.Server.stream_chat/3.
+  def parse_reply?(opts) do
+    case opts.stream[:parse_reply] do
+      nil -> opts.chat[:tools] not in [nil, []]
+      b when is_boolean(b) -> b
+      other -> raise ArgumentError, ":parse_reply must be a boolean, got: #{inspect(other)}"
+    end
+  end
+
+  defp chat_prompt!(model, messages, chat) do
+    case Chat.prepare(model, messages, chat) do
+      {:ok, tokens, reply} -> {tokens, reply}
+      {:error, reason} -> raise LlamaCppEx.Error, reason: reason
+    end
   end
 
   @doc """

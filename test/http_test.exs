@@ -33,6 +33,22 @@ defmodule LlamaCppEx.HTTPTest do
 
   @messages [%{"role" => "user", "content" => "Tell me a story"}]
 
+  describe "keep-alive" do
+    # httpd's minimum_bytes_per_second counts every second of a connection:
+    # with it, a client that waited 3 s between requests (or read a reply
+    # that long) found its keep-alive connection closed under its next request
+    test "a connection idle for longer than 3 s still takes the next request", %{port: port} do
+      {:ok, sock} = :gen_tcp.connect(~c"127.0.0.1", port, [:binary, active: false])
+      req = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+      :ok = :gen_tcp.send(sock, req)
+      assert {:ok, "HTTP/1.1 200" <> _} = :gen_tcp.recv(sock, 0, 5000)
+      Process.sleep(4500)
+      :ok = :gen_tcp.send(sock, req)
+      assert {:ok, "HTTP/1.1 200" <> _} = :gen_tcp.recv(sock, 0, 5000)
+      :gen_tcp.close(sock)
+    end
+  end
+
   describe "endpoints" do
     test "a greedy chat completion equals LlamaCppEx.Server.chat_complete/3", %{url: url, server: server} do
       {200, headers, body} = chat(url, %{"messages" => @messages, "max_tokens" => 20, "temperature" => 0})

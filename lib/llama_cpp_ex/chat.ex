@@ -33,13 +33,19 @@ defmodule LlamaCppEx.Chat do
   tokens.
   """
 
+  alias LlamaCppEx.Chat.Tools
   alias LlamaCppEx.{Jinja, Model, NIF, Tokenizer}
 
   @type role :: String.t() | atom()
   @type message ::
           %{required(:role) => role(), optional(:content) => term(), optional(atom()) => term()} | {role(), String.t()}
 
-  @options [template: nil, add_assistant: true, variables: []]
+  @options [template: nil, add_assistant: true, variables: [], tools: nil, tool_choice: :auto, enable_thinking: nil]
+
+  @doc false
+  # The chat options (apply_template/3, tokenize/3, and the chat functions of
+  # LlamaCppEx and LlamaCppEx.Server) and their defaults.
+  def option_keys, do: @options
 
   @doc "Names of llama.cpp's built-in chat templates (e.g. `\"chatml\"`, `\"llama3\"`)."
   @spec builtin_templates() :: [String.t()]
@@ -55,8 +61,19 @@ defmodule LlamaCppEx.Chat do
     * `:add_assistant` - end with the start of an assistant turn (default `true`);
       `add_generation_prompt` in Jinja templates.
     * `:variables` - more template variables (map or keyword list), e.g.
-      `tools: [...]`, `enable_thinking: false`; Jinja templates only. They may
+      `date_string: "26 Jul 2024"`; Jinja templates only. They may
       override `bos_token`/`eos_token`, not `messages` or `add_generation_prompt`.
+    * `:tools` - OpenAI function definitions (`%{"type" => "function",
+      "function" => %{"name" => .., "description" => .., "parameters" => schema}}`,
+      string or atom keys), given to the template as `tools`.
+    * `:tool_choice` - `:auto` (default: the tools are offered), `:none` (they
+      are not given to the template), `:required` or `{:function, name}` (only
+      that tool is given); OpenAI's strings and `%{"type" => "function",
+      "function" => %{"name" => name}}` are accepted too. The choice shapes
+      the prompt; the output is not constrained by a grammar.
+    * `:enable_thinking` - `true`/`false` for the templates that switch
+      reasoning on and off (Qwen 3, DeepSeek, Granite, ...); default: the
+      template's own.
 
   A Jinja template that fails (`raise_exception` in the template, a runtime
   error, a sandbox limit) gives `{:error, {:template_error, %{message:, line:}}}`.
@@ -110,14 +127,27 @@ defmodule LlamaCppEx.Chat do
     unless is_map(vars) or Keyword.keyword?(vars),
       do: raise(ArgumentError, ":variables must be a map or keyword list, got: #{inspect(vars)}")
 
-    Map.new(vars, fn {k, v} ->
-      name = if is_atom(k), do: Atom.to_string(k), else: k
+    vars =
+      Map.new(vars, fn {k, v} ->
+        name = if is_atom(k), do: Atom.to_string(k), else: k
 
-      if name in ["messages", "add_generation_prompt"],
-        do: raise(ArgumentError, ":variables cannot set #{name} (pass messages and :add_assistant)")
+        if name in ["messages", "add_generation_prompt"],
+          do: raise(ArgumentError, ":variables cannot set #{name} (pass messages and :add_assistant)")
 
-      {name, v}
-    end)
+        {name, v}
+      end)
+
+    vars =
+      case Tools.offered(opts[:tools], opts[:tool_choice]) do
+        nil -> vars
+        tools -> Map.put(vars, "tools", tools)
+      end
+
+    case opts[:enable_thinking] do
+      nil -> vars
+      b when is_boolean(b) -> Map.put(vars, "enable_thinking", b)
+      other -> raise ArgumentError, ":enable_thinking must be a boolean or nil, got: #{inspect(other)}"
+    end
   end
 
   @doc """
@@ -132,6 +162,14 @@ defmodule LlamaCppEx.Chat do
   """
   @spec tokenize(Model.t(), [message()], keyword()) :: {:ok, [Tokenizer.token()]} | {:error, term()}
   def tokenize(%Model{} = model, messages, opts \\ []) do
+    with {:ok, tokens, _reply} <- prepare(model, messages, opts), do: {:ok, tokens}
+  end
+
+  @doc false
+  # tokenize/3, and how to read the reply: {:ok, tokens, %{format, thinking_open}}
+  # (the LlamaCppEx.ChatFormat of the template, and whether the prompt ends
+  # inside a reasoning block the template opened).
+  def prepare(%Model{} = model, messages, opts) do
     opts = Keyword.validate!(opts, @options)
     add_assistant = add_assistant!(opts)
     variables = variables!(opts)
@@ -139,12 +177,20 @@ defmodule LlamaCppEx.Chat do
     with {:ok, template} <- resolve_template(model, opts[:template]),
          messages = prepare!(template, messages),
          {:ok, rendered} <- render(model, template, messages, add_assistant, variables),
-         {:ok, forging?} <- any_special_text?(model, contents(template, messages)) do
-      if forging?,
-        do: tokenize_separately(model, template, messages, add_assistant, variables),
-        else: Tokenizer.encode(model, rendered, add_special: add_special?(template, model), parse_special: true)
+         {:ok, forging?} <- any_special_text?(model, contents(template, messages)),
+         {:ok, tokens} <-
+           if(forging?,
+             do: tokenize_separately(model, template, messages, add_assistant, variables),
+             else: Tokenizer.encode(model, rendered, add_special: add_special?(template, model), parse_special: true)
+           ) do
+      {:ok, tokens, %{format: reply_format(template), thinking_open: thinking_open?(rendered)}}
     end
   end
+
+  defp reply_format({:jinja, source}), do: LlamaCppEx.ChatFormat.detect(source)
+  defp reply_format({:native, _}), do: :content
+
+  defp thinking_open?(rendered), do: rendered |> String.trim_trailing() |> String.ends_with?("<think>")
 
   # A Jinja template writes bos_token itself; a native one relies on the tokenizer.
   defp add_special?({:jinja, _}, _model), do: false

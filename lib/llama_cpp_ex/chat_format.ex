@@ -182,4 +182,34 @@ defmodule LlamaCppEx.ChatFormat do
   defp grown(old, new) do
     if String.starts_with?(new, old), do: binary_part(new, byte_size(old), byte_size(new) - byte_size(old)), else: ""
   end
+
+  @doc """
+  A stream of deltas (`t:delta/0`) from a stream of text chunks (binaries, or
+  `{text, logprobs}`) of a chat reply in `format`: reasoning, content and
+  tool calls as they become known; what may still become a call or a tag is
+  held back until it is known, and the last parse, when the text stream ends,
+  hands out the rest.
+  """
+  @spec reply_stream(Enumerable.t(), format(), boolean()) :: Enumerable.t()
+  def reply_stream(chunks, format, thinking_open?) do
+    opts = [thinking_open: thinking_open?]
+
+    Stream.transform(
+      chunks,
+      fn -> {"", %ChatReply{}} end,
+      fn chunk, {text, sent} ->
+        text = text <> chunk_text(chunk)
+        {deltas, sent} = advance(sent, parse(text, format, [partial: true] ++ opts))
+        {deltas, {text, sent}}
+      end,
+      fn {text, sent} ->
+        {deltas, sent} = advance(sent, parse(text, format, opts))
+        {deltas, {text, sent}}
+      end,
+      fn _ -> :ok end
+    )
+  end
+
+  defp chunk_text({text, _logprobs}), do: text
+  defp chunk_text(text) when is_binary(text), do: text
 end

@@ -18,6 +18,9 @@ defmodule LlamaCppEx.Completion do
       sending chunks and waiting for the consumer to ask for more.
     * `:discarded_tokens` - positions dropped by context shifts
       (`context_shift: true`); `0` otherwise.
+    * `:reply` - chats only (`chat_complete/3`): the reply read as a
+      `LlamaCppEx.ChatReply` (content, reasoning, tool calls) in the
+      template's `LlamaCppEx.ChatFormat`; `nil` for plain completions.
     * `:logprobs` - with the `:logprobs` option, a `LlamaCppEx.Logprob` for
       each generated token (`nil` otherwise).
     * `:cached_tokens`, `:queue_ms`, `:ttft_ms` - set by `LlamaCppEx.Server`
@@ -36,6 +39,7 @@ defmodule LlamaCppEx.Completion do
             generation_ms: 0.0,
             sample_ms: 0.0,
             logprobs: nil,
+            reply: nil,
             discarded_tokens: 0,
             cached_tokens: nil,
             queue_ms: nil,
@@ -52,6 +56,7 @@ defmodule LlamaCppEx.Completion do
           generation_ms: float(),
           sample_ms: float(),
           logprobs: [LlamaCppEx.Logprob.t()] | nil,
+          reply: LlamaCppEx.ChatReply.t() | nil,
           discarded_tokens: non_neg_integer(),
           cached_tokens: non_neg_integer() | nil,
           queue_ms: float() | nil,
@@ -63,6 +68,11 @@ defmodule LlamaCppEx.Completion do
     map = Map.update(map, :logprobs, nil, &LlamaCppEx.Logprob.from_native/1)
     struct!(__MODULE__, map)
   end
+
+  @doc false
+  # A chat's completion with its reply read in the template's format.
+  def with_reply(%__MODULE__{text: text} = c, %{format: format, thinking_open: open?}),
+    do: %{c | reply: LlamaCppEx.ChatFormat.parse(text, format, thinking_open: open?)}
 
   @doc "Prompt processing speed in tokens per second."
   @spec prompt_tokens_per_second(t()) :: float()

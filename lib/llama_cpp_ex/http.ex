@@ -63,8 +63,12 @@ defmodule LlamaCppEx.HTTP do
       default 100), `:max_uri_size` (default 8 KiB), `:max_connections`
       (default 128; more are refused by httpd), `:idle_timeout` (ms a
       connection may wait for its next request, default 15 s, rounded to
-      seconds), `:min_bytes_per_second` (a client sending slower is
-      dropped, so slow clients cannot hold connections; default 100),
+      seconds; a request must have arrived whole within it, so a client
+      that stalls or trickles is dropped), `:min_bytes_per_second` (default
+      `nil`, off: httpd measures it over the connection's whole life, each
+      second, including while a reply streams and between keep-alive
+      requests, so any limit drops the keep-alive connections of streaming
+      clients after their reply),
       `:max_keep_alive_requests` (default 1000).
     * `:name` - register the process.
 
@@ -88,7 +92,7 @@ defmodule LlamaCppEx.HTTP do
     max_uri_size: 8 * 1024,
     max_connections: 128,
     idle_timeout: 15_000,
-    min_bytes_per_second: 100,
+    min_bytes_per_second: nil,
     max_keep_alive_requests: 1000,
     name: nil
   ]
@@ -129,9 +133,11 @@ defmodule LlamaCppEx.HTTP do
 
     for k <-
           [:max_body, :max_header_size, :max_headers, :max_uri_size, :max_connections, :idle_timeout] ++
-            [:min_bytes_per_second, :max_keep_alive_requests] do
+            [:max_keep_alive_requests] do
       LlamaCppEx.Options.pos!(opts, k)
     end
+
+    unless opts[:min_bytes_per_second] == nil, do: LlamaCppEx.Options.pos!(opts, :min_bytes_per_second)
 
     for k <- [:model_id, :chat_template] do
       unless is_nil(opts[k]) or is_binary(opts[k]), do: raise(ArgumentError, "#{inspect(k)} must be a string")

@@ -196,7 +196,6 @@ defmodule LlamaCppEx.Server do
 
   @call_keys [add_special: true, parse_special: false]
   @request_keys [priority: :normal, timeout: :infinity, ref: nil, session: nil, cache_scope: nil, lora: []]
-  @chat_keys [template: nil, add_assistant: true, variables: []]
   @stream_keys [on_complete: nil]
 
   @doc "A child specification: `{LlamaCppEx.Server, opts}` in a supervisor's children."
@@ -280,14 +279,20 @@ defmodule LlamaCppEx.Server do
   """
   @spec chat(server(), [Chat.message()], keyword()) :: {:ok, String.t()} | {:error, term()}
   def chat(server, messages, opts \\ []) do
-    with {:ok, %Completion{text: text}} <- chat_complete(server, messages, opts), do: {:ok, text}
+    with {:ok, %Completion{reply: reply}} <- chat_complete(server, messages, opts), do: {:ok, reply.content}
   end
 
-  @doc "Like `chat/3`, returning a `LlamaCppEx.Completion`."
+  @doc """
+  Like `chat/3`, returning a `LlamaCppEx.Completion` whose `:reply` is the
+  reply read in the template's format (content, reasoning, tool calls), as
+  `LlamaCppEx.chat_complete/3` does.
+  """
   @spec chat_complete(server(), [Chat.message()], keyword()) :: {:ok, Completion.t()} | {:error, term()}
   def chat_complete(server, messages, opts \\ []) do
-    opts = split!(opts, chat: @chat_keys)
-    call(server, opts, &Chat.tokenize(&1, messages, opts.chat))
+    opts = split!(opts, chat: Chat.option_keys())
+
+    with {:ok, completion, reply} <- call(server, opts, &Chat.prepare(&1, messages, opts.chat)),
+         do: {:ok, Completion.with_reply(completion, reply)}
   end
 
   @doc """
@@ -310,8 +315,26 @@ defmodule LlamaCppEx.Server do
   @doc "A lazy stream of the reply to a conversation (see `chat/3` and `stream/3`)."
   @spec stream_chat(server(), [Chat.message()], keyword()) :: Enumerable.t()
   def stream_chat(server, messages, opts \\ []) do
-    opts = split!(opts, chat: @chat_keys, stream: @stream_keys)
-    LlamaCppEx.Server.Stream.new(server, opts, &Chat.tokenize(&1, messages, opts.chat))
+    opts = split!(opts, chat: Chat.option_keys(), stream: @stream_keys ++ [parse_reply: nil])
+
+    if LlamaCppEx.parse_reply?(opts) do
+      # rendered when the stream starts, so the reply's format is known then
+      Stream.flat_map([:start], fn :start ->
+        {tokens, reply} =
+          with {:ok, %{model: model}} <- settings(server, opts.request[:timeout]),
+               {:ok, tokens, reply} <- Chat.prepare(model, messages, opts.chat) do
+            {tokens, reply}
+          else
+            {:error, reason} -> raise LlamaCppEx.Error, reason: reason
+          end
+
+        server
+        |> LlamaCppEx.Server.Stream.new(opts, fn _model -> {:ok, tokens} end)
+        |> LlamaCppEx.ChatFormat.reply_stream(reply.format, reply.thinking_open)
+      end)
+    else
+      LlamaCppEx.Server.Stream.new(server, opts, &Chat.tokenize(&1, messages, opts.chat))
+    end
   end
 
   @doc """
@@ -552,6 +575,8 @@ defmodule LlamaCppEx.Server do
     Tokenizer.encode(model, prompt, add_special: call[:add_special], parse_special: call[:parse_special])
   end
 
+  # tokenize may return {:ok, tokens, extra} (a chat's reply format): the
+  # result is then {:ok, completion, extra}
   defp call(server, opts, tokenize) do
     with {:ok, pid, req} <- request(server, opts, tokenize, :call) do
       mon = Process.monitor(pid)
@@ -560,7 +585,11 @@ defmodule LlamaCppEx.Server do
         :ok ->
           result = await(req.ref, mon)
           Process.demonitor(mon, [:flush])
-          result
+
+          case {result, req.reply} do
+            {{:ok, completion}, reply} when reply != nil -> {:ok, completion, reply}
+            _ -> result
+          end
 
         error ->
           Process.demonitor(mon, [:flush])
@@ -576,7 +605,7 @@ defmodule LlamaCppEx.Server do
     with {:ok, pid, cfg} <- config(server, opts.request[:timeout]),
          :ok <- if(cfg.embedding, do: {:error, :embeddings_only}, else: :ok),
          lora = LlamaCppEx.Lora.native!(opts.request[:lora], cfg.model),
-         {:ok, tokens} <- tokenize.(cfg.model),
+         {:ok, tokens, reply} <- tokenized(tokenize.(cfg.model)),
          :ok <- check_prompt(tokens, opts.gen, cfg),
          {:ok, sampler} <- Sampler.create(cfg.model, opts.sampler) do
       r = opts.request
@@ -588,6 +617,7 @@ defmodule LlamaCppEx.Server do
          kind: kind,
          tokens: tokens,
          key: LlamaCppEx.Server.Cache.key(tokens),
+         reply: reply,
          sampler: sampler,
          max_tokens: opts.gen.max_tokens,
          stop: opts.gen.stop,
@@ -610,6 +640,10 @@ defmodule LlamaCppEx.Server do
       set -> {scope, {:lora, set}}
     end
   end
+
+  defp tokenized({:ok, tokens}), do: {:ok, tokens, nil}
+  defp tokenized({:ok, tokens, extra}), do: {:ok, tokens, extra}
+  defp tokenized(error), do: error
 
   defp check_prompt([], _gen, _cfg), do: {:error, :empty_prompt}
 

@@ -81,9 +81,8 @@ defmodule LlamaCppEx.HTTP.Listener do
       keep_alive: true,
       keep_alive_timeout: max(1, div(opts[:idle_timeout], 1000)),
       max_keep_alive_request: opts[:max_keep_alive_requests],
-      minimum_bytes_per_second: opts[:min_bytes_per_second],
       llama_cpp_ex: config
-    ]
+    ] ++ if(opts[:min_bytes_per_second], do: [minimum_bytes_per_second: opts[:min_bytes_per_second]], else: [])
   end
 
   @impl true

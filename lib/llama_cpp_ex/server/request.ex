@@ -14,6 +14,8 @@ defmodule LlamaCppEx.Server.Request do
     :tokens,
     # the prompt as a LlamaCppEx.Server.Cache key
     key: <<>>,
+    # a chat's reply format (LlamaCppEx.Chat.prepare/3), for the caller's own use
+    reply: nil,
     sampler: nil,
     # LoRA adapters as the engine takes them: [{ref, scale}]
     lora: [],

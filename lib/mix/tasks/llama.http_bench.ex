@@ -83,7 +83,8 @@ defmodule Mix.Tasks.Llama.HttpBench do
               b = load(root, upstream, n, cfg, eos)
 
               Mix.LlamaCppEx.info(
-                "  #{n} clients, round #{round}: ours #{a["tokens_per_s"]} t/s, llama-server #{b["tokens_per_s"]} t/s"
+                "  #{n} clients, round #{round}: ours #{a["tokens_per_s"]} t/s, llama-server #{b["tokens_per_s"]} t/s" <>
+                  errors_note(a, b)
               )
 
               {a, b}
@@ -134,6 +135,15 @@ defmodule Mix.Tasks.Llama.HttpBench do
     :jiffy.decode(out |> String.split("\n", trim: true) |> List.last(), [:return_maps])
   end
 
+  defp errors_note(a, b) do
+    for(
+      {who, r} <- [ours: a, llama_server: b],
+      (r["errors"] || 0) > 0,
+      do: " (#{who}: #{r["errors"]} failed: #{r["first_error"]})"
+    )
+    |> Enum.join()
+  end
+
   defp median_of(runs) do
     keys = ["tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "gap_p50_ms", "gap_p99_ms"]
 
@@ -141,6 +151,7 @@ defmodule Mix.Tasks.Llama.HttpBench do
       xs = runs |> Enum.map(& &1[k]) |> Enum.sort()
       {k, Enum.at(xs, div(length(xs), 2))}
     end)
+    |> Map.put("errors", runs |> Enum.map(&(&1["errors"] || 0)) |> Enum.sum())
   end
 
   defp report(cfg, results) do
@@ -161,13 +172,14 @@ defmodule Mix.Tasks.Llama.HttpBench do
         """
         ## #{Path.basename(path)}
 
-        | clients | ours t/s | llama-server t/s | ÷ | TTFT p50 ours / theirs ms | TTFT p99 ours / theirs ms | gap p50 ours / theirs ms | gap p99 ours / theirs ms |
-        |---|---|---|---|---|---|---|---|
+        | clients | ours t/s | llama-server t/s | ÷ | TTFT p50 ours / theirs ms | TTFT p99 ours / theirs ms | gap p50 ours / theirs ms | gap p99 ours / theirs ms | failed requests ours / theirs |
+        |---|---|---|---|---|---|---|---|---|
         """ <>
           Enum.map_join(rows, "\n", fn {n, a, b} ->
             "| #{n} | #{a["tokens_per_s"]} | #{b["tokens_per_s"]} | **#{ratio(a["tokens_per_s"], b["tokens_per_s"])}** | " <>
               "#{a["ttft_p50_ms"]} / #{b["ttft_p50_ms"]} | #{a["ttft_p99_ms"]} / #{b["ttft_p99_ms"]} | " <>
-              "#{a["gap_p50_ms"]} / #{b["gap_p50_ms"]} | #{a["gap_p99_ms"]} / #{b["gap_p99_ms"]} |"
+              "#{a["gap_p50_ms"]} / #{b["gap_p50_ms"]} | #{a["gap_p99_ms"]} / #{b["gap_p99_ms"]} | " <>
+              "#{a["errors"]} / #{b["errors"]} |"
           end)
       end
 
