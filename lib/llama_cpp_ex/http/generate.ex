@@ -107,6 +107,8 @@ defmodule LlamaCppEx.HTTP.Generate do
       created: System.os_time(:second),
       pending: MapSet.new(Enum.map(jobs, &elem(&1, 0))),
       done: [],
+      # choices that streamed a tool call (their finish_reason is "tool_calls")
+      called: MapSet.new(),
       started: false
     }
 
@@ -119,12 +121,17 @@ defmodule LlamaCppEx.HTTP.Generate do
   defp stream_worker(parent, tag, server, kind, idx, input, opts) do
     result =
       guarded(fn ->
-        on_complete = fn c -> send(parent, {tag, idx, {:done, c}}) end
+        # the completion reaches the handler after the stream's last element
+        # (a parsed chat reply hands out its rest when the text has ended)
+        me = self()
+        on_complete = fn c -> send(me, {tag, :completion, c}) end
         opts = [on_complete: on_complete] ++ opts
 
+        # a chat's reply is streamed as its parts (content, reasoning, tool
+        # calls) unless logprobs are asked for: those come with raw text chunks
         stream =
           case kind do
-            :chat -> Server.stream_chat(server, input, opts)
+            :chat -> Server.stream_chat(server, input, [parse_reply: opts[:logprobs] == nil] ++ opts)
             :text -> Server.stream(server, input, opts)
           end
 
@@ -135,6 +142,10 @@ defmodule LlamaCppEx.HTTP.Generate do
             {^tag, :ack} -> :ok
           end
         end)
+
+        receive do
+          {^tag, :completion, c} -> send(parent, {tag, idx, {:done, c}})
+        end
 
         :ok
       end)
@@ -228,6 +239,15 @@ defmodule LlamaCppEx.HTTP.Generate do
 
   defp role_chunks(_st), do: :ok
 
+  defp deliver(st, idx, {:chunk, {:content, text}}), do: deliver(st, idx, {:chunk, text})
+
+  defp deliver(st, idx, {:chunk, {:reasoning, text}}), do: send_delta(st, idx, %{"reasoning_content" => text})
+
+  defp deliver(st, idx, {:chunk, {:tool_call, i, %LlamaCppEx.ToolCall{} = t}}) do
+    st = %{st | called: MapSet.put(st.called, idx)}
+    send_delta(st, idx, %{"tool_calls" => [Map.put(tool_call(t), "index", i)]})
+  end
+
   defp deliver(st, idx, {:chunk, chunk}) do
     {text, logprobs} =
       case chunk do
@@ -251,9 +271,17 @@ defmodule LlamaCppEx.HTTP.Generate do
 
   defp deliver(st, idx, {:done, %Completion{} = c}) do
     delta = if st.kind == :chat, do: %{}, else: ""
+    finish = if MapSet.member?(st.called, idx), do: "tool_calls", else: finish_reason(c)
 
-    with :ok <- SSE.event(st.conn.mod, chunk(st, idx, delta, finish_reason(c), nil)) do
+    with :ok <- SSE.event(st.conn.mod, chunk(st, idx, delta, finish, nil)) do
       {:ok, %{st | pending: MapSet.delete(st.pending, idx), done: [c | st.done]}}
+    end
+  end
+
+  defp send_delta(st, idx, delta) do
+    with :ok <- SSE.event(st.conn.mod, chunk(st, idx, delta, nil, nil)) do
+      send(st.workers[idx], {st.tag, :ack})
+      {:ok, st}
     end
   end
 
@@ -332,7 +360,7 @@ defmodule LlamaCppEx.HTTP.Generate do
   defp choice(:chat, _p, idx, %Completion{} = c) do
     %{
       "index" => idx,
-      "message" => %{"role" => "assistant", "content" => c.text, "refusal" => nil},
+      "message" => message(c),
       "logprobs" => c.logprobs && format_logprobs(:chat, c.logprobs),
       "finish_reason" => finish_reason(c)
     }
@@ -346,6 +374,29 @@ defmodule LlamaCppEx.HTTP.Generate do
       "finish_reason" => finish_reason(c)
     }
   end
+
+  # the reply read in the template's format: content, reasoning, tool calls
+  defp message(%Completion{reply: nil, text: text}), do: %{"role" => "assistant", "content" => text, "refusal" => nil}
+
+  defp message(%Completion{reply: reply}) do
+    base = %{
+      "role" => "assistant",
+      "content" => if(reply.content == "" and reply.tool_calls != [], do: nil, else: reply.content),
+      "refusal" => nil
+    }
+
+    base
+    |> then(&if(reply.reasoning_content, do: Map.put(&1, "reasoning_content", reply.reasoning_content), else: &1))
+    |> then(
+      &if(reply.tool_calls != [],
+        do: Map.put(&1, "tool_calls", Enum.map(reply.tool_calls, fn t -> tool_call(t) end)),
+        else: &1
+      )
+    )
+  end
+
+  defp tool_call(%LlamaCppEx.ToolCall{} = t),
+    do: %{"id" => t.id, "type" => "function", "function" => %{"name" => t.name, "arguments" => t.raw_arguments}}
 
   # one prompt's tokens (choices of one prompt share it), all completions' tokens
   defp usage(completions) do
@@ -362,6 +413,7 @@ defmodule LlamaCppEx.HTTP.Generate do
   end
 
   @doc false
+  def finish_reason(%Completion{reply: %{tool_calls: [_ | _]}}), do: "tool_calls"
   def finish_reason(%Completion{finish_reason: r}) when r in [:max_tokens, :context_full], do: "length"
   def finish_reason(%Completion{}), do: "stop"
 

@@ -51,8 +51,9 @@ defmodule LlamaCppEx.HTTP.Params do
     with {:ok, body} <- object(body),
          {:ok, messages} <- messages(body),
          {:ok, logprobs} <- chat_logprobs(body),
+         {:ok, tools} <- tools(body),
          {:ok, params} <- common(body, defaults) do
-      {:ok, %{params | input: messages, logprobs: logprobs}}
+      {:ok, %{params | input: messages, logprobs: logprobs, opts: params.opts ++ tools}}
     end
   end
 
@@ -112,7 +113,17 @@ defmodule LlamaCppEx.HTTP.Params do
   defp message(%{"role" => role} = m, i) when is_binary(role) and role != "" do
     case content(Map.get(m, "content")) do
       {:ok, text} ->
-        {:ok, %{"role" => role, "content" => text}}
+        # what templates read besides role and content: an assistant turn's
+        # tool calls (arguments as sent: a JSON string, decoded when it is
+        # one), a tool result's call id and name, reasoning
+        extra =
+          m
+          |> Map.take(["tool_calls", "tool_call_id", "name", "reasoning_content"])
+          |> Map.update("tool_calls", nil, &tool_calls_in/1)
+          |> Enum.reject(fn {_, v} -> v == nil end)
+          |> Map.new()
+
+        {:ok, Map.merge(extra, %{"role" => role, "content" => text})}
 
       :error ->
         {:error,
@@ -122,6 +133,51 @@ defmodule LlamaCppEx.HTTP.Params do
 
   defp message(_, i),
     do: {:error, Error.field("messages[#{i}].role", "'messages[#{i}]' must be an object with a string 'role'")}
+
+  defp tool_calls_in(calls) when is_list(calls) do
+    Enum.map(calls, fn
+      %{"function" => %{"arguments" => args} = f} = c when is_binary(args) ->
+        case LlamaCppEx.HTTP.JSON.decode(args) do
+          {:ok, %{} = decoded} -> %{c | "function" => %{f | "arguments" => decoded}}
+          _ -> c
+        end
+
+      c ->
+        c
+    end)
+  end
+
+  defp tool_calls_in(_), do: nil
+
+  # tools, tool_choice (parallel_tool_calls: ignored; calls are parsed however many come)
+  defp tools(body) do
+    with {:ok, tools} <- tool_list(Map.get(body, "tools")),
+         {:ok, choice} <- tool_choice(Map.get(body, "tool_choice")) do
+      {:ok, if(tools, do: [tools: tools, tool_choice: choice], else: [])}
+    end
+  end
+
+  defp tool_list(nil), do: {:ok, nil}
+
+  defp tool_list(list) when is_list(list) do
+    if Enum.all?(
+         list,
+         &match?(%{"type" => "function", "function" => %{"name" => n}} when is_binary(n) and n != "", &1)
+       ),
+       do: {:ok, list},
+       else:
+         {:error,
+          Error.field("tools", "'tools' must be an array of {\"type\": \"function\", \"function\": {\"name\": ...}}")}
+  end
+
+  defp tool_list(_), do: {:error, Error.field("tools", "'tools' must be an array")}
+
+  defp tool_choice(nil), do: {:ok, :auto}
+  defp tool_choice(c) when c in ["auto", "none", "required"], do: {:ok, String.to_existing_atom(c)}
+  defp tool_choice(%{"type" => "function", "function" => %{"name" => n}}) when is_binary(n), do: {:ok, {:function, n}}
+
+  defp tool_choice(_),
+    do: {:error, Error.field("tool_choice", "'tool_choice' must be \"auto\", \"none\", \"required\" or a function")}
 
   defp content(text) when is_binary(text), do: {:ok, text}
   # an assistant turn with tool calls has no content

@@ -1,0 +1,185 @@
+defmodule LlamaCppEx.ToolCallingTest do
+  # tools:/tool_choice: on the chat functions, end to end: our test models
+  # cannot decide to call a tool, so a grammar makes stories260K write a call
+  # in the Hermes format of a Jinja template that offers tools, and the reply
+  # is read back on the core API, the server, streams and the HTTP API.
+  use ExUnit.Case, async: false
+  @moduletag :model
+
+  import LlamaCppEx.TestHelpers
+  import LlamaCppEx.HTTPHelpers
+  alias LlamaCppEx.{ChatReply, Server, ToolCall}
+
+  for dir <- Path.wildcard("/usr/lib/erlang/lib/jiffy-*/ebin"), do: Code.prepend_path(dir)
+
+  # A Hermes-style template: the tools go into the system turn, calls come
+  # back in <tool_call> tags (what ChatFormat.detect/1 reads it as).
+  @template """
+  {%- if tools %}<|im_start|>system
+  You may call these tools:
+  {% for t in tools %}{{ t.function.name }}: {{ t.function.description }}
+  {% endfor %}Answer with <tool_call>{"name": ..., "arguments": ...}</tool_call>.<|im_end|>
+  {% endif %}{%- for m in messages %}<|im_start|>{{ m.role }}
+  {{ m.content }}<|im_end|>
+  {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant
+  {% endif %}
+  """
+
+  @tools [
+    %{
+      "type" => "function",
+      "function" => %{
+        "name" => "get_weather",
+        "description" => "The weather in a city",
+        "parameters" => %{"type" => "object", "properties" => %{"city" => %{"type" => "string"}}}
+      }
+    },
+    %{type: "function", function: %{name: "get_time", description: "The time"}}
+  ]
+
+  @messages [%{role: "user", content: "What is the weather in Paris?"}]
+
+  # the model writes some words, then the call
+  @grammar ~S"""
+  root ::= "Let me check." "\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"
+  """
+
+  @opts [template: @template, tools: @tools, grammar: @grammar, max_tokens: 200, temp: 0.0]
+
+  setup_all do
+    %{model: load_model!()}
+  end
+
+  defp assert_call(%ChatReply{} = reply) do
+    assert reply.content == "Let me check."
+    assert [%ToolCall{name: "get_weather", arguments: %{"city" => "Paris"}, id: "call_" <> _} = call] = reply.tool_calls
+    assert :jiffy.decode(call.raw_arguments, [:return_maps]) == %{"city" => "Paris"}
+  end
+
+  test "the template gets the tools, and the reply's call is read", %{model: model} do
+    {:ok, prompt} = LlamaCppEx.Chat.apply_template(model, @messages, template: @template, tools: @tools)
+    assert prompt =~ "get_weather: The weather in a city"
+    assert prompt =~ "get_time: The time"
+
+    {:ok, c} = LlamaCppEx.chat_complete(model, @messages, @opts)
+    assert c.text =~ "<tool_call>"
+    assert_call(c.reply)
+    # chat/3 gives the content alone
+    assert {:ok, "Let me check."} = LlamaCppEx.chat(model, @messages, @opts)
+  end
+
+  test "tool_choice: none leaves the tools out; a named one keeps only it", %{model: model} do
+    {:ok, none} =
+      LlamaCppEx.Chat.apply_template(model, @messages, template: @template, tools: @tools, tool_choice: :none)
+
+    refute none =~ "get_weather"
+
+    {:ok, named} =
+      LlamaCppEx.Chat.apply_template(model, @messages,
+        template: @template,
+        tools: @tools,
+        tool_choice: %{"type" => "function", "function" => %{"name" => "get_time"}}
+      )
+
+    assert named =~ "get_time" and not (named =~ "get_weather")
+
+    assert_raise ArgumentError, ~r/not one of the :tools/, fn ->
+      LlamaCppEx.Chat.apply_template(model, @messages,
+        template: @template,
+        tools: @tools,
+        tool_choice: {:function, "nope"}
+      )
+    end
+
+    assert_raise ArgumentError, ~r/tool_choice/, fn ->
+      LlamaCppEx.Chat.apply_template(model, @messages, template: @template, tools: @tools, tool_choice: "sometimes")
+    end
+
+    assert_raise ArgumentError, ~r/a tool must be/, fn ->
+      LlamaCppEx.Chat.apply_template(model, @messages, template: @template, tools: [%{"type" => "function"}])
+    end
+  end
+
+  test "streams hand out the content, then the call", %{model: model} do
+    deltas = model |> LlamaCppEx.stream_chat(@messages, @opts) |> Enum.to_list()
+    assert Enum.join(for {:content, t} <- deltas, do: t) == "Let me check."
+    assert [{:tool_call, 0, %ToolCall{name: "get_weather"}}] = for({:tool_call, _, _} = d <- deltas, do: d)
+    # without tools (or parse_reply: false) a chat streams plain text
+    assert model |> LlamaCppEx.stream_chat(@messages, Keyword.delete(@opts, :tools)) |> Enum.all?(&is_binary/1)
+  end
+
+  test "the server, blocking and streamed", %{model: model} do
+    server = start_supervised!({Server, model: model, n_parallel: 2, n_ctx: 512, n_threads: 1})
+    {:ok, c} = Server.chat_complete(server, @messages, @opts)
+    assert_call(c.reply)
+    deltas = server |> Server.stream_chat(@messages, @opts) |> Enum.to_list()
+    assert [{:tool_call, 0, %ToolCall{arguments: %{"city" => "Paris"}}}] = for({:tool_call, _, _} = d <- deltas, do: d)
+  end
+
+  describe "HTTP" do
+    setup %{model: model} do
+      http =
+        start_supervised!(
+          {LlamaCppEx.HTTP, server: [model: model, n_parallel: 2, n_ctx: 512], port: 0, chat_template: @template}
+        )
+
+      %{url: LlamaCppEx.HTTP.url(http)}
+    end
+
+    @body %{
+      "messages" => [%{"role" => "user", "content" => "What is the weather in Paris?"}],
+      "tools" => @tools,
+      "grammar" => @grammar,
+      "max_tokens" => 200,
+      "temperature" => 0
+    }
+
+    test "tool_calls in the message, finish_reason tool_calls", %{url: url} do
+      {200, _, body} = request(url, :post, "/v1/chat/completions", @body)
+      assert [%{"message" => message, "finish_reason" => "tool_calls"}] = body["choices"]
+      assert message["content"] == "Let me check."
+
+      assert [
+               %{
+                 "id" => "call_" <> _,
+                 "type" => "function",
+                 "function" => %{"name" => "get_weather", "arguments" => args}
+               }
+             ] = message["tool_calls"]
+
+      assert :jiffy.decode(args, [:return_maps]) == %{"city" => "Paris"}
+
+      # the call and its result go back in the next request
+      follow_up =
+        @body
+        |> Map.delete("grammar")
+        |> Map.put("max_tokens", 8)
+        |> Map.update!("messages", fn ms ->
+          ms ++
+            [
+              %{"role" => "assistant", "content" => nil, "tool_calls" => message["tool_calls"]},
+              %{"role" => "tool", "tool_call_id" => hd(message["tool_calls"])["id"], "content" => "Sunny, 21 C"}
+            ]
+        end)
+
+      assert {200, _, %{"choices" => [_]}} = request(url, :post, "/v1/chat/completions", follow_up)
+    end
+
+    test "streamed: content deltas, then a tool_calls delta", %{url: url} do
+      {200, _, body} = request(url, :post, "/v1/chat/completions", Map.put(@body, "stream", true))
+      events = body |> sse_events() |> Enum.reject(&(&1 == "[DONE]")) |> Enum.map(&:jiffy.decode(&1, [:return_maps]))
+      deltas = for %{"choices" => [%{"delta" => d}]} <- events, do: d
+      assert Enum.map_join(deltas, &(&1["content"] || "")) == "Let me check."
+      assert [[%{"index" => 0, "function" => %{"name" => "get_weather"}}]] = for(%{"tool_calls" => t} <- deltas, do: t)
+      assert List.last(for %{"choices" => [%{"finish_reason" => f}]} when f != nil <- events, do: f) == "tool_calls"
+    end
+
+    test "a bad tools field is a 400 naming it", %{url: url} do
+      assert {400, _, %{"error" => %{"param" => "tools"}}} =
+               request(url, :post, "/v1/chat/completions", Map.put(@body, "tools", [%{"type" => "x"}]))
+
+      assert {400, _, %{"error" => %{"param" => "tool_choice"}}} =
+               request(url, :post, "/v1/chat/completions", Map.put(@body, "tool_choice", 5))
+    end
+  end
+end
