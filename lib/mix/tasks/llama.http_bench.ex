@@ -90,7 +90,13 @@ defmodule Mix.Tasks.Llama.HttpBench do
               {a, b}
             end
 
-          {n, median_of(Enum.map(runs, &elem(&1, 0))), median_of(Enum.map(runs, &elem(&1, 1)))}
+          # the ratio of each round (the two servers measured minutes apart at most), then their median
+          ratios =
+            runs
+            |> Enum.map(fn {a, b} -> if b["tokens_per_s"] > 0, do: a["tokens_per_s"] / b["tokens_per_s"], else: 0.0 end)
+            |> Enum.sort()
+
+          {n, median_of(Enum.map(runs, &elem(&1, 0))), median_of(Enum.map(runs, &elem(&1, 1))), ratios}
         end
 
       rows
@@ -162,7 +168,7 @@ defmodule Mix.Tasks.Llama.HttpBench do
 
     - date: #{DateTime.utc_now() |> DateTime.truncate(:second)}; #{cfg.threads} thread(s); #{cfg.parallel} slots of #{cfg.n_ctx} cells (split KV, flash attention off) on both
     - load: `bench/http_load.mjs`: N clients, #{cfg.requests} streaming chat requests each, #{cfg.max_tokens} tokens per reply (end of generation banned), greedy
-    - median of #{cfg.rounds} rounds, each running ours then llama-server
+    - median of #{cfg.rounds} rounds, each running ours then llama-server; the ratio is each round's, their median and range
     - machine: #{System.schedulers_online()} logical CPUs, load average at the end #{load1} #{load5} #{load15}
 
     """
@@ -172,11 +178,12 @@ defmodule Mix.Tasks.Llama.HttpBench do
         """
         ## #{Path.basename(path)}
 
-        | clients | ours t/s | llama-server t/s | ÷ | TTFT p50 ours / theirs ms | TTFT p99 ours / theirs ms | gap p50 ours / theirs ms | gap p99 ours / theirs ms | failed requests ours / theirs |
+        | clients | ours t/s | llama-server t/s | ÷ (median of rounds; range) | TTFT p50 ours / theirs ms | TTFT p99 ours / theirs ms | gap p50 ours / theirs ms | gap p99 ours / theirs ms | failed requests ours / theirs |
         |---|---|---|---|---|---|---|---|---|
         """ <>
-          Enum.map_join(rows, "\n", fn {n, a, b} ->
-            "| #{n} | #{a["tokens_per_s"]} | #{b["tokens_per_s"]} | **#{ratio(a["tokens_per_s"], b["tokens_per_s"])}** | " <>
+          Enum.map_join(rows, "\n", fn {n, a, b, ratios} ->
+            "| #{n} | #{a["tokens_per_s"]} | #{b["tokens_per_s"]} | **#{fmt2(Enum.at(ratios, div(length(ratios), 2)))}** " <>
+              "(#{fmt2(hd(ratios))}–#{fmt2(List.last(ratios))}) | " <>
               "#{a["ttft_p50_ms"]} / #{b["ttft_p50_ms"]} | #{a["ttft_p99_ms"]} / #{b["ttft_p99_ms"]} | " <>
               "#{a["gap_p50_ms"]} / #{b["gap_p50_ms"]} | #{a["gap_p99_ms"]} / #{b["gap_p99_ms"]} | " <>
               "#{a["errors"]} / #{b["errors"]} |"
@@ -186,8 +193,7 @@ defmodule Mix.Tasks.Llama.HttpBench do
     header <> Enum.join(tables, "\n\n") <> "\n"
   end
 
-  defp ratio(_a, b) when b == 0, do: "-"
-  defp ratio(a, b), do: :erlang.float_to_binary(a / b, decimals: 2)
+  defp fmt2(x), do: :erlang.float_to_binary(x / 1, decimals: 2)
 
   defp load_average do
     case File.read("/proc/loadavg") do
