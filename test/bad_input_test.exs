@@ -161,7 +161,7 @@ defmodule LlamaCppEx.BadInputTest do
   defp run_in_new_vm(script) do
     elixir = System.find_executable("elixir") || flunk("elixir executable not found")
     ebin = LlamaCppEx.NIF |> :code.which() |> to_string() |> Path.dirname()
-    System.cmd(elixir, ["-pa", ebin, "-e", script], stderr_to_stdout: true)
+    System.cmd(elixir, ["-pa", ebin, "-e", script], stderr_to_stdout: true, env: child_vm_env())
   end
 
   describe "Context.decode" do

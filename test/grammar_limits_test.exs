@@ -42,7 +42,11 @@ defmodule LlamaCppEx.GrammarLimitsTest do
     script = Path.join(System.tmp_dir!(), "lcx_grammar_#{System.unique_integer([:positive])}.exs")
     File.write!(script, "Application.ensure_all_started(:llama_cpp_ex)\n" <> code)
     on_exit(fn -> File.rm(script) end)
-    System.cmd(System.find_executable("elixir"), ["--erl", "+sssdcpu 20", "-pa", ebin, script], stderr_to_stdout: true)
+
+    System.cmd(System.find_executable("elixir"), ["--erl", "+sssdcpu 20", "-pa", ebin, script],
+      stderr_to_stdout: true,
+      env: child_vm_env()
+    )
   end
 
   defp tmp_model(bytes) do

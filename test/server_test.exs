@@ -367,6 +367,10 @@ defmodule LlamaCppEx.ServerTest do
       assert_raise ArgumentError, fn -> Server.generate(server, "Once", n_ctx: 10) end
       assert_raise ArgumentError, fn -> Server.generate(server, "Once", bogus: 1) end
       assert_raise ArgumentError, fn -> Server.generate(server, "Once", priority: :urgent) end
+      # values the engine would refuse (it raised inside the server before)
+      assert_raise ArgumentError, fn -> Server.generate(server, "Once", max_tokens: 3_000_000_000) end
+      assert_raise ArgumentError, fn -> Server.generate(server, "Once", stop: Enum.map(1..65, &"s#{&1}")) end
+      assert_raise ArgumentError, fn -> Server.generate(server, [1, 9_223_372_036_854_775_808]) end
       assert {:error, {:invalid_grammar, _}} = Server.generate(server, "Once", grammar: "root ::= (")
       too_long = String.duplicate("the dog ", 200)
       assert {:error, {:context_overflow, %{n_ctx: 128}}} = Server.generate(server, too_long)
@@ -375,6 +379,9 @@ defmodule LlamaCppEx.ServerTest do
 
       assert Task.await(good) == {:ok, expected}
       assert Server.stats(server).requests.failed == 0
+      # an id past the vocabulary is refused at admission, that request alone
+      assert {:error, {:invalid_token, _}} = Server.generate(server, [1, 2_000_000_000])
+      assert {:ok, _} = Server.generate(server, "Once", max_tokens: 2)
     end
   end
 

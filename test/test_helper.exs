@@ -26,6 +26,8 @@ exclude =
 # Under scripts/test_asan.sh the VM runs with the sanitizer runtimes in
 # LD_PRELOAD; the tools tests start (curl, node, chromium, llama.cpp's own)
 # must not inherit them (curl hung with them). The VM's own preload is done.
+# Child VMs that load the NIF (LlamaCppEx.TestHelpers.child_vm_env/0) get it back.
+:persistent_term.put({LlamaCppEx.TestHelpers, :preload}, System.get_env("LD_PRELOAD"))
 System.delete_env("LD_PRELOAD")
 
 LlamaCppEx.Log.set_level(:none)

@@ -60,6 +60,18 @@ defmodule LlamaCppEx.TestHelpers do
     end
   end
 
+  @doc """
+  The environment of a child VM that loads the NIF: under
+  scripts/test_asan.sh, the sanitizer runtimes the test VM was started with
+  (test_helper.exs keeps them from the other tools the tests start).
+  """
+  def child_vm_env do
+    case :persistent_term.get({__MODULE__, :preload}, nil) do
+      nil -> []
+      preload -> [{"LD_PRELOAD", preload}]
+    end
+  end
+
   @doc "A valid options map for LlamaCppEx.NIF.context_create/2 (merged with overrides)."
   def native_ctx_opts(overrides \\ %{}) do
     Map.merge(
