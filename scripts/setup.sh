@@ -30,9 +30,10 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-# the HTTP server's client tests: the official openai package and
-# playwright-core, into the cache (never the repository); see test/js/
-scripts/npm_test_deps.sh >/dev/null ||
-  echo "setup: could not install the npm test packages; test/http_clients_test.exs will fail" >&2
+# npm packages the tests drive the library with, into the cache (never the
+# repository; see test/js/): the official openai client and playwright-core
+# (HTTP server), @huggingface/jinja (the chat templates' reference renderer)
+scripts/npm_deps.sh openai playwright-core @huggingface/jinja@0.5.11 >/dev/null ||
+  echo "setup: could not install the npm test packages; the HTTP client and Jinja conformance tests will fail" >&2
 
 mix compile

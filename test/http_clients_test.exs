@@ -2,7 +2,7 @@ defmodule LlamaCppEx.HTTPClientsTest do
   # LlamaCppEx.HTTP driven by real clients over loopback: the official
   # `openai` npm package (test/js/openai_client.mjs) and the chat page in
   # headless Chromium through playwright-core (test/js/chat_page.mjs). The
-  # npm packages are installed into the cache by scripts/npm_test_deps.sh;
+  # npm packages are installed into the cache by scripts/npm_deps.sh;
   # Node.js and Chromium are Debian's (scripts/setup.sh installs them).
   use ExUnit.Case, async: false
 

@@ -4,7 +4,7 @@
 // figures; exits non-zero on the first failure.
 //   LCX_BASE_URL  http://127.0.0.1:PORT
 //   LCX_API_KEY   the server's key
-//   NODE_PATH     the cache dir's node_modules (scripts/npm_test_deps.sh)
+//   NODE_PATH     the cache dir's node_modules (scripts/npm_deps.sh)
 import { createRequire } from "node:module";
 import assert from "node:assert/strict";
 

@@ -2,7 +2,7 @@ defmodule LlamaCppEx.HTTPHelpers do
   @moduledoc false
   # Requests to a LlamaCppEx.HTTP server in tests, over real loopback TCP:
   # :httpc for ordinary requests, raw :gen_tcp for malformed ones, and the
-  # npm packages the JS clients need (scripts/npm_test_deps.sh).
+  # npm packages the JS clients need (scripts/npm_deps.sh).
 
   def request(url, method, path, body \\ nil, headers \\ []) do
     headers = Enum.map(headers, fn {k, v} -> {String.to_charlist(k), String.to_charlist(v)} end)
@@ -47,11 +47,11 @@ defmodule LlamaCppEx.HTTPHelpers do
 
   @doc "The npm packages' node_modules directory (installed into the cache when missing)."
   def node_modules! do
-    script = Path.expand("../../scripts/npm_test_deps.sh", __DIR__)
+    script = Path.expand("../../scripts/npm_deps.sh", __DIR__)
 
-    case System.cmd(script, [], stderr_to_stdout: false) do
+    case System.cmd(script, ["openai", "playwright-core"], stderr_to_stdout: false) do
       {out, 0} -> Path.join(out |> String.trim() |> String.split("\n") |> List.last(), "node_modules")
-      {out, code} -> raise "scripts/npm_test_deps.sh failed (#{code}): #{out}"
+      {out, code} -> raise "scripts/npm_deps.sh failed (#{code}): #{out}"
     end
   end
 
