@@ -120,7 +120,7 @@ defmodule LlamaCppEx do
     opts = split!(opts, chat: Chat.option_keys())
 
     with {:ok, tokens, reply} <- Chat.prepare(model, messages, opts.chat),
-         {:ok, completion} <- run(model, tokens, opts) do
+         {:ok, completion} <- run(model, tokens, %{opts | sampler: Chat.Tools.constrain(opts.sampler, reply)}) do
       {:ok, Completion.with_reply(completion, reply)}
     end
   end
@@ -157,18 +157,18 @@ defmodule LlamaCppEx do
   def stream_chat(%Model{} = model, messages, opts \\ []) do
     opts = split!(opts, chat: Chat.option_keys(), stream: @stream_keys ++ [parse_reply: nil])
 
-    if parse_reply?(opts) do
-      # rendered when the stream starts, so the reply's format is known then
-      Stream.flat_map([:start], fn :start ->
-        {tokens, reply} = chat_prompt!(model, messages, opts.chat)
+    parse? = parse_reply?(opts)
 
-        model
-        |> token_stream(fn -> {:ok, tokens} end, opts)
-        |> ChatFormat.reply_stream(reply.format, reply.thinking_open)
-      end)
-    else
-      token_stream(model, fn -> Chat.tokenize(model, messages, opts.chat) end, opts)
-    end
+    # rendered when the stream starts: the reply's format (and a tool-call
+    # grammar) are known then
+    Stream.flat_map([:start], fn :start ->
+      {tokens, reply} = chat_prompt!(model, messages, opts.chat)
+
+      stream =
+        token_stream(model, fn -> {:ok, tokens} end, %{opts | sampler: Chat.Tools.constrain(opts.sampler, reply)})
+
+      if parse?, do: ChatFormat.reply_stream(stream, reply.format, reply.thinking_open), else: stream
+    end)
   end
 
   @doc false

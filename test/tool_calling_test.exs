@@ -100,6 +100,59 @@ defmodule LlamaCppEx.ToolCallingTest do
     end
   end
 
+  test "tool_choice: :required or a named tool makes the reply a call of the offered tools", %{model: model} do
+    opts = [template: @template, tools: @tools, max_tokens: 300, temp: 0.8, seed: 11]
+
+    for choice <- [:required, {:function, "get_weather"}], seed <- [1, 2, 3] do
+      {:ok, c} =
+        LlamaCppEx.chat_complete(model, @messages, [tool_choice: choice, seed: seed] ++ Keyword.delete(opts, :seed))
+
+      assert c.finish_reason == :eog, inspect(c.text)
+      assert [%ToolCall{name: name, arguments: args} | _] = c.reply.tool_calls
+      if choice != :required, do: assert(name == "get_weather")
+      assert name in ["get_weather", "get_time"]
+      # the arguments follow the tool's schema: city, when given, is a string
+      assert is_map(args) and (args["city"] == nil or is_binary(args["city"]))
+    end
+
+    # :auto leaves the model free (stories260K writes a story), and a grammar of your own wins
+    {:ok, free} = LlamaCppEx.chat_complete(model, @messages, opts)
+    assert free.reply.tool_calls == []
+
+    {:ok, own} =
+      LlamaCppEx.chat_complete(model, @messages, [tool_choice: :required, grammar: ~S(root ::= "no")] ++ opts)
+
+    assert own.text == "no"
+
+    # the server and streams constrain the same way
+    server = start_supervised!({Server, model: model, n_parallel: 2, n_ctx: 512, n_threads: 1})
+    {:ok, c} = Server.chat_complete(server, @messages, [tool_choice: :required] ++ opts)
+    assert [%ToolCall{} | _] = c.reply.tool_calls
+    deltas = server |> Server.stream_chat(@messages, [tool_choice: :required] ++ opts) |> Enum.to_list()
+    assert [{:tool_call, 0, %ToolCall{}} | _] = for({:tool_call, _, _} = d <- deltas, do: d)
+    deltas = model |> LlamaCppEx.stream_chat(@messages, [tool_choice: :required] ++ opts) |> Enum.to_list()
+    assert [{:tool_call, 0, %ToolCall{}} | _] = for({:tool_call, _, _} = d <- deltas, do: d)
+  end
+
+  test "each format's required-call grammar gives a call its parser reads", %{model: model} do
+    for format <- [:hermes, :llama3, :granite, :mistral] do
+      g = LlamaCppEx.Chat.Tools.grammar(@tools, :required, format, "")
+      assert is_binary(g), "#{format}"
+
+      for seed <- 1..3 do
+        {:ok, c} = LlamaCppEx.complete(model, "Call a tool:", grammar: g, max_tokens: 300, temp: 0.9, seed: seed)
+        assert c.finish_reason == :eog, "#{format}: #{c.text}"
+        assert [%ToolCall{name: name}] = LlamaCppEx.ChatFormat.parse(c.text, format).tool_calls, "#{format}: #{c.text}"
+        assert name in ["get_weather", "get_time"]
+      end
+    end
+
+    # formats whose call syntax it cannot write, and Mistral's newer one: no grammar
+    assert LlamaCppEx.Chat.Tools.grammar(@tools, :required, :content, "") == nil
+    assert LlamaCppEx.Chat.Tools.grammar(@tools, :required, :mistral, "...[ARGS]...") == nil
+    assert LlamaCppEx.Chat.Tools.grammar(@tools, :auto, :hermes, "") == nil
+  end
+
   test "streams hand out the content, then the call", %{model: model} do
     deltas = model |> LlamaCppEx.stream_chat(@messages, @opts) |> Enum.to_list()
     assert Enum.join(for {:content, t} <- deltas, do: t) == "Let me check."

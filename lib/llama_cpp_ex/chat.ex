@@ -69,8 +69,12 @@ defmodule LlamaCppEx.Chat do
     * `:tool_choice` - `:auto` (default: the tools are offered), `:none` (they
       are not given to the template), `:required` or `{:function, name}` (only
       that tool is given); OpenAI's strings and `%{"type" => "function",
-      "function" => %{"name" => name}}` are accepted too. The choice shapes
-      the prompt; the output is not constrained by a grammar.
+      "function" => %{"name" => name}}` are accepted too. `:required` and a
+      named function also constrain the reply with a grammar to one call of
+      the offered tools, its arguments following the tool's `parameters`
+      schema (Hermes, Llama 3, Granite and Mistral's older `[TOOL_CALLS][..]`
+      formats; for the others, and when you give a `:grammar` of your own,
+      the choice only shapes the prompt).
     * `:enable_thinking` - `true`/`false` for the templates that switch
       reasoning on and off (Qwen 3, DeepSeek, Granite, ...); default: the
       template's own.
@@ -166,9 +170,10 @@ defmodule LlamaCppEx.Chat do
   end
 
   @doc false
-  # tokenize/3, and how to read the reply: {:ok, tokens, %{format, thinking_open}}
-  # (the LlamaCppEx.ChatFormat of the template, and whether the prompt ends
-  # inside a reasoning block the template opened).
+  # tokenize/3, and how to read the reply: {:ok, tokens, %{format, thinking_open, grammar}}
+  # (the LlamaCppEx.ChatFormat of the template, whether the prompt ends inside
+  # a reasoning block the template opened, and the grammar that makes the
+  # reply a tool call when tool_choice requires one, or nil).
   def prepare(%Model{} = model, messages, opts) do
     opts = Keyword.validate!(opts, @options)
     add_assistant = add_assistant!(opts)
@@ -183,9 +188,18 @@ defmodule LlamaCppEx.Chat do
              do: tokenize_separately(model, template, messages, add_assistant, variables),
              else: Tokenizer.encode(model, rendered, add_special: add_special?(template, model), parse_special: true)
            ) do
-      {:ok, tokens, %{format: reply_format(template), thinking_open: thinking_open?(rendered)}}
+      format = reply_format(template)
+
+      {:ok, tokens,
+       %{
+         format: format,
+         thinking_open: thinking_open?(rendered),
+         grammar: Tools.grammar(opts[:tools], opts[:tool_choice], format, template_source(template))
+       }}
     end
   end
+
+  defp template_source({_, source}), do: source
 
   defp reply_format({:jinja, source}), do: LlamaCppEx.ChatFormat.detect(source)
   defp reply_format({:native, _}), do: :content

@@ -317,24 +317,22 @@ defmodule LlamaCppEx.Server do
   def stream_chat(server, messages, opts \\ []) do
     opts = split!(opts, chat: Chat.option_keys(), stream: @stream_keys ++ [parse_reply: nil])
 
-    if LlamaCppEx.parse_reply?(opts) do
-      # rendered when the stream starts, so the reply's format is known then
-      Stream.flat_map([:start], fn :start ->
-        {tokens, reply} =
-          with {:ok, %{model: model}} <- settings(server, opts.request[:timeout]),
-               {:ok, tokens, reply} <- Chat.prepare(model, messages, opts.chat) do
-            {tokens, reply}
-          else
-            {:error, reason} -> raise LlamaCppEx.Error, reason: reason
-          end
+    parse? = LlamaCppEx.parse_reply?(opts)
 
-        server
-        |> LlamaCppEx.Server.Stream.new(opts, fn _model -> {:ok, tokens} end)
-        |> LlamaCppEx.ChatFormat.reply_stream(reply.format, reply.thinking_open)
-      end)
-    else
-      LlamaCppEx.Server.Stream.new(server, opts, &Chat.tokenize(&1, messages, opts.chat))
-    end
+    # rendered when the stream starts: the reply's format (and a tool-call
+    # grammar) are known then
+    Stream.flat_map([:start], fn :start ->
+      {tokens, reply} =
+        with {:ok, %{model: model}} <- settings(server, opts.request[:timeout]),
+             {:ok, tokens, reply} <- Chat.prepare(model, messages, opts.chat) do
+          {tokens, reply}
+        else
+          {:error, reason} -> raise LlamaCppEx.Error, reason: reason
+        end
+
+      stream = LlamaCppEx.Server.Stream.new(server, opts, fn _model -> {:ok, tokens, reply} end)
+      if parse?, do: LlamaCppEx.ChatFormat.reply_stream(stream, reply.format, reply.thinking_open), else: stream
+    end)
   end
 
   @doc """
@@ -607,7 +605,7 @@ defmodule LlamaCppEx.Server do
          lora = LlamaCppEx.Lora.native!(opts.request[:lora], cfg.model),
          {:ok, tokens, reply} <- tokenized(tokenize.(cfg.model)),
          :ok <- check_prompt(tokens, opts.gen, cfg),
-         {:ok, sampler} <- Sampler.create(cfg.model, opts.sampler) do
+         {:ok, sampler} <- Sampler.create(cfg.model, Chat.Tools.constrain(opts.sampler, reply)) do
       r = opts.request
 
       {:ok, pid,

@@ -73,4 +73,74 @@ defmodule LlamaCppEx.Chat.Tools do
         ArgumentError,
         ":tool_choice must be :auto, :none, :required or {:function, name}, got: #{inspect(other)}"
       )
+
+  @doc """
+  With `tool_choice: :required` (or a named function), a grammar that makes
+  the reply one call of the offered tools in `format`'s syntax, its
+  arguments following the tool's JSON schema (`parameters`); generation
+  ends with the call. (One call: a small model given `(call)+` may never
+  stop calling.) `nil`
+  when the choice lets the model answer freely, when no tools are offered,
+  or for a format this cannot write (the choice then only shapes the prompt).
+  `template` tells Mistral's two call syntaxes apart.
+  """
+  def grammar(nil, _choice, _format, _template), do: nil
+  def grammar([], _choice, _format, _template), do: nil
+
+  def grammar(tools, choice, format, template) do
+    with c when c != :auto and c != :none <- choice!(choice),
+         offered when is_list(offered) <- offered(tools, choice),
+         {:ok, wrap} <- wrapper(format, template) do
+      rules =
+        Enum.map(offered, fn %{"function" => f} ->
+          params = Map.get(f, "parameters") || %{"type" => "object"}
+
+          {[
+             {"type", "object"},
+             {"properties", {[{"name", %{"const" => f["name"]}}, {wrap.args, params}]}},
+             {"required", ["name", wrap.args]}
+           ]}
+        end)
+
+      schema = if match?([_], rules), do: hd(rules), else: %{"anyOf" => rules}
+
+      case LlamaCppEx.Grammar.from_json_schema(schema) do
+        {:ok, gbnf} ->
+          Regex.replace(~r/^root ::=/m, gbnf, "tool-call ::=") <> "\nroot ::= " <> wrap.root <> "\n"
+
+        {:error, reason} ->
+          raise ArgumentError, "a tool's parameters cannot be turned into a grammar: #{inspect(reason)}"
+      end
+    else
+      _ -> nil
+    end
+  end
+
+  defp wrapper(:hermes, _), do: {:ok, %{args: "arguments", root: ~S{"<tool_call>\n" tool-call "\n</tool_call>"}}}
+  defp wrapper(:llama3, _), do: {:ok, %{args: "parameters", root: ~S{tool-call}}}
+  defp wrapper(:granite, _), do: {:ok, %{args: "arguments", root: ~S{"<|tool_call|>[" tool-call "]"}}}
+
+  defp wrapper(:mistral, template) do
+    if is_binary(template) and String.contains?(template, "[ARGS]"),
+      # [TOOL_CALLS]name[ARGS]{...}: the JSON object is the arguments alone; not this shape
+      do: :error,
+      else: {:ok, %{args: "arguments", root: ~S{"[TOOL_CALLS][" tool-call "]"}}}
+  end
+
+  defp wrapper(_format, _template), do: :error
+
+  @doc """
+  Sampler options with the tool-call grammar of a chat's reply format
+  (`Chat.prepare/3`) added, unless the caller constrains the output already
+  (`:grammar`, `:json_schema`, `response_format: :json`).
+  """
+  def constrain(sampler_opts, %{grammar: g}) when is_binary(g) do
+    own? =
+      Keyword.has_key?(sampler_opts, :grammar) or Keyword.has_key?(sampler_opts, :json_schema) or
+        Keyword.get(sampler_opts, :response_format) == :json
+
+    if own?, do: sampler_opts, else: Keyword.put(sampler_opts, :grammar, g)
+  end
+
+  def constrain(sampler_opts, _reply), do: sampler_opts
 end
