@@ -245,6 +245,8 @@ LCX_NIF(nif_batch_admit) {
     return lcx_raise(env, "context_shift must be a boolean");
   if (lcx_map_get(env, opts, "n_keep", &v) && (!enif_get_int(env, v, &o.n_keep) || o.n_keep < -1))
     return lcx_raise(env, "n_keep must be a non-negative integer");
+  if (lcx_map_get(env, opts, "special", &v) && !enif_is_identical(v, ATOM_nil) && !lcx_get_bool(env, v, &o.special))
+    return lcx_raise(env, "special must be a boolean");
   if (!lcx_map_get(env, opts, "stop", &v)) return lcx_raise(env, "options must have stop");
   switch (lcx_stops_read(env, v, &stops)) {
   case LCX_STOPS_OK:

@@ -39,6 +39,7 @@ typedef struct {
   int max_tokens;
   int n_logprobs; // -1: off
   bool shift;     // context shift instead of :context_full
+  bool special;   // special tokens in the text
   int n_keep;     // positions a shift keeps
   lcx_stops stops;
 } job_opts;
@@ -453,6 +454,7 @@ static ERL_NIF_TERM result(ErlNifEnv *env, gen_t *g) {
 static ERL_NIF_TERM generate(ErlNifEnv *env, gen_t *g) {
   ERL_NIF_TERM err, r;
   lcx_text_init(&g->text, &g->opts->stops);
+  g->text.special = g->opts->special;
   lcx_logprobs_init(&g->lp, g->opts->n_logprobs);
   if (check_job(env, g, &err)) {
     run(g);
@@ -491,6 +493,10 @@ static bool read_options(ErlNifEnv *env, ERL_NIF_TERM opts, job_opts *o, ERL_NIF
   }
   if (lcx_map_get(env, opts, "n_keep", &v) && (!enif_get_int(env, v, &o->n_keep) || o->n_keep < -1)) {
     *err = lcx_raise(env, "n_keep must be a non-negative integer");
+    return false;
+  }
+  if (lcx_map_get(env, opts, "special", &v) && !enif_is_identical(v, ATOM_nil) && !lcx_get_bool(env, v, &o->special)) {
+    *err = lcx_raise(env, "special must be a boolean");
     return false;
   }
   if (!lcx_map_get(env, opts, "stop", &v)) return true;

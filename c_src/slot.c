@@ -59,6 +59,7 @@ bool lcx_slot_begin_generate(lcx_slot *s, struct lcx_sampler *sampler, llama_tok
   s->stops = *stops;
   *stops = (lcx_stops){0};
   lcx_text_init(&s->text, &s->stops);
+  s->text.special = opts->special;
   lcx_logprobs_init(&s->lp, opts->n_logprobs);
   // without shifts, at most one token per free cell, plus the last one, which needs none
   uint64_t room = (uint64_t)limit - n_prompt + 1;

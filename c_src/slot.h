@@ -65,6 +65,7 @@ typedef struct {
   bool shift;     // context shift (shift.h) instead of :context_full
   int32_t n_keep; // positions a shift keeps; -1: the BOS token if the prompt starts with it
   bool stream;    // hand out text every step
+  bool special;   // special tokens in the text
 } lcx_slot_opts;
 
 typedef struct lcx_slot {

@@ -167,7 +167,7 @@ static lcx_text_status check_stop(lcx_text *t, size_t before) {
 lcx_text_status lcx_text_push(lcx_text *t, const struct llama_vocab *vocab, llama_token tok) {
   char small[256];
   bool threw;
-  int32_t n = lcx_token_to_piece(vocab, tok, small, sizeof small, 0, false, &threw);
+  int32_t n = lcx_token_to_piece(vocab, tok, small, sizeof small, 0, t->special, &threw);
   if (threw) return LCX_TEXT_FAILED;
   size_t before = t->len;
   if (n >= 0) {
@@ -175,7 +175,7 @@ lcx_text_status lcx_text_push(lcx_text *t, const struct llama_vocab *vocab, llam
   } else {
     char *big = enif_alloc((size_t)-n);
     if (!big) return LCX_TEXT_NOMEM;
-    int32_t n2 = lcx_token_to_piece(vocab, tok, big, -n, 0, false, &threw);
+    int32_t n2 = lcx_token_to_piece(vocab, tok, big, -n, 0, t->special, &threw);
     bool ok = !threw && n2 >= 0 && append_utf8(t, (const unsigned char *)big, (size_t)n2);
     enif_free(big);
     if (!ok) return threw || n2 < 0 ? LCX_TEXT_FAILED : LCX_TEXT_NOMEM;

@@ -40,6 +40,7 @@ typedef struct {
   size_t n_pending;
   const lcx_stops *stops; // not owned
   bool finished;          // nothing more comes: nothing is held back
+  bool special;           // special tokens render as their text (a chat's tool-call markers)
 } lcx_text;
 
 typedef enum {
@@ -52,7 +53,8 @@ typedef enum {
 void lcx_text_init(lcx_text *t, const lcx_stops *stops);
 void lcx_text_free(lcx_text *t);
 
-// Appends the token's piece (as llama_token_to_piece renders it, no special tokens).
+// Appends the token's piece (as llama_token_to_piece renders it; special
+// tokens as "" unless t->special is set).
 lcx_text_status lcx_text_push(lcx_text *t, const struct llama_vocab *vocab, llama_token tok);
 
 // Bytes that may be handed out now (after what was handed out already).

@@ -120,7 +120,7 @@ defmodule LlamaCppEx do
     opts = split!(opts, chat: Chat.option_keys())
 
     with {:ok, tokens, reply} <- Chat.prepare(model, messages, opts.chat),
-         {:ok, completion} <- run(model, tokens, %{opts | sampler: Chat.Tools.constrain(opts.sampler, reply)}) do
+         {:ok, completion} <- run(model, tokens, chat_opts(opts, reply)) do
       {:ok, Completion.with_reply(completion, reply)}
     end
   end
@@ -164,10 +164,9 @@ defmodule LlamaCppEx do
     Stream.flat_map([:start], fn :start ->
       {tokens, reply} = chat_prompt!(model, messages, opts.chat)
 
-      stream =
-        token_stream(model, fn -> {:ok, tokens} end, %{opts | sampler: Chat.Tools.constrain(opts.sampler, reply)})
+      stream = token_stream(model, fn -> {:ok, tokens} end, chat_opts(opts, reply))
 
-      if parse?, do: ChatFormat.reply_stream(stream, reply.format, reply.thinking_open), else: stream
+      if parse?, do: ChatFormat.reply_stream(stream, reply.format, reply.thinking_open, reply.calls), else: stream
     end)
   end
 
@@ -180,6 +179,11 @@ defmodule LlamaCppEx do
       other -> raise ArgumentError, ":parse_reply must be a boolean, got: #{inspect(other)}"
     end
   end
+
+  # a chat's sampler and generation options given its reply format: the
+  # tool-call grammar tool_choice asks for, special tokens its markers need
+  defp chat_opts(opts, reply),
+    do: %{opts | sampler: Chat.Tools.constrain(opts.sampler, reply), gen: Context.chat_special(opts.gen, reply)}
 
   defp chat_prompt!(model, messages, chat) do
     case Chat.prepare(model, messages, chat) do

@@ -117,6 +117,32 @@ defmodule LlamaCppEx.ChatFormatTest do
     end
   end
 
+  test "with no tools offered (calls: false) a call-shaped reply is content" do
+    json = ~s({"name": "Alice", "parameters": {"age": 30}})
+    assert %{tool_calls: [], content: ^json} = parse(json, :llama3, calls: false)
+    assert %{tool_calls: [_]} = parse(json, :llama3)
+    # reasoning is still split
+    assert %{reasoning_content: "hm", content: "ok"} = parse("<think>hm</think>ok", :hermes, calls: false)
+  end
+
+  test "streamed edge cases: Granite's response tags split, Functionary's python code, a cut-off Llama 3 call" do
+    s = streamed("<think>why</think><response>Because it is.</response>", :granite, 1)
+    assert s.content == "Because it is." and s.reasoning == "why"
+
+    s = streamed(">>>python\nprint(1 + 1)", :functionary, 1)
+    assert s.calls == [{"python", %{"code" => "print(1 + 1)"}}]
+
+    text = ~s({"name": "a", "parameters": {}}; {"name": "b", "param)
+
+    capture_log(fn ->
+      reply = parse(text, :llama3)
+      assert calls(reply) == [{"a", %{}}]
+      assert reply.content =~ ~s({"name": "b")
+      s = streamed(text, :llama3, 5)
+      assert s.calls == [{"a", %{}}]
+    end)
+  end
+
   test "ids: the model's own where its format has one" do
     [c] = parse(~s([TOOL_CALLS][{"name": "f", "arguments": {}, "id": "a1b2c3d4e"}]), :mistral).tool_calls
     assert c.id == "a1b2c3d4e"

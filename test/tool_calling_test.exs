@@ -147,10 +147,47 @@ defmodule LlamaCppEx.ToolCallingTest do
       end
     end
 
+    # a prompt that opened a reasoning block: the reply closes it, then calls
+    # (stories260K never closes it on its own: the grammar is checked by
+    # feeding it replies token by token)
+    g = LlamaCppEx.Chat.Tools.grammar(@tools, :required, :hermes, "", true)
+    call = ~s(<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>)
+
+    accepts? = fn text ->
+      {:ok, s} = LlamaCppEx.Sampler.create(model, grammar: g)
+      {:ok, tokens} = LlamaCppEx.Tokenizer.encode(model, text, add_special: false)
+      Enum.all?(tokens, &(LlamaCppEx.Sampler.accept(s, &1) == :ok))
+    end
+
+    assert accepts?.("I should ask for the time.</think>\n" <> call)
+    assert LlamaCppEx.ChatFormat.parse("I should ask.</think>\n" <> call, :hermes, thinking_open: true).tool_calls != []
+    refute accepts?.(call)
+
     # formats whose call syntax it cannot write, and Mistral's newer one: no grammar
     assert LlamaCppEx.Chat.Tools.grammar(@tools, :required, :content, "") == nil
     assert LlamaCppEx.Chat.Tools.grammar(@tools, :required, :mistral, "...[ARGS]...") == nil
     assert LlamaCppEx.Chat.Tools.grammar(@tools, :auto, :hermes, "") == nil
+  end
+
+  test "special: true keeps special tokens' text (the markers of Llama 3, Mistral, ... calls)", %{model: model} do
+    # make stories260K write its BOS token (id 1), which renders as "" by default
+    opts = [max_tokens: 3, temp: 0.0, logit_bias: %{1 => 100.0}]
+    {:ok, plain} = LlamaCppEx.complete(model, "Once", opts)
+    {:ok, special} = LlamaCppEx.complete(model, "Once", [special: true] ++ opts)
+    assert plain.tokens == [1, 1, 1] and plain.text == ""
+    assert special.text == "<s><s><s>"
+    server = start_supervised!({Server, model: model, n_parallel: 1, n_ctx: 128, n_threads: 1})
+    assert {:ok, "<s><s><s>"} = Server.generate(server, "Once", [special: true] ++ opts)
+    assert_raise ArgumentError, ~r/special/, fn -> LlamaCppEx.complete(model, "Once", special: :yes) end
+
+    # a chat in a format whose markers are special tokens turns it on (unless told not to)
+    llama3 =
+      "{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>{{ m.content }}{% endfor %}{# ipython #}"
+
+    chat = [template: llama3, tools: @tools] ++ opts
+    assert {:ok, %{text: "<s><s><s>"}} = LlamaCppEx.chat_complete(model, @messages, chat)
+    assert {:ok, %{text: ""}} = LlamaCppEx.chat_complete(model, @messages, [special: false] ++ chat)
+    assert {:ok, %{text: "<s><s><s>"}} = Server.chat_complete(server, @messages, chat)
   end
 
   test "streams hand out the content, then the call", %{model: model} do

@@ -193,8 +193,11 @@ defmodule LlamaCppEx.Chat do
       {:ok, tokens,
        %{
          format: format,
+         special: format in [:llama3, :mistral, :granite, :command_r, :deepseek],
+         calls: Tools.offered(opts[:tools], opts[:tool_choice]) != nil,
          thinking_open: thinking_open?(rendered),
-         grammar: Tools.grammar(opts[:tools], opts[:tool_choice], format, template_source(template))
+         grammar:
+           Tools.grammar(opts[:tools], opts[:tool_choice], format, template_source(template), thinking_open?(rendered))
        }}
     end
   end

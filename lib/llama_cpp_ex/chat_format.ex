@@ -78,10 +78,13 @@ defmodule LlamaCppEx.ChatFormat do
     * `:partial` - the output is still being streamed: hold back what may
       become a call or a tag (default `false`).
     * `:thinking_open` - the prompt opened a `<think>` block (default `false`).
+    * `:calls` - read tool calls (default `true`); `false` when no tools were
+      offered: what looks like a call stays content (a Llama 3 reply that is
+      a JSON object with a `"name"` is then an answer, not a call).
   """
   @spec parse(String.t(), format(), keyword()) :: ChatReply.t()
   def parse(text, format, opts \\ []) when is_binary(text) do
-    opts = Keyword.validate!(opts, partial: false, thinking_open: false)
+    opts = Keyword.validate!(opts, partial: false, thinking_open: false, calls: true)
     partial? = opts[:partial]
     {reasoning, rest, held} = Reasoning.split(text, opts[:thinking_open], partial?)
 
@@ -89,15 +92,14 @@ defmodule LlamaCppEx.ChatFormat do
       case @modules[format] do
         nil when format == :content -> [{:text, rest}]
         nil -> raise ArgumentError, "unknown chat format #{inspect(format)}; known: #{inspect(formats())}"
-        _ when held != "" -> [{:held, held}]
         mod -> mod.parse(rest, partial?)
-      end
+      end ++ [{:held, held}]
 
-    {content, calls} = assemble(parts, partial?)
+    {content, calls} = assemble(parts, partial?, opts[:calls])
     %ChatReply{content: content, reasoning_content: reasoning, tool_calls: calls}
   end
 
-  defp assemble(parts, partial?) do
+  defp assemble(parts, partial?, calls?) do
     {texts, calls} =
       Enum.reduce(parts, {[], []}, fn
         {:text, t}, {texts, calls} ->
@@ -111,6 +113,9 @@ defmodule LlamaCppEx.ChatFormat do
             do: Logger.warning("LlamaCppEx.ChatFormat: a tool call could not be read, kept as text: #{inspect(raw)}")
 
           {[raw | texts], calls}
+
+        {:call, c}, {texts, calls} when not calls? ->
+          {[c.raw | texts], calls}
 
         {:call, c}, {texts, calls} ->
           case tool_call(c) do
@@ -190,9 +195,9 @@ defmodule LlamaCppEx.ChatFormat do
   held back until it is known, and the last parse, when the text stream ends,
   hands out the rest.
   """
-  @spec reply_stream(Enumerable.t(), format(), boolean()) :: Enumerable.t()
-  def reply_stream(chunks, format, thinking_open?) do
-    opts = [thinking_open: thinking_open?]
+  @spec reply_stream(Enumerable.t(), format(), boolean(), boolean()) :: Enumerable.t()
+  def reply_stream(chunks, format, thinking_open?, calls? \\ true) do
+    opts = [thinking_open: thinking_open?, calls: calls?]
 
     Stream.transform(
       chunks,

@@ -71,8 +71,8 @@ defmodule LlamaCppEx.Completion do
 
   @doc false
   # A chat's completion with its reply read in the template's format.
-  def with_reply(%__MODULE__{text: text} = c, %{format: format, thinking_open: open?}),
-    do: %{c | reply: LlamaCppEx.ChatFormat.parse(text, format, thinking_open: open?)}
+  def with_reply(%__MODULE__{text: text} = c, %{format: format, thinking_open: open?, calls: calls?}),
+    do: %{c | reply: LlamaCppEx.ChatFormat.parse(text, format, thinking_open: open?, calls: calls?)}
 
   @doc "Prompt processing speed in tokens per second."
   @spec prompt_tokens_per_second(t()) :: float()

@@ -48,7 +48,7 @@ defmodule LlamaCppEx.Context do
 
   # tokens a stream's native loop may run past its last chunk (STREAM_WINDOW in c_src/generate.c)
   @stream_window 16
-  @generate_keys [max_tokens: 256, stop: [], logprobs: nil, context_shift: false, n_keep: nil]
+  @generate_keys [max_tokens: 256, stop: [], logprobs: nil, context_shift: false, n_keep: nil, special: nil]
   @int32_max 2_147_483_647
   # LCX_MAX_STOPS in c_src/text.h
   @max_stops 64
@@ -266,6 +266,11 @@ defmodule LlamaCppEx.Context do
     * `:n_keep` - positions at the start of the sequence a shift never drops,
       at most up to the end of the prompt, as llama.cpp's CLI counts them
       (default: the BOS token when the sequence starts with it, else none).
+    * `:special` - `true` to keep special tokens in the text as their text
+      (`"<|python_tag|>"`); by default they render as `""`, except in chats
+      whose format marks tool calls or reasoning with them (Llama 3, Mistral,
+      Granite, Command R, DeepSeek), where the chat functions turn it on so
+      `LlamaCppEx.ChatFormat` sees the markers.
   """
   @spec generate(t(), Sampler.t(), [non_neg_integer()], keyword()) :: {:ok, Completion.t()} | {:error, reason()}
   def generate(%__MODULE__{} = ctx, %Sampler{} = sampler, tokens, opts \\ []) when is_list(tokens) do
@@ -342,8 +347,22 @@ defmodule LlamaCppEx.Context do
       stop: stop,
       logprobs: LlamaCppEx.Logprob.option!(opts[:logprobs]),
       context_shift: Options.bool!(opts, :context_shift),
-      n_keep: n_keep || -1
+      n_keep: n_keep || -1,
+      special: special!(opts[:special])
     }
+  end
+
+  defp special!(s) when is_nil(s) or is_boolean(s), do: s
+  defp special!(other), do: raise(ArgumentError, ":special must be a boolean, got: #{inspect(other)}")
+
+  @doc false
+  # A chat whose format writes its tool-call or reasoning markers as special
+  # tokens needs them in the text (unless the caller said otherwise).
+  def chat_special(%{special: nil} = gen, %{special: true}), do: %{gen | special: true}
+  def chat_special(gen, _reply) when is_map(gen), do: gen
+
+  def chat_special(gen, reply) when is_list(gen) do
+    if gen[:special] == nil and reply[:special] == true, do: Keyword.put(gen, :special, true), else: gen
   end
 
   @doc """

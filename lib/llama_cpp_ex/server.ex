@@ -331,7 +331,10 @@ defmodule LlamaCppEx.Server do
         end
 
       stream = LlamaCppEx.Server.Stream.new(server, opts, fn _model -> {:ok, tokens, reply} end)
-      if parse?, do: LlamaCppEx.ChatFormat.reply_stream(stream, reply.format, reply.thinking_open), else: stream
+
+      if parse?,
+        do: LlamaCppEx.ChatFormat.reply_stream(stream, reply.format, reply.thinking_open, reply.calls),
+        else: stream
     end)
   end
 
@@ -620,6 +623,7 @@ defmodule LlamaCppEx.Server do
          max_tokens: opts.gen.max_tokens,
          stop: opts.gen.stop,
          logprobs: opts.gen.logprobs,
+         special: Context.chat_special(opts.gen, reply || %{}).special == true,
          context_shift: opts.gen.context_shift,
          n_keep: opts.gen.n_keep,
          priority: r[:priority],

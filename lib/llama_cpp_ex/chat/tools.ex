@@ -82,12 +82,15 @@ defmodule LlamaCppEx.Chat.Tools do
   stop calling.) `nil`
   when the choice lets the model answer freely, when no tools are offered,
   or for a format this cannot write (the choice then only shapes the prompt).
-  `template` tells Mistral's two call syntaxes apart.
+  `template` tells Mistral's two call syntaxes apart. When the prompt opened
+  a reasoning block (`thinking_open?`), the reply first closes it: any text
+  without `</`, then `</think>`, then the call.
   """
-  def grammar(nil, _choice, _format, _template), do: nil
-  def grammar([], _choice, _format, _template), do: nil
+  def grammar(tools, choice, format, template, thinking_open? \\ false)
+  def grammar(nil, _choice, _format, _template, _open?), do: nil
+  def grammar([], _choice, _format, _template, _open?), do: nil
 
-  def grammar(tools, choice, format, template) do
+  def grammar(tools, choice, format, template, thinking_open?) do
     with c when c != :auto and c != :none <- choice!(choice),
          offered when is_list(offered) <- offered(tools, choice),
          {:ok, wrap} <- wrapper(format, template) do
@@ -106,7 +109,9 @@ defmodule LlamaCppEx.Chat.Tools do
 
       case LlamaCppEx.Grammar.from_json_schema(schema) do
         {:ok, gbnf} ->
-          Regex.replace(~r/^root ::=/m, gbnf, "tool-call ::=") <> "\nroot ::= " <> wrap.root <> "\n"
+          root = if thinking_open?, do: ~S{thinking "</think>" "\n"* } <> wrap.root, else: wrap.root
+          thinking = if thinking_open?, do: ~S{thinking ::= ([^<] | "<" [^/])*} <> "\n", else: ""
+          Regex.replace(~r/^root ::=/m, gbnf, "tool-call ::=") <> "\n" <> thinking <> "root ::= " <> root <> "\n"
 
         {:error, reason} ->
           raise ArgumentError, "a tool's parameters cannot be turned into a grammar: #{inspect(reason)}"

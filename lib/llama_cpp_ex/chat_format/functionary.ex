@@ -49,8 +49,10 @@ defmodule LlamaCppEx.ChatFormat.Functionary do
         [{:text, body}]
 
       [_, name, body] when open? ->
-        # a call still being written
-        if name == "python" or match?({:ok, _, _}, json_value(body)), do: call_of(name, body, raw), else: [{:held, raw}]
+        # a call still being written (python's code has no end of its own: it waits for the reply's)
+        if name != "python" and match?({:ok, _, _}, json_value(body)),
+          do: call_of(name, body, raw),
+          else: [{:held, raw}]
 
       [_, name, body] ->
         call_of(name, body, raw)

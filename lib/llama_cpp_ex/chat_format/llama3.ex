@@ -33,7 +33,9 @@ defmodule LlamaCppEx.ChatFormat.Llama3 do
   defp json_reply(text, trimmed, partial?) do
     case objects(trimmed, []) do
       {:ok, calls} -> calls
-      {:incomplete, calls} when partial? -> calls ++ [{:held, text}]
+      {:incomplete, calls, _rest} when partial? -> calls ++ [{:held, text}]
+      # cut off in a later call: the complete ones stay calls
+      {:incomplete, [_ | _] = calls, rest} -> calls ++ [{:malformed, rest}]
       _ -> tagged(text, partial?)
     end
   end
@@ -56,7 +58,7 @@ defmodule LlamaCppEx.ChatFormat.Llama3 do
 
       # the calls complete so far, while the next one is written
       :incomplete ->
-        {:incomplete, Enum.reverse(acc)}
+        {:incomplete, Enum.reverse(acc), text}
 
       :error ->
         :error
@@ -83,7 +85,7 @@ defmodule LlamaCppEx.ChatFormat.Llama3 do
     body = String.trim(code)
 
     case objects(body, []) do
-      {:ok, calls} when calls != [] ->
+      {:ok, [_ | _] = calls} ->
         calls
 
       _ ->

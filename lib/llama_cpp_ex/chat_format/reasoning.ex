@@ -26,7 +26,7 @@ defmodule LlamaCppEx.ChatFormat.Reasoning do
       nil when open? -> inside(text, "</think>", partial?)
       nil -> starting(text, partial?)
     end
-    |> then(fn {reasoning, rest, held} -> {reasoning, strip_response(rest), held} end)
+    |> then(fn {reasoning, rest, held} -> response(reasoning, rest, held, partial?) end)
   end
 
   # nothing opened yet: while streaming, the start of an opening tag waits
@@ -52,13 +52,29 @@ defmodule LlamaCppEx.ChatFormat.Reasoning do
     end
   end
 
-  defp strip_response(text) do
-    trimmed = String.trim_leading(text)
+  # Granite's <response> ... </response>: the tags go; while streaming, what
+  # may still become one of them waits
+  defp response(reasoning, rest, held, partial?) do
+    trimmed = String.trim_leading(rest)
 
-    if String.starts_with?(trimmed, "<response>") do
-      trimmed |> String.replace_prefix("<response>", "") |> String.replace_suffix("</response>", "")
-    else
-      text
+    cond do
+      String.starts_with?(trimmed, "<response>") ->
+        body = String.replace_prefix(trimmed, "<response>", "")
+
+        case LlamaCppEx.ChatFormat.Scan.split(body, "</response>") do
+          {inside, _after} ->
+            {reasoning, inside, held}
+
+          nil ->
+            {emit, tail} = hold_back(body, ["</response>"], partial?)
+            {reasoning, emit, held <> tail}
+        end
+
+      partial? and trimmed != "" and String.starts_with?("<response>", trimmed) ->
+        {reasoning, "", held <> rest}
+
+      true ->
+        {reasoning, rest, held}
     end
   end
 end

@@ -367,6 +367,7 @@ defmodule LlamaCppEx.Server.Loop do
       logprobs: req.logprobs,
       context_shift: req.context_shift,
       n_keep: req.n_keep,
+      special: req.special,
       stream: req.kind == :stream,
       src: src,
       reuse: reuse,

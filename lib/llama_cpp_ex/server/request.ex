@@ -25,6 +25,8 @@ defmodule LlamaCppEx.Server.Request do
     logprobs: -1,
     # context shift, and the positions it keeps (-1: the BOS token)
     context_shift: false,
+    # special tokens in the text
+    special: false,
     n_keep: -1,
     priority: :normal,
     scope: nil,
