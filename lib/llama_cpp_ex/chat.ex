@@ -181,6 +181,7 @@ defmodule LlamaCppEx.Chat do
 
     with {:ok, template} <- resolve_template(model, opts[:template]),
          messages = prepare!(template, messages),
+         :ok <- no_special_text_beside_contents(model, template, messages, variables),
          {:ok, rendered} <- render(model, template, messages, add_assistant, variables),
          {:ok, forging?} <- any_special_text?(model, contents(template, messages)),
          {:ok, tokens} <-
@@ -208,6 +209,36 @@ defmodule LlamaCppEx.Chat do
   defp reply_format({:native, _}), do: :content
 
   defp thinking_open?(rendered), do: rendered |> String.trim_trailing() |> String.ends_with?("<think>")
+
+  # Contents are tokenized apart when they hold special-token text (below);
+  # the other strings a template renders, tools and a turn's tool calls,
+  # names and reasoning, cannot be: holding such text, they would forge
+  # control tokens, so they are refused: {:error, {:special_token_text, field}}.
+  defp no_special_text_beside_contents(_model, {:native, _}, _messages, _variables), do: :ok
+
+  defp no_special_text_beside_contents(model, {:jinja, _}, messages, variables) do
+    fields =
+      [{"tools", strings(Map.get(variables, "tools"))}] ++
+        for {:obj, pairs} <- messages,
+            {k, v} <- pairs,
+            k not in ["role", "content"],
+            do: {"messages[].#{k}", strings(v)}
+
+    Enum.reduce_while(fields, :ok, fn {field, texts}, :ok ->
+      case any_special_text?(model, texts) do
+        {:ok, false} -> {:cont, :ok}
+        {:ok, true} -> {:halt, {:error, {:special_token_text, field}}}
+        error -> {:halt, error}
+      end
+    end)
+  end
+
+  # every string in a value (maps, lists, Jinja values)
+  defp strings(s) when is_binary(s), do: [s]
+  defp strings({:obj, pairs}), do: Enum.flat_map(pairs, fn {k, v} -> strings(k) ++ strings(v) end)
+  defp strings(%{} = m) when not is_struct(m), do: Enum.flat_map(m, fn {k, v} -> strings(k) ++ strings(v) end)
+  defp strings(l) when is_list(l), do: Enum.flat_map(l, &strings/1)
+  defp strings(_), do: []
 
   # A Jinja template writes bos_token itself; a native one relies on the tokenizer.
   defp add_special?({:jinja, _}, _model), do: false

@@ -61,6 +61,9 @@ defmodule LlamaCppEx.Error do
       in use), `{:server_down, reason}` (the server stopped or crashed while
       the request waited), `{:invalid_request, message}` (a request the
       native engine refused at admission; the others are unaffected).
+    * `{:special_token_text, field}` - a chat's tools or tool calls hold the
+      text of a special token of the model (message contents may: they are
+      tokenized as plain text; these fields cannot be).
   """
   @type reason ::
           :closed
@@ -111,6 +114,7 @@ defmodule LlamaCppEx.Error do
           | :duplicate_ref
           | {:server_down, term()}
           | {:invalid_request, String.t()}
+          | {:special_token_text, String.t()}
 
   @impl true
   def message(%{reason: reason}), do: "LlamaCppEx: #{inspect(reason)}"

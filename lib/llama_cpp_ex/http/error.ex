@@ -79,6 +79,23 @@ defmodule LlamaCppEx.HTTP.Error do
   def from_reason({kind, message}) when kind in [:tokenize_failed, :template_failed],
     do: %__MODULE__{status: 400, code: Atom.to_string(kind), message: "#{kind}: #{message}"}
 
+  # a conversation the template refuses (raise_exception: roles must alternate, ...)
+  def from_reason({:template_error, %{message: message} = info}),
+    do: %__MODULE__{
+      status: 400,
+      code: "template_error",
+      param: "messages",
+      message: "The chat template refused the conversation: #{message} (line #{info[:line]})"
+    }
+
+  def from_reason({:special_token_text, field}),
+    do: %__MODULE__{
+      status: 400,
+      code: "special_token_text",
+      param: field,
+      message: "'#{field}' holds the text of a special token of the model"
+    }
+
   def from_reason(:no_template),
     do: %__MODULE__{status: 400, message: "The model has no chat template; start the server with a :chat_template"}
 
