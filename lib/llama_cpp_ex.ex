@@ -151,7 +151,8 @@ defmodule LlamaCppEx do
   text chunks of what the model writes, or, with `parse_reply: true` (the
   default when `:tools` are given), the reply's parts as they become known
   (`t:LlamaCppEx.ChatFormat.delta/0`: `{:content, text}`,
-  `{:reasoning, text}`, `{:tool_call, index, %LlamaCppEx.ToolCall{}}`).
+  `{:reasoning, text}`, `{:tool_call, index, %LlamaCppEx.ToolCall{}}`, and
+  with `:logprobs` `{:logprobs, [%LlamaCppEx.Logprob{}]}` after each chunk's).
   """
   @spec stream_chat(Model.t(), [Chat.message()], keyword()) :: Enumerable.t()
   def stream_chat(%Model{} = model, messages, opts \\ []) do

@@ -210,6 +210,11 @@ defmodule LlamaCppEx.ToolCallingTest do
     deltas = model |> LlamaCppEx.stream_chat(@messages, @opts) |> Enum.to_list()
     assert Enum.join(for {:content, t} <- deltas, do: t) == "Let me check."
     assert [{:tool_call, 0, %ToolCall{name: "get_weather"}}] = for({:tool_call, _, _} = d <- deltas, do: d)
+    # with logprobs, each chunk's come after its deltas, one per generated token
+    with_lp = model |> LlamaCppEx.stream_chat(@messages, [logprobs: 1] ++ @opts) |> Enum.to_list()
+    assert Enum.join(for {:content, t} <- with_lp, do: t) == "Let me check."
+    {:ok, c} = LlamaCppEx.chat_complete(model, @messages, @opts)
+    assert length(for {:logprobs, l} <- with_lp, x <- l, do: x) == c.generated_tokens
     # without tools (or parse_reply: false) a chat streams plain text
     assert model |> LlamaCppEx.stream_chat(@messages, Keyword.delete(@opts, :tools)) |> Enum.all?(&is_binary/1)
   end
@@ -303,6 +308,19 @@ defmodule LlamaCppEx.ToolCallingTest do
 
       assert {400, _, %{"error" => %{"code" => "special_token_text", "param" => "tools"}}} =
                request(url, :post, "/v1/chat/completions", Map.put(@body, "tools", tools))
+    end
+
+    test "streamed with logprobs: the call still comes as tool_calls, the logprobs in events of their own", %{url: url} do
+      body = @body |> Map.put("stream", true) |> Map.put("logprobs", true) |> Map.put("top_logprobs", 2)
+      {200, _, text} = request(url, :post, "/v1/chat/completions", body)
+      events = text |> sse_events() |> Enum.reject(&(&1 == "[DONE]")) |> Enum.map(&:jiffy.decode(&1, [:return_maps]))
+      choices = for %{"choices" => [c]} <- events, do: c
+      assert [[%{"function" => %{"name" => "get_weather"}}]] = for(%{"delta" => %{"tool_calls" => t}} <- choices, do: t)
+      lps = for %{"logprobs" => %{"content" => content}} <- choices, entry <- content, do: entry
+      # one entry per generated token, each with its 2 alternatives
+      assert length(lps) > 10
+      assert Enum.all?(lps, &(length(&1["top_logprobs"]) == 2))
+      refute Enum.any?(choices, &((&1["delta"]["content"] || "") =~ "<tool_call>"))
     end
 
     test "a bad tools field is a 400 naming it", %{url: url} do

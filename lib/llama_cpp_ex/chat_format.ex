@@ -154,7 +154,11 @@ defmodule LlamaCppEx.ChatFormat do
   defp encode(args, _c), do: IO.iodata_to_binary(:jiffy.encode(args, [:use_nil]))
 
   @typedoc "A change between two parses of a growing output."
-  @type delta :: {:content, String.t()} | {:reasoning, String.t()} | {:tool_call, non_neg_integer(), ToolCall.t()}
+  @type delta ::
+          {:content, String.t()}
+          | {:reasoning, String.t()}
+          | {:tool_call, non_neg_integer(), ToolCall.t()}
+          | {:logprobs, [LlamaCppEx.Logprob.t()]}
 
   @doc """
   Streams: what a new parse of the growing output (`partial: true`, the last
@@ -193,7 +197,9 @@ defmodule LlamaCppEx.ChatFormat do
   `{text, logprobs}`) of a chat reply in `format`: reasoning, content and
   tool calls as they become known; what may still become a call or a tag is
   held back until it is known, and the last parse, when the text stream ends,
-  hands out the rest.
+  hands out the rest. With `logprobs:`, each chunk's log-probabilities follow
+  its deltas as `{:logprobs, list}` (tokens, not text: a token's text may be
+  held back, or be part of a call).
   """
   @spec reply_stream(Enumerable.t(), format(), boolean(), boolean()) :: Enumerable.t()
   def reply_stream(chunks, format, thinking_open?, calls? \\ true) do
@@ -205,7 +211,7 @@ defmodule LlamaCppEx.ChatFormat do
       fn chunk, {text, sent} ->
         text = text <> chunk_text(chunk)
         {deltas, sent} = advance(sent, parse(text, format, [partial: true] ++ opts))
-        {deltas, {text, sent}}
+        {deltas ++ chunk_logprobs(chunk), {text, sent}}
       end,
       fn {text, sent} ->
         {deltas, sent} = advance(sent, parse(text, format, opts))
@@ -217,4 +223,7 @@ defmodule LlamaCppEx.ChatFormat do
 
   defp chunk_text({text, _logprobs}), do: text
   defp chunk_text(text) when is_binary(text), do: text
+
+  defp chunk_logprobs({_text, [_ | _] = logprobs}), do: [{:logprobs, logprobs}]
+  defp chunk_logprobs(_chunk), do: []
 end

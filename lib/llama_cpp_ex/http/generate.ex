@@ -128,10 +128,10 @@ defmodule LlamaCppEx.HTTP.Generate do
         opts = [on_complete: on_complete] ++ opts
 
         # a chat's reply is streamed as its parts (content, reasoning, tool
-        # calls) unless logprobs are asked for: those come with raw text chunks
+        # calls, and each chunk's logprobs when asked for)
         stream =
           case kind do
-            :chat -> Server.stream_chat(server, input, [parse_reply: opts[:logprobs] == nil] ++ opts)
+            :chat -> Server.stream_chat(server, input, [parse_reply: true] ++ opts)
             :text -> Server.stream(server, input, opts)
           end
 
@@ -242,6 +242,13 @@ defmodule LlamaCppEx.HTTP.Generate do
   defp deliver(st, idx, {:chunk, {:content, text}}), do: deliver(st, idx, {:chunk, text})
 
   defp deliver(st, idx, {:chunk, {:reasoning, text}}), do: send_delta(st, idx, %{"reasoning_content" => text})
+
+  defp deliver(st, idx, {:chunk, {:logprobs, lps}}) do
+    with :ok <- SSE.event(st.conn.mod, chunk(st, idx, %{}, nil, format_logprobs(:chat, lps))) do
+      send(st.workers[idx], {st.tag, :ack})
+      {:ok, st}
+    end
+  end
 
   defp deliver(st, idx, {:chunk, {:tool_call, i, %LlamaCppEx.ToolCall{} = t}}) do
     st = %{st | called: MapSet.put(st.called, idx)}
