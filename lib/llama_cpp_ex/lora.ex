@@ -59,22 +59,12 @@ defmodule LlamaCppEx.Lora do
     path = to_string(path)
     if model.vocab_only, do: raise(ArgumentError, "cannot load an adapter for a vocab_only model")
 
-    with :ok <- check_file(path),
+    with :ok <- LlamaCppEx.Model.check_file(path),
          {:ok, ref} <- NIF.lora_load(model.ref, path) do
       info = NIF.lora_info(ref)
 
       {:ok,
        %__MODULE__{ref: ref, model: model, path: path, alpha: info.alpha, n_invocation_tokens: info.n_invocation_tokens}}
-    end
-  end
-
-  defp check_file(path) do
-    case File.stat(path) do
-      {:ok, %File.Stat{type: :regular}} -> :ok
-      {:ok, %File.Stat{type: :directory}} -> {:error, {:file_error, :eisdir, path}}
-      {:ok, %File.Stat{type: type}} -> {:error, {:not_regular_file, type, path}}
-      {:error, :enoent} -> {:error, {:file_not_found, path}}
-      {:error, posix} -> {:error, {:file_error, posix, path}}
     end
   end
 

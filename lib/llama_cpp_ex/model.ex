@@ -214,10 +214,12 @@ defmodule LlamaCppEx.Model do
 
   defp finish_load({:error, _} = error, _path, _native), do: error
 
+  @doc false
   # stat, never open: opening a FIFO for reading blocks until a writer comes
   # (and holds a dirty IO scheduler meanwhile). The native layer checks again
-  # on the file it opens, without blocking, and reads the GGUF magic.
-  defp check_file(path) do
+  # on the file it opens, without blocking, and reads the GGUF magic. Also
+  # LlamaCppEx.Lora's (adapters are GGUF files too).
+  def check_file(path) do
     case File.stat(path) do
       {:ok, %File.Stat{type: :regular}} -> :ok
       {:ok, %File.Stat{type: :directory}} -> {:error, {:file_error, :eisdir, path}}

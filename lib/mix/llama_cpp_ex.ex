@@ -32,6 +32,15 @@ defmodule Mix.LlamaCppEx do
 
   def model_path(_root, path), do: path
 
+  @doc "The shared stories260K model the command-line tasks default to, or a Mix error."
+  def default_model! do
+    path = Path.expand("../shared/models/stories260K.gguf", File.cwd!())
+
+    if File.exists?(path),
+      do: path,
+      else: Mix.raise("no --model given and #{path} does not exist")
+  end
+
   @doc "Builds llama.cpp reference tools from the pinned source (scripts/llama_cpp.sh tools); their directory."
   def tools_dir(root, tools) do
     {out, 0} = System.cmd(Path.join(root, "scripts/llama_cpp.sh"), ["tools" | tools])

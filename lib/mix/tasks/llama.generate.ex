@@ -56,7 +56,7 @@ defmodule Mix.Tasks.Llama.Generate do
     verbose = opts[:verbose] || false
     LlamaCppEx.Log.set_level(if verbose, do: :info, else: :none)
 
-    model_path = opts[:model] || System.get_env("LLAMA_MODEL") || default_model()
+    model_path = opts[:model] || System.get_env("LLAMA_MODEL") || Mix.LlamaCppEx.default_model!()
     prompt = opts[:prompt] || "Once upon a time"
 
     model =
@@ -119,12 +119,4 @@ defmodule Mix.Tasks.Llama.Generate do
 
   defp grammar(nil), do: []
   defp grammar(file), do: [grammar: File.read!(file)]
-
-  defp default_model do
-    path = Path.expand("../shared/models/stories260K.gguf", File.cwd!())
-
-    if File.exists?(path),
-      do: path,
-      else: Mix.raise("no --model given and #{path} does not exist")
-  end
 end

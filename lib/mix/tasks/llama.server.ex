@@ -56,7 +56,7 @@ defmodule Mix.Tasks.Llama.Server do
     Mix.LlamaCppEx.start_app()
     LlamaCppEx.Log.set_level(if opts[:verbose], do: :info, else: :error)
 
-    path = opts[:model] || System.get_env("LLAMA_MODEL") || default_model()
+    path = opts[:model] || System.get_env("LLAMA_MODEL") || Mix.LlamaCppEx.default_model!()
 
     model =
       case LlamaCppEx.Model.load(path) do
@@ -94,13 +94,5 @@ defmodule Mix.Tasks.Llama.Server do
     Mix.LlamaCppEx.info("llama.server: #{Path.basename(path)} on #{LlamaCppEx.HTTP.url(http)} (chat page at /)")
     IO.puts("listening on #{LlamaCppEx.HTTP.url(http)}")
     Process.sleep(:infinity)
-  end
-
-  defp default_model do
-    path = Path.expand("../shared/models/stories260K.gguf", File.cwd!())
-
-    if File.exists?(path),
-      do: path,
-      else: Mix.raise("no --model given and #{path} does not exist")
   end
 end
