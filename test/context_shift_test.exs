@@ -81,15 +81,7 @@ defmodule LlamaCppEx.ContextShiftTest do
 
     # llama-completion --context-shift: the same tokens, the same shifts.
     # --keep N keeps N tokens after the BOS; our :n_keep counts the BOS too.
-    # its log (stderr) is dropped; the text is on stdout
-    defp cli_output(bin, args, tries) do
-      {out, 0} = System.cmd("sh", ["-c", ~s("$0" "$@" 2>/dev/null), bin | args])
-      if String.ends_with?(out, "\n\n") or tries <= 1, do: out, else: cli_output(bin, args, tries - 1)
-    end
-
     test "greedy text equals llama-completion --context-shift", %{model: model} do
-      bin = llama_tool!("llama-completion")
-
       long = "Once upon a time, there was a little girl named Lily. She loved to play"
 
       for {prompt, keep, n_ctx, n} <- [{@prompt, 0, 256, 600}, {long, 8, 256, 600}, {long, 40, 512, 1500}] do
@@ -97,14 +89,7 @@ defmodule LlamaCppEx.ContextShiftTest do
           ["-m", model_path(), "-p", prompt, "-n", "#{n}", "-c", "#{n_ctx}", "--keep", "#{keep}"] ++
             ~w(--temp 0 --context-shift -no-cnv --no-display-prompt --simple-io -t 1 --no-warmup)
 
-        # the CLI ends its output with a blank line; once, under the full
-        # suite's load, its output came back cut short: such a run is repeated
-        out = cli_output(bin, args, 3)
-
-        assert String.ends_with?(out, "\n\n"),
-               "llama-completion's output is cut: ...#{inspect(String.slice(out, -80, 80))}"
-
-        cli = String.replace_suffix(out, "\n\n", "")
+        cli = llama_completion!(args)
         opts = [max_tokens: n, n_ctx: n_ctx, temp: 0.0, n_threads: 1, context_shift: true, n_keep: keep + 1]
         {:ok, ours} = LlamaCppEx.complete(model, prompt, opts)
         assert ours.discarded_tokens > 0

@@ -331,18 +331,11 @@ defmodule LlamaCppEx.LoraTest do
 
   @tag :conformance
   test "greedy output at scale 1 equals llama-completion --lora", %{model: model, lora: lora, path: path} do
-    bin = llama_tools!(["llama-completion"])
-
     args =
       ["-m", model_path(), "--lora", path, "-p", @prompt, "-n", "#{@n}", "--temp", "0", "-t", "1", "-c", "256"] ++
         ~w(-no-cnv --no-display-prompt --simple-io --no-warmup)
 
-    # its log goes to stderr: dropped
-    {out, 0} = System.cmd("sh", ["-c", ~s(exec "$0" "$@" 2>/dev/null), Path.join(bin, "llama-completion") | args])
-
-    # llama-completion ends its output with "\n\n" (tools/completion/completion.cpp)
-    assert String.ends_with?(out, "\n\n")
-    expected = binary_part(out, 0, byte_size(out) - 2)
+    expected = llama_completion!(args)
 
     assert {:ok, ^expected} =
              LlamaCppEx.generate(model, @prompt,

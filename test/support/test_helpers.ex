@@ -44,6 +44,24 @@ defmodule LlamaCppEx.TestHelpers do
   @doc "The path of one reference tool (see `llama_tools!/1`)."
   def llama_tool!(name), do: Path.join(llama_tools!([name]), name)
 
+  @doc """
+  The text llama.cpp's `llama-completion` generates with `args` (its log
+  dropped, the trailing blank line it always prints removed). Now and then,
+  on a loaded machine, its output comes back without its last bytes (1 of 6
+  parallel runs here): such a run is repeated, so only complete outputs are
+  compared.
+  """
+  def llama_completion!(args, tries \\ 3) do
+    bin = llama_tool!("llama-completion")
+    {out, 0} = System.cmd("sh", ["-c", ~s(exec "$0" "$@" 2>/dev/null), bin | args])
+
+    cond do
+      String.ends_with?(out, "\n\n") -> binary_part(out, 0, byte_size(out) - 2)
+      tries > 1 -> llama_completion!(args, tries - 1)
+      true -> raise "llama-completion's output is cut: ...#{inspect(String.slice(out, -80, 80))}"
+    end
+  end
+
   @doc "The llama.cpp source checkout the NIF was built from, or nil."
   def llama_src do
     case System.get_env("LLAMA_CPP_SRC") do
